@@ -1,0 +1,1 @@
+"""The Redis side of FastRDB: Lua scripts, the store's operations, client health."""

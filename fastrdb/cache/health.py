@@ -1,0 +1,106 @@
+"""Per-client health: a circuit breaker, and the invalidations Redis has not taken yet."""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Any, Protocol
+
+import structlog
+
+from fastrdb.settings import DEFAULT_SETTINGS, Settings
+
+__all__ = ["ClientHealth", "Mergeable", "health_of"]
+
+log = structlog.get_logger("fastrdb")
+
+
+class Mergeable(Protocol):
+    """Undelivered invalidations: whatever the events package collects, merged in order."""
+
+    def merge(self, other: Any) -> None: ...
+
+
+class ClientHealth:
+    """What FastRDB knows about one Redis client.
+
+    The breaker opens after ``breaker_threshold`` consecutive failures; while open, calls are
+    skipped (reads go to the database) and one probe is let through every ``breaker_cooldown``
+    seconds. One warning is logged per outage, one info line when Redis answers again.
+
+    ``pending`` holds invalidations that could not be delivered. While it is set, this process
+    serves nothing from the cache: every read goes to the database until a replay succeeds.
+    """
+
+    __slots__ = ("__weakref__", "_failures", "_kept", "_open_until", "pending", "settings")
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._failures = 0
+        self._open_until = 0.0
+        self.pending: Mergeable | None = None
+        self._kept = 0
+
+    @property
+    def usable(self) -> bool:
+        """Whether cached values may be served: the breaker is closed and nothing is pending."""
+        return self._open_until == 0.0 and self.pending is None
+
+    def allow(self) -> bool:
+        """Whether a Redis call may be made now (closed breaker, or a probe is due)."""
+        if self._open_until == 0.0:
+            return True
+        now = time.monotonic()
+        if now < self._open_until:
+            return False
+        self._open_until = now + self.settings.breaker_cooldown  # one probe per cooldown
+        return True
+
+    def succeeded(self) -> None:
+        if self._open_until:
+            log.info("redis_recovered")
+        self._failures = 0
+        self._open_until = 0.0
+
+    def failed(self, exc: BaseException, operation: str) -> None:
+        self._failures += 1
+        if self._open_until:
+            self._open_until = time.monotonic() + self.settings.breaker_cooldown
+            return
+        if self._failures >= self.settings.breaker_threshold:
+            self._open_until = time.monotonic() + self.settings.breaker_cooldown
+            log.warning(
+                "redis_unavailable",
+                operation=operation,
+                error=type(exc).__name__,
+                retry_in=self.settings.breaker_cooldown,
+            )
+
+    def keep(self, undelivered: Mergeable) -> None:
+        """Remember invalidations to replay; they are merged with any already waiting."""
+        self._kept += 1
+        if self.pending is None:
+            self.pending = undelivered
+        else:
+            self.pending.merge(undelivered)
+
+    @property
+    def kept(self) -> int:
+        """How many times something was kept: a version of ``pending``."""
+        return self._kept
+
+    def settle(self, kept: int) -> None:
+        """Forget ``pending`` once delivered, unless more was kept since version ``kept``."""
+        if self._kept == kept:
+            self.pending = None
+
+
+_HEALTH: weakref.WeakKeyDictionary[Any, ClientHealth] = weakref.WeakKeyDictionary()
+
+
+def health_of(client: Any, settings: Settings | None = None) -> ClientHealth:
+    """The health record of ``client``; the first caller's settings configure it."""
+    health = _HEALTH.get(client)
+    if health is None:
+        health = _HEALTH[client] = ClientHealth(settings or DEFAULT_SETTINGS)
+    return health

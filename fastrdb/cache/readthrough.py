@@ -1,0 +1,173 @@
+"""Read-through with fill leases: hit, or lease → load → fill, with single-flight waiting.
+
+It takes callables for decoding and loading and knows nothing of databases. The protocol:
+
+- a hit is one GET;
+- on a miss the reader takes the key's lease (a token, with a TTL) and loads; the fill lands
+  only while that same token still holds the lease, and every invalidation deletes the lease,
+  so a load that began before a commit can never be cached after that commit's invalidation;
+- readers that find the lease held wait a little for the holder's fill; past ``lease_wait``
+  they load for themselves and do not fill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Generic, TypeVar
+
+import structlog
+
+from fastrdb._types import Raw
+from fastrdb.cache import store
+from fastrdb.cache.health import ClientHealth
+from fastrdb.schemes import Scheme
+
+__all__ = ["Entry", "Loaded", "Stats", "key_ref", "read_through"]
+
+T = TypeVar("T")
+
+log = structlog.get_logger("fastrdb")
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counts of what a cache did, readable in-process."""
+
+    hits: int = 0
+    misses: int = 0
+    fills: int = 0
+    fills_refused: int = 0
+    """Fills that lost their lease (an invalidation came first) or were not attempted because
+    the read could be older than the lease."""
+    lease_waits: int = 0
+    bypasses: int = 0
+    """Reads served from the database without the cache (unflushed writes, Redis down,
+    invalidations waiting to be replayed)."""
+    corrupt: int = 0
+    """Cached values that failed validation and were treated as a miss."""
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded(Generic[T]):
+    """What a load produced: the value to return, and the text to cache (None: don't cache)."""
+
+    value: T
+    payload: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A cache key and what must be published and registered before it is filled."""
+
+    key: str
+    schemes_key: str
+    schemes: Sequence[Scheme]
+    registries: Sequence[str] = ()
+
+
+def key_ref(key: str) -> str:
+    """A short, stable reference to a key for logs (keys may hold personal data)."""
+    return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
+
+
+async def read_through(
+    client: Any,
+    health: ClientHealth,
+    entry: Entry,
+    *,
+    decode: Callable[[Raw], T],
+    load: Callable[[], Awaitable[Loaded[T]]],
+    exp: int,
+    stats: Stats,
+    context: dict[str, str],
+) -> T:
+    """The value for ``entry``: from the cache, or loaded and (when allowed) filled."""
+    raw = await store.get(client, health, entry.key)
+    if raw is not store.MISS:
+        try:
+            value = decode(raw)
+        except ValueError:
+            stats.corrupt += 1
+            log.warning("cache_corrupt", key=key_ref(entry.key), **context)
+        else:
+            stats.hits += 1
+            return value
+    stats.misses += 1
+    log.debug("cache_miss", key=key_ref(entry.key), **context)
+    settings = health.settings
+    deadline: float | None = None
+    while True:
+        token = secrets.token_hex(8)
+        taken = await store.acquire(
+            client,
+            health,
+            entry.key,
+            token,
+            schemes_key=entry.schemes_key,
+            schemes=entry.schemes,
+            registries=entry.registries,
+        )
+        if taken is None:
+            stats.bypasses += 1
+            return (await load()).value
+        if taken:
+            return await _load_and_fill(client, health, entry, token, load, exp, stats, context)
+        stats.lease_waits += 1
+        if deadline is None:
+            deadline = time.monotonic() + settings.lease_wait
+        while True:
+            await asyncio.sleep(settings.lease_poll)
+            seen = await store.peek(client, health, entry.key)
+            if seen is None:
+                stats.bypasses += 1
+                return (await load()).value
+            value_raw, held = seen
+            if value_raw is not None:
+                try:
+                    value = decode(value_raw)
+                except ValueError:
+                    break
+                stats.hits += 1
+                return value
+            if not held or time.monotonic() >= deadline:
+                break
+        if time.monotonic() >= deadline:
+            # The holder is slow or gone: answer from the database, leave the fill to it.
+            stats.fills_refused += 1
+            return (await load()).value
+
+
+async def _load_and_fill(
+    client: Any,
+    health: ClientHealth,
+    entry: Entry,
+    token: str,
+    load: Callable[[], Awaitable[Loaded[T]]],
+    exp: int,
+    stats: Stats,
+    context: dict[str, str],
+) -> T:
+    try:
+        loaded = await load()
+    except BaseException:
+        await store.release(client, health, entry.key, token)
+        raise
+    if loaded.payload is None:
+        stats.fills_refused += 1
+        await store.release(client, health, entry.key, token)
+        return loaded.value
+    if await store.fill(client, health, entry.key, token, loaded.payload, exp):
+        stats.fills += 1
+        log.debug("cache_fill", key=key_ref(entry.key), **context)
+    else:
+        stats.fills_refused += 1
+        log.debug("cache_fill_refused", key=key_ref(entry.key), **context)
+    return loaded.value

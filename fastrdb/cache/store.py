@@ -1,0 +1,254 @@
+"""Every Redis operation FastRDB performs, behind one narrow interface.
+
+Read-side operations are coroutines that never raise for Redis trouble: they record it in the
+client's health and answer as if the cache were empty. The invalidation is synchronous in form
+(it runs inside SQLAlchemy's ``after_commit`` hook) and does raise, so that its caller can keep
+what was not delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from fastrdb._compat import await_in_greenlet
+from fastrdb._types import Raw
+from fastrdb.cache.health import ClientHealth
+from fastrdb.cache.scripts import DROP, FILL, INVALIDATE, RELEASE
+from fastrdb.keys import Namespace, deps_key, lease_key
+from fastrdb.schemes import Scheme
+
+__all__ = [
+    "MISS",
+    "REDIS_ERRORS",
+    "Caller",
+    "InvalidationPlan",
+    "Miss",
+    "acquire",
+    "deliver_invalidation",
+    "fill",
+    "get",
+    "is_cluster",
+    "peek",
+    "release",
+]
+
+_T = TypeVar("_T")
+
+REDIS_ERRORS: Final = (RedisError, OSError, TimeoutError)
+"""What a Redis call may raise when the server is slow, gone or refuses (asyncio's timeout
+is the builtin ``TimeoutError`` since Python 3.11)."""
+
+
+class Miss(enum.Enum):
+    """The type of :data:`MISS`."""
+
+    MISS = enum.auto()
+
+
+MISS: Final = Miss.MISS
+"""The cache had no usable value (absent, or Redis could not be asked)."""
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` is a Redis Cluster client (either kind)."""
+    return isinstance(client, RedisCluster | AsyncRedisCluster)
+
+
+async def _guarded(
+    health: ClientHealth, operation: str, call: Callable[[], Awaitable[_T]], fallback: _T
+) -> _T:
+    if not health.allow():
+        return fallback
+    try:
+        async with asyncio.timeout(health.settings.redis_timeout):
+            result = await call()
+    except REDIS_ERRORS as exc:
+        health.failed(exc, operation)
+        return fallback
+    health.succeeded()
+    return result
+
+
+async def get(client: Any, health: ClientHealth, key: str) -> Raw | Miss:
+    """The value under ``key``, or MISS. The hit path: one round trip."""
+    if not health.allow():
+        return MISS
+    try:
+        async with asyncio.timeout(health.settings.redis_timeout):
+            raw: Raw | None = await client.get(key)
+    except REDIS_ERRORS as exc:
+        health.failed(exc, "get")
+        return MISS
+    health.succeeded()
+    return MISS if raw is None else raw
+
+
+async def peek(client: Any, health: ClientHealth, key: str) -> tuple[Raw | None, bool] | None:
+    """The value under ``key`` and whether its lease is held; None when Redis can't answer."""
+
+    async def call() -> tuple[Raw | None, bool] | None:
+        value, lease = await client.mget(key, lease_key(key))
+        return value, lease is not None
+
+    return await _guarded(health, "peek", call, None)
+
+
+async def acquire(
+    client: Any,
+    health: ClientHealth,
+    key: str,
+    token: str,
+    *,
+    schemes_key: str,
+    schemes: Sequence[Scheme],
+    registries: Sequence[str] = (),
+) -> bool | None:
+    """Take the fill lease of ``key``: True if taken, False if held, None if Redis can't answer.
+
+    Before the lease is taken the patterns behind ``key`` are published, so a listener that
+    reads them after its commit knows to drop this lease. After it, ``key`` joins the given
+    registries, so an invalidation that reads a registry before the key joined deletes the lease
+    this fill depends on.
+    """
+    members = [scheme.member() for scheme in schemes]
+    ttl_ms = int(health.settings.lease_ttl * 1000)
+
+    async def sequential() -> bool:
+        if members:
+            await client.sadd(schemes_key, *members)
+        taken = bool(await client.set(lease_key(key), token, nx=True, px=ttl_ms))
+        for registry in registries:
+            await client.sadd(registry, key)
+        return taken
+
+    async def pipelined() -> bool:
+        pipe = client.pipeline(transaction=False)
+        if members:
+            pipe.sadd(schemes_key, *members)
+        pipe.set(lease_key(key), token, nx=True, px=ttl_ms)
+        for registry in registries:
+            pipe.sadd(registry, key)
+        replies = await pipe.execute()
+        return bool(replies[1 if members else 0])
+
+    # A cluster pipeline does not keep the order of commands sent to different nodes.
+    return await _guarded(health, "acquire", sequential if is_cluster(client) else pipelined, None)
+
+
+async def fill(
+    client: Any, health: ClientHealth, key: str, token: str, payload: str, exp: int
+) -> bool:
+    """Store ``payload`` under ``key`` if the lease ``token`` still holds; True if stored."""
+
+    async def call() -> bool:
+        return bool(await FILL.run_async(client, (key, lease_key(key)), (token, payload, exp)))
+
+    return await _guarded(health, "fill", call, False)
+
+
+async def release(client: Any, health: ClientHealth, key: str, token: str) -> None:
+    """Give back the lease ``token`` on ``key`` without filling."""
+
+    async def call() -> None:
+        await RELEASE.run_async(client, (lease_key(key),), (token,))
+
+    await _guarded(health, "release", call, None)
+
+
+class Caller:
+    """Turns what a client method returns into its reply, from synchronous code.
+
+    For a blocking client that is the reply itself; for an asyncio client it is a coroutine,
+    awaited through SQLAlchemy's greenlet bridge within the configured timeout.
+    """
+
+    __slots__ = ("_timeout", "is_async")
+
+    def __init__(self, is_async: bool, timeout: float) -> None:
+        self.is_async = is_async
+        self._timeout = timeout
+
+    def __call__(self, reply: Any) -> Any:
+        if not self.is_async:
+            return reply
+        return await_in_greenlet(self._bounded(reply))
+
+    async def _bounded(self, awaitable: Awaitable[_T]) -> _T:
+        async with asyncio.timeout(self._timeout):
+            return await awaitable
+
+
+@dataclass(slots=True)
+class InvalidationPlan:
+    """The keys one invalidation drops."""
+
+    row_keys: list[str] = field(default_factory=list)
+    own_tokens: list[str] = field(default_factory=list)
+    """Per row key, the token of a lease the committing writer holds itself, or ''."""
+    registries: list[str] = field(default_factory=list)
+
+
+def deliver_invalidation(
+    call: Caller,
+    client: Any,
+    namespace: Namespace,
+    tables: Sequence[str],
+    plan: Callable[[Mapping[str, list[Scheme]]], InvalidationPlan],
+) -> int:
+    """Read the patterns published for ``tables``, plan with them, and drop the keys.
+
+    Two round trips on one Redis. Raises what Redis raises.
+    """
+    pipe = client.pipeline(transaction=False)
+    for table in tables:
+        pipe.smembers(namespace.schemes(table))
+    replies = call(pipe.execute())
+    schemes: dict[str, list[Scheme]] = {}
+    for table, members in zip(tables, replies, strict=True):
+        parsed = (Scheme.from_member(member) for member in members)
+        schemes[table] = [scheme for scheme in parsed if scheme is not None]
+    todo = plan(schemes)
+    if is_cluster(client):
+        return _deliver_per_slot(call, client, todo)
+    keys = [*todo.row_keys, *todo.registries]
+    return int(INVALIDATE.run(call, client, keys, [len(todo.row_keys), *todo.own_tokens]))
+
+
+def _deliver_per_slot(call: Caller, client: Any, todo: InvalidationPlan) -> int:
+    """The same invalidation on a Redis Cluster, where one command touches one slot.
+
+    Registries are drained first (SMEMBERS, then SREM of exactly what was read), then every key
+    is dropped with its lease. A reader registers a key only after taking its lease, so a key
+    that joins a registry after the drain was leased after this commit and reads fresh data.
+    """
+    drained = [deps_key(key) for key in todo.row_keys] + todo.registries
+    pipe = client.pipeline(transaction=False)
+    for registry in drained:
+        pipe.smembers(registry)
+    members = call(pipe.execute())
+    pipe = client.pipeline(transaction=False)
+    for registry, read in zip(drained, members, strict=True):
+        if read:
+            pipe.srem(registry, *read)
+    call(pipe.execute())
+    dropped = 0
+    for key, token in zip(todo.row_keys, todo.own_tokens, strict=True):
+        dropped += int(DROP.run(call, client, (key, lease_key(key)), (token,)))
+    for read in members:
+        for member in read:
+            name = decode_text(member)
+            dropped += int(DROP.run(call, client, (name, lease_key(name)), ("",)))
+    return dropped
+
+
+def decode_text(raw: Raw) -> str:
+    """A Redis reply as text, whatever the client's ``decode_responses``."""
+    return raw.decode() if isinstance(raw, bytes) else raw

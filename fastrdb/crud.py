@@ -1,0 +1,505 @@
+"""FastRDB: async CRUD over SQLAlchemy sessions with a Redis read-through cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import cached_property
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, TypeAdapter
+from sqlalchemy import ColumnElement, func, inspect, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute, Mapper
+
+from fastrdb._types import AsyncRedis, Raw
+from fastrdb.cache import store
+from fastrdb.cache.health import ClientHealth, health_of
+from fastrdb.cache.readthrough import Entry, Loaded, Stats, read_through
+from fastrdb.errors import FastRDBError
+from fastrdb.events.bindings import CHANGES_KEY, bind_session
+from fastrdb.events.changes import Changes
+from fastrdb.events.collector import changes_of, table_name
+from fastrdb.events.invalidator import replay
+from fastrdb.keys import KeyPattern, Namespace, deps_key, encode_value, glob_covers, with_digest
+from fastrdb.pagination import PaginatedResponse
+from fastrdb.schemes import Scheme
+from fastrdb.settings import DEFAULT_SETTINGS, Settings
+
+__all__ = ["FastRDB"]
+
+ModelT = TypeVar("ModelT")
+CreateT = TypeVar("CreateT", bound=BaseModel)
+UpdateT = TypeVar("UpdateT", bound=BaseModel)
+ResponseT = TypeVar("ResponseT", bound=BaseModel)
+T = TypeVar("T")
+
+_FRESH_ISOLATION = frozenset({"READ COMMITTED", "READ UNCOMMITTED", "AUTOCOMMIT"})
+_FRESH_KEY = "fastrdb.statement_fresh"
+
+
+class _Columns:
+    """The mapped columns of a model, looked up once."""
+
+    def __init__(self, mapper: Mapper[Any]) -> None:
+        self.attributes: dict[str, InstrumentedAttribute[Any]] = {
+            prop.key: getattr(mapper.class_, prop.key) for prop in mapper.column_attrs
+        }
+        self.python_types: dict[str, type | None] = {}
+        for prop in mapper.column_attrs:
+            try:
+                self.python_types[prop.key] = prop.columns[0].type.python_type
+            except NotImplementedError:
+                self.python_types[prop.key] = None
+        self.primary_key = [
+            self.attributes[mapper.get_property_by_column(column).key]
+            for column in mapper.primary_key
+        ]
+
+
+class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
+    """CRUD for one SQLAlchemy model, cached in Redis under user-defined key patterns.
+
+    ``pattern`` names the key of one row (``"user:email:{email}"``); ``list_pattern`` the key of
+    a page of ``get_multi`` (``"user:page:{page}:limit:{limit}"``); ``invalidate_pattern_prefix``
+    (``"verse:chapter_id:{chapter_id}:*"``) may narrow which cached pages a change drops to the
+    ones it can affect. ``exp`` is the lifetime of an entry in seconds: a last line of defence,
+    since every commit drops the entries it makes stale.
+    """
+
+    def __init__(
+        self,
+        model: type[ModelT],
+        response_schema: type[ResponseT],
+        pattern: str,
+        list_pattern: str | None = None,
+        invalidate_pattern_prefix: str | None = None,
+        exp: int = 3600,
+        *,
+        settings: Settings | None = None,
+    ) -> None:
+        mapper = inspect(model, raiseerr=False)
+        if not isinstance(mapper, Mapper):
+            raise FastRDBError("model", f"{model!r} is not a mapped SQLAlchemy class")
+        if not (isinstance(response_schema, type) and issubclass(response_schema, BaseModel)):
+            raise FastRDBError("response_schema", "must be a pydantic model class")
+        if isinstance(exp, bool) or not isinstance(exp, int) or exp < 1:
+            raise FastRDBError("exp", f"must be a positive number of seconds, got {exp!r}")
+        self.model = model
+        self.response_schema = response_schema
+        self.exp = exp
+        self.settings = settings or DEFAULT_SETTINGS
+        self._mapper = mapper
+        self._name = mapper.class_.__name__
+        self.table = table_name(mapper.local_table)
+        self._row = KeyPattern(pattern, argument="pattern")
+        if not self._row.fields:
+            raise FastRDBError("pattern", f"{pattern!r} has no placeholder to tell rows apart")
+        self._list = KeyPattern(
+            list_pattern
+            if list_pattern is not None
+            else f"{self.table}:page:{{page}}:limit:{{limit}}",
+            argument="list_pattern",
+        )
+        self._prefix = (
+            KeyPattern(invalidate_pattern_prefix, argument="invalidate_pattern_prefix")
+            if invalidate_pattern_prefix
+            else None
+        )
+        self._namespace = Namespace(self.settings.namespace)
+        self._schemes_key = self._namespace.schemes(self.table)
+        self._row_schemes = (Scheme("row", pattern),)
+        self._list_decoder = TypeAdapter(list[response_schema])  # type: ignore[valid-type]
+        self._stats = Stats()
+        self._context = {"model": mapper.class_.__name__, "pattern": pattern}
+
+    def __repr__(self) -> str:
+        return f"FastRDB({self._name}, pattern={self._row.text!r})"
+
+    @property
+    def pattern(self) -> str:
+        return self._row.text
+
+    @property
+    def list_pattern(self) -> str:
+        return self._list.text
+
+    def stats(self) -> dict[str, int]:
+        """Hit, miss, fill, lease-wait, bypass and corrupt-entry counts of this instance."""
+        return self._stats.as_dict()
+
+    # -- set-up done once, at first use (mappers may not be configured at construction) --
+
+    @cached_property
+    def _columns(self) -> _Columns:
+        columns = _Columns(self._mapper)
+        for argument, key_pattern, allowed in (
+            ("pattern", self._row, set()),
+            ("list_pattern", self._list, {"page", "limit"}),
+            ("invalidate_pattern_prefix", self._prefix, set()),
+        ):
+            if key_pattern is None:
+                continue
+            for field in key_pattern.fields:
+                if field not in columns.attributes and field not in allowed:
+                    raise FastRDBError(
+                        argument, f"placeholder {{{field}}} is not a column of {self._name}"
+                    )
+        return columns
+
+    # -- argument checks --
+
+    def _filters(self, kwargs: Mapping[str, Any]) -> list[ColumnElement[bool]]:
+        attributes = self._columns.attributes
+        clauses = []
+        for name, value in kwargs.items():
+            attribute = attributes.get(name)
+            if attribute is None:
+                raise FastRDBError(name, f"is not a column of {self._name}")
+            clauses.append(attribute.is_(None) if value is None else attribute == value)
+        return clauses
+
+    def _require(self, key_pattern: KeyPattern, values: Mapping[str, Any]) -> None:
+        missing = key_pattern.missing(values)
+        if missing:
+            raise FastRDBError(
+                missing[0], f"placeholder {{{missing[0]}}} of {key_pattern.text!r} must be given"
+            )
+
+    def _row_key_of(self, obj: Any) -> str | None:
+        """The single-row key of a loaded instance, or None if a pattern field isn't loaded."""
+        state = inspect(obj)
+        values = state.dict
+        if any(field not in values for field in self._row.fields):
+            return None
+        return self._row.format(values)
+
+    def _response(self, obj: Any) -> ResponseT:
+        return self.response_schema.model_validate(obj, from_attributes=True)
+
+    def _new_instance(self, data: Mapping[str, Any]) -> ModelT:
+        """An instance built without the model's ``__init__``: a dataclass-mapped model may
+        require fields (``id``, timestamps) that no create schema carries."""
+        attributes = self._columns.attributes
+        for name in data:
+            if name not in attributes:
+                raise FastRDBError(name, f"is not a column of {self._name}")
+        obj: ModelT = self._mapper.class_manager.new_instance()
+        if dataclasses.is_dataclass(self.model):
+            for field in dataclasses.fields(self.model):
+                if field.name in data or field.name not in attributes:
+                    continue
+                if field.default is not dataclasses.MISSING:
+                    setattr(obj, field.name, field.default)
+                elif field.default_factory is not dataclasses.MISSING:
+                    setattr(obj, field.name, field.default_factory())
+        for name, value in data.items():
+            setattr(obj, name, value)
+        return obj
+
+    # -- the read path --
+
+    async def _health(self, db: AsyncSession, redis: AsyncRedis) -> ClientHealth:
+        bind_session(db.sync_session, redis, self.settings)
+        health = health_of(redis, self.settings)
+        if health.pending is not None:
+            await replay(redis, health)
+        return health
+
+    async def _read(
+        self,
+        db: AsyncSession,
+        redis: AsyncRedis,
+        entry: Entry,
+        decode: Callable[[Raw], T],
+        load: Callable[[], Awaitable[Loaded[T]]],
+    ) -> T:
+        health = await self._health(db, redis)
+        changes: Changes | None = db.sync_session.info.get(CHANGES_KEY)
+        if not health.usable or (changes is not None and changes.touches(self.table)):
+            self._stats.bypasses += 1
+            return (await load()).value
+        return await read_through(
+            redis,
+            health,
+            entry,
+            decode=decode,
+            load=load,
+            exp=self.exp,
+            stats=self._stats,
+            context=self._context,
+        )
+
+    async def _fill_allowed(self, db: AsyncSession) -> bool:
+        """Whether the read about to run may be cached: it cannot see uncommitted writes of its
+        own session, and cannot be older than the lease taken just before it."""
+        session = db.sync_session
+        if session.info.get(CHANGES_KEY) or session.new or session.dirty or session.deleted:
+            return False
+        if not session.in_transaction():
+            return True  # the read opens the transaction, so its snapshot is taken now
+        return await _statement_fresh(await db.connection())
+
+    async def get(self, *, db: AsyncSession, redis: AsyncRedis, **kwargs: Any) -> ResponseT:
+        """The row matching ``kwargs`` (every placeholder of ``pattern``, plus any other column
+        filters). Raises ``sqlalchemy.exc.NoResultFound`` if there is none."""
+        clauses = self._filters(kwargs)
+        self._require(self._row, kwargs)
+        base = self._row.format(kwargs)
+        extras = {name: value for name, value in kwargs.items() if name not in self._row.fields}
+        entry = Entry(
+            with_digest(base, extras),
+            self._schemes_key,
+            self._row_schemes,
+            registries=(deps_key(base),) if extras else (),
+        )
+
+        async def load() -> Loaded[ResponseT]:
+            fresh = await self._fill_allowed(db)
+            obj = (await db.execute(select(self.model).where(*clauses))).scalar_one()
+            response = self._response(obj)
+            cacheable = fresh and self._row_key_of(obj) == base
+            return Loaded(response, response.model_dump_json() if cacheable else None)
+
+        return await self._read(db, redis, entry, self.response_schema.model_validate_json, load)
+
+    async def get_multi(
+        self,
+        *,
+        db: AsyncSession,
+        redis: AsyncRedis,
+        limit: int = 10,
+        page: int = 1,
+        order_by: str | None = None,
+        ascending: bool = True,
+        **kwargs: Any,
+    ) -> list[ResponseT]:
+        """A page of rows matching the column filters in ``kwargs``, ordered by ``order_by``
+        (the primary key when not given)."""
+        _check_positive_int("limit", limit)
+        _check_positive_int("page", page)
+        if limit > self.settings.max_limit:
+            raise FastRDBError("limit", f"must be at most {self.settings.max_limit}, got {limit}")
+        clauses = self._filters(kwargs)
+        columns = self._columns
+        if order_by is None:
+            ordering = list(columns.primary_key)
+        else:
+            attribute = columns.attributes.get(order_by) if isinstance(order_by, str) else None
+            if attribute is None:
+                raise FastRDBError("order_by", f"{order_by!r} is not a column of {self._name}")
+            ordering = [attribute]
+        params = {**kwargs, "page": page, "limit": limit}
+        self._require(self._list, params)
+        extras = {name: value for name, value in params.items() if name not in self._list.fields}
+        if order_by is not None:
+            extras["order_by"] = order_by
+        if not ascending:
+            extras["ascending"] = False
+        key = with_digest(self._list.format(params), extras)
+        narrowed = self._narrowing(kwargs, key)
+        if narrowed is None:
+            entry = Entry(key, self._schemes_key, (), (self._namespace.lists(self.table),))
+        else:
+            assert self._prefix is not None
+            entry = Entry(
+                key,
+                self._schemes_key,
+                (Scheme("prefix", self._prefix.text),),
+                (self._namespace.narrowed_lists(self.table, narrowed),),
+            )
+        query = (
+            select(self.model)
+            .where(*clauses)
+            .order_by(*(o.asc() if ascending else o.desc() for o in ordering))
+            .limit(limit)
+            .offset((page - 1) * limit)
+        )
+
+        async def load() -> Loaded[list[ResponseT]]:
+            fresh = await self._fill_allowed(db)
+            rows = (await db.execute(query)).scalars().all()
+            responses = [self._response(row) for row in rows]
+            cacheable = fresh and (narrowed is None or self._rows_fit(rows, kwargs))
+            payload = "[" + ",".join(r.model_dump_json() for r in responses) + "]"
+            return Loaded(responses, payload if cacheable else None)
+
+        return await self._read(db, redis, entry, self._list_decoder.validate_json, load)
+
+    def _narrowing(self, filters: Mapping[str, Any], key: str) -> str | None:
+        """The expanded ``invalidate_pattern_prefix`` that may stand for this list entry, or None
+        when the entry must be dropped by any change of the table.
+
+        Narrowing needs every prefix placeholder among the filters, each filter value of its
+        column's own Python type (so the text matches what a changed row's value encodes to),
+        and the expansion to cover the key.
+        """
+        prefix = self._prefix
+        if prefix is None or not prefix.fields or prefix.missing(filters):
+            return None
+        python_types = self._columns.python_types
+        for field in prefix.fields:
+            value = filters[field]
+            if python_types.get(field) is None or type(value) is not python_types[field]:
+                return None
+        expanded = prefix.format(filters)
+        return expanded if glob_covers(expanded, key) else None
+
+    def _rows_fit(self, rows: Sequence[Any], filters: Mapping[str, Any]) -> bool:
+        """Whether every row's prefix fields encode like the filters (collations may differ)."""
+        assert self._prefix is not None
+        if not rows:
+            return False
+        wanted = {field: encode_value(filters[field]) for field in self._prefix.fields}
+        return all(
+            encode_value(getattr(row, field)) == text
+            for row in rows
+            for field, text in wanted.items()
+        )
+
+    async def count(
+        self, *, db: AsyncSession, redis: AsyncRedis | None = None, **kwargs: Any
+    ) -> int:
+        """The number of rows matching the column filters in ``kwargs`` (not cached)."""
+        clauses = self._filters(kwargs)
+        query = select(func.count()).select_from(self._mapper.local_table).where(*clauses)
+        return int((await db.execute(query)).scalar_one())
+
+    # -- the write path --
+
+    async def create(
+        self, *, db: AsyncSession, redis: AsyncRedis, obj_in: CreateT, **kwargs: Any
+    ) -> ResponseT:
+        """Insert a row from ``obj_in``, commit, and cache it under its ``pattern`` key.
+
+        ``kwargs`` (the pattern's values, as the seed API passes them) are checked to be columns;
+        the key is computed from the stored row.
+        """
+        self._filters(kwargs)
+        obj = self._new_instance(obj_in.model_dump())
+        db.add(obj)
+        return await self._commit_and_cache(db, redis, obj)
+
+    async def create_multi(
+        self, *, db: AsyncSession, redis: AsyncRedis, instances: Sequence[CreateT], **kwargs: Any
+    ) -> list[ResponseT]:
+        """Insert every row of ``instances`` in one transaction and commit."""
+        self._filters(kwargs)
+        objects = [self._new_instance(item.model_dump()) for item in instances]
+        await self._health(db, redis)
+        db.add_all(objects)
+        try:
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+        for obj in objects:
+            await db.refresh(obj)
+        return [self._response(obj) for obj in objects]
+
+    async def update(
+        self, *, db: AsyncSession, redis: AsyncRedis, obj_in: UpdateT, **kwargs: Any
+    ) -> ResponseT:
+        """Set the fields given in ``obj_in`` on the row matching ``kwargs``, commit, and cache
+        the new row. Raises ``NoResultFound`` if no row matches."""
+        data = obj_in.model_dump(exclude_unset=True)
+        for name in data:
+            if name not in self._columns.attributes:
+                raise FastRDBError(name, f"is not a column of {self._name}")
+        obj = await self._fetch_for_write(db, kwargs)
+        for name, value in data.items():
+            setattr(obj, name, value)
+        return await self._commit_and_cache(db, redis, obj)
+
+    async def delete(self, *, db: AsyncSession, redis: AsyncRedis, **kwargs: Any) -> None:
+        """Delete the row matching ``kwargs`` and commit; its keys are dropped at commit.
+        Raises ``NoResultFound`` if no row matches."""
+        await self._health(db, redis)
+        obj = await self._fetch_for_write(db, kwargs)
+        await db.delete(obj)
+        try:
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+
+    def paginate(self, *, data: list[T], limit: int, page: int) -> PaginatedResponse[T]:
+        """Wrap a page of results (as ``get_multi`` returns it) with its paging parameters."""
+        _check_positive_int("limit", limit)
+        _check_positive_int("page", page)
+        return PaginatedResponse[T](data=data, total=len(data), limit=limit, page=page)
+
+    async def _fetch_for_write(self, db: AsyncSession, kwargs: Mapping[str, Any]) -> ModelT:
+        clauses = self._filters(kwargs)
+        self._require(self._row, kwargs)
+        query = select(self.model).where(*clauses).with_for_update()
+        obj: ModelT = (await db.execute(query)).scalar_one()
+        return obj
+
+    async def _commit_and_cache(self, db: AsyncSession, redis: AsyncRedis, obj: Any) -> ResponseT:
+        """Commit the session and write the row through to its key.
+
+        The lease on the row's key is taken before the commit and recorded with the session's
+        changes, so the commit's own invalidation keeps it; any other writer's invalidation
+        deletes it, and then this (older) value can no longer land.
+        """
+        health = await self._health(db, redis)
+        key: str | None = None
+        token = ""
+        try:
+            await db.flush()
+            key = self._row_key_of(obj)
+            if key is not None and health.usable:
+                token = secrets.token_hex(8)
+                taken = await store.acquire(
+                    redis,
+                    health,
+                    key,
+                    token,
+                    schemes_key=self._schemes_key,
+                    schemes=self._row_schemes,
+                )
+                if taken:
+                    changes_of(db.sync_session).own_tokens[key] = token
+                else:
+                    token = ""
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            if key is not None and token:
+                await store.release(redis, health, key, token)
+            raise
+        await db.refresh(obj)
+        response = self._response(obj)
+        if key is not None and token:
+            if self._row_key_of(obj) == key and await store.fill(
+                redis, health, key, token, response.model_dump_json(), self.exp
+            ):
+                self._stats.fills += 1
+            else:
+                self._stats.fills_refused += 1
+                await store.release(redis, health, key, token)
+        return response
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FastRDBError(name, f"must be an integer, got {value!r}")
+    if value < 1:
+        raise FastRDBError(name, f"must be at least 1, got {value}")
+
+
+async def _statement_fresh(connection: AsyncConnection) -> bool:
+    """Whether each statement on ``connection`` reads the latest commit even inside an open
+    transaction. SQLite: only while the driver has no transaction open. Others: under READ
+    COMMITTED (decided once per connection), not under REPEATABLE READ or SERIALIZABLE."""
+    if connection.dialect.name == "sqlite":
+        raw = await connection.get_raw_connection()
+        return getattr(raw.driver_connection, "in_transaction", True) is False
+    info = connection.info
+    fresh: bool | None = info.get(_FRESH_KEY)
+    if fresh is None:
+        level = await connection.get_isolation_level()
+        fresh = info[_FRESH_KEY] = str(level).upper() in _FRESH_ISOLATION
+    return fresh

@@ -1,0 +1,115 @@
+"""Keep the cache coherent with every ORM write: ``listen(target, redis)``.
+
+After ``listen()``, every session made from ``target`` records what its flushes and bulk ORM
+statements change, and drops the matching cache keys once its root transaction commits, before
+``commit()`` returns. It works in processes that never construct a ``FastRDB`` instance: the
+key patterns in use are read from Redis, where ``FastRDB`` publishes them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
+
+from fastrdb.events.bindings import (
+    BINDING_KEY,
+    Binding,
+    bind_class,
+    install_hooks,
+    unbind_class,
+)
+from fastrdb.settings import Settings
+
+__all__ = ["ListenHandle", "listen"]
+
+_ASYNC_CLIENTS = (redis.asyncio.Redis, AsyncRedisCluster)
+_SYNC_CLIENTS = (redis.Redis, RedisCluster)
+
+
+class ListenHandle:
+    """What :func:`listen` returns; :meth:`remove` stops the invalidation for its target."""
+
+    __slots__ = ("_binding", "_target")
+
+    def __init__(self, target: Any, binding: Binding) -> None:
+        self._target = target
+        self._binding = binding
+
+    @property
+    def active(self) -> bool:
+        return self._binding.active
+
+    def remove(self) -> None:
+        """Stop watching the target's sessions (those already open stop too). Idempotent."""
+        binding = self._binding
+        binding.active = False
+        target = self._target
+        if isinstance(target, type):
+            unbind_class(target, binding)
+        else:
+            info = _info_of(target)
+            if info.get(BINDING_KEY) is binding:
+                del info[BINDING_KEY]
+
+
+def _is_async_target(target: Any) -> bool:
+    if isinstance(target, async_sessionmaker | AsyncSession):
+        return True
+    if isinstance(target, sessionmaker | Session):
+        return False
+    if isinstance(target, type) and issubclass(target, AsyncSession):
+        return True
+    if isinstance(target, type) and issubclass(target, Session):
+        return False
+    raise TypeError(
+        "listen() takes an async_sessionmaker, a sessionmaker, an AsyncSession or Session "
+        f"(class or instance), not {target!r}"
+    )
+
+
+def _info_of(target: Any) -> dict[str, Any]:
+    """The info dict that sessions of ``target`` start with (or the session's own)."""
+    if isinstance(target, sessionmaker | async_sessionmaker):
+        info: dict[str, Any] = dict(target.kw.get("info") or {})
+        target.kw["info"] = info
+        return info
+    if isinstance(target, AsyncSession):
+        return target.sync_session.info
+    assert isinstance(target, Session)
+    return target.info
+
+
+def listen(target: Any, redis: Any, *, settings: Settings | None = None) -> ListenHandle:
+    """Invalidate the cache after every commit of a session made from ``target``.
+
+    ``target``: an ``async_sessionmaker`` or ``AsyncSession`` (class or instance) with a
+    ``redis.asyncio`` client, or a ``sessionmaker`` or ``Session`` (class or instance) with a
+    blocking ``redis.Redis`` client; cluster clients of the matching kind work too. Sessions that
+    a sessionmaker made before this call are not covered. Calling it again for the same target
+    replaces its client: a target never has two listeners.
+    """
+    is_async = _is_async_target(target)
+    expected = _ASYNC_CLIENTS if is_async else _SYNC_CLIENTS
+    if not isinstance(redis, expected):
+        kind = "a redis.asyncio client" if is_async else "a blocking redis.Redis client"
+        raise TypeError(
+            f"listen(): {type(target).__name__} sessions need {kind}, "
+            f"got {type(redis).__module__}.{type(redis).__name__}"
+        )
+    install_hooks()
+    binding = Binding(redis, is_async=is_async, settings=settings or Settings())
+    if isinstance(target, type):
+        previous = bind_class(target, binding)
+    else:
+        info = _info_of(target)
+        previous = info.get(BINDING_KEY)
+        info[BINDING_KEY] = binding
+    if previous is not None:
+        previous.active = False
+    return ListenHandle(target, binding)

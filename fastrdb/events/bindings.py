@@ -1,0 +1,123 @@
+"""Which sessions FastRDB watches, and with which Redis client: bindings and their lookup.
+
+SQLAlchemy cannot attach listeners to ``AsyncSession`` or ``async_sessionmaker``, so FastRDB
+installs one set of hooks on the ``Session`` class, once, and each hook first asks
+:func:`binding_of` whether the session at hand belongs to a listened target. Sessions made by a
+listened sessionmaker carry the binding in ``session.info``; listened ``Session`` and
+``AsyncSession`` subclasses are found by class.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from fastrdb.cache.health import ClientHealth, health_of
+from fastrdb.cache.store import Caller
+from fastrdb.keys import Namespace
+from fastrdb.settings import DEFAULT_SETTINGS, Settings
+
+__all__ = [
+    "BINDING_KEY",
+    "CHANGES_KEY",
+    "Binding",
+    "binding_of",
+    "bind_session",
+    "install_hooks",
+]
+
+BINDING_KEY = "fastrdb.binding"
+CHANGES_KEY = "fastrdb.changes"
+
+
+class Binding:
+    """A Redis client that a group of sessions sends its invalidations to."""
+
+    __slots__ = ("__weakref__", "active", "caller", "client", "health", "is_async", "namespace")
+
+    def __init__(self, client: Any, *, is_async: bool, settings: Settings) -> None:
+        self.client = client
+        self.is_async = is_async
+        self.health: ClientHealth = health_of(client, settings)
+        self.caller = Caller(is_async, self.health.settings.redis_timeout)
+        self.namespace = Namespace(self.health.settings.namespace)
+        self.active = True
+
+
+_session_classes: dict[type[Session], Binding] = {}
+_async_session_classes: dict[type[AsyncSession], Binding] = {}
+_crud_bindings: weakref.WeakKeyDictionary[Any, Binding] = weakref.WeakKeyDictionary()
+
+
+def binding_of(session: Session) -> Binding | None:
+    """The active binding that covers ``session``, if any."""
+    binding: Binding | None = session.info.get(BINDING_KEY)
+    if binding is not None and binding.active:
+        return binding
+    if _session_classes:
+        for cls in type(session).__mro__:
+            binding = _session_classes.get(cls)
+            if binding is not None and binding.active:
+                return binding
+    if _async_session_classes:
+        proxy = AsyncSession._retrieve_proxy_for_target(session, regenerate=False)
+        if proxy is not None:
+            for cls in type(proxy).__mro__:
+                binding = _async_session_classes.get(cls)
+                if binding is not None and binding.active:
+                    return binding
+    return None
+
+
+def bind_session(session: Session, client: Any, settings: Settings | None) -> Binding:
+    """Make sure FastRDB's own writes through ``session`` are invalidated, even unlistened."""
+    binding = binding_of(session)
+    if binding is None:
+        binding = _crud_bindings.get(client)
+        if binding is None:
+            binding = _crud_bindings[client] = Binding(
+                client, is_async=True, settings=settings or DEFAULT_SETTINGS
+            )
+        install_hooks()
+        session.info[BINDING_KEY] = binding
+    return binding
+
+
+def _class_table(cls: type[Session] | type[AsyncSession]) -> dict[Any, Binding]:
+    return _async_session_classes if issubclass(cls, AsyncSession) else _session_classes
+
+
+def bind_class(cls: type[Session] | type[AsyncSession], binding: Binding) -> Binding | None:
+    """Cover every session of ``cls``; returns the binding this replaces."""
+    table = _class_table(cls)
+    previous = table.get(cls)
+    table[cls] = binding
+    return previous
+
+
+def unbind_class(cls: type[Session] | type[AsyncSession], binding: Binding) -> None:
+    table = _class_table(cls)
+    if table.get(cls) is binding:
+        del table[cls]
+
+
+_installed = False
+
+
+def install_hooks() -> None:
+    """Attach FastRDB's session hooks to ``Session``, once per process."""
+    global _installed
+    if _installed:
+        return
+    from fastrdb.events import collector, invalidator
+
+    event.listen(Session, "before_flush", collector.before_flush)
+    event.listen(Session, "after_flush", collector.after_flush)
+    event.listen(Session, "do_orm_execute", collector.do_orm_execute)
+    event.listen(Session, "after_commit", invalidator.after_commit)
+    event.listen(Session, "after_transaction_end", invalidator.after_transaction_end)
+    _installed = True

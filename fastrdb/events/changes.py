@@ -1,0 +1,75 @@
+"""What a transaction changed, as the cache sees it: per table, rows' old and new values."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from fastrdb.cache.store import InvalidationPlan
+from fastrdb.keys import Namespace, encode_value
+from fastrdb.schemes import Scheme
+
+__all__ = ["Changes", "Snapshot"]
+
+Snapshot = tuple[tuple[str, str], ...]
+"""One row's column values, encoded for keys, sorted by attribute name."""
+
+
+class Changes:
+    """Rows a session wrote, kept until its root transaction ends.
+
+    Each changed row contributes a snapshot of its values before the change and one after
+    (they are equal for an insert's or a delete's only version). Snapshots are encoded as key
+    text at once, so planning needs nothing but the patterns.
+    """
+
+    __slots__ = ("own_tokens", "rows")
+
+    def __init__(self) -> None:
+        self.rows: dict[str, set[Snapshot]] = {}
+        self.own_tokens: dict[str, str] = {}
+        """Keys whose fill lease the writing session took itself (write-through): key → token."""
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+    def touches(self, table: str) -> bool:
+        return table in self.rows
+
+    def add(self, tables: Iterable[str], values: Mapping[str, object]) -> None:
+        """Record one version of a changed row of ``tables`` (a row of a subclass spans more)."""
+        snapshot = tuple(sorted((key, encode_value(value)) for key, value in values.items()))
+        for table in tables:
+            self.rows.setdefault(table, set()).add(snapshot)
+
+    def touch(self, tables: Iterable[str]) -> None:
+        """Record that ``tables`` changed in rows whose values are unknown (lists go stale)."""
+        for table in tables:
+            self.rows.setdefault(table, set())
+
+    def merge(self, other: Changes) -> None:
+        """Fold ``other`` in; its write-through leases are not carried over."""
+        for table, snapshots in other.rows.items():
+            self.rows.setdefault(table, set()).update(snapshots)
+
+    def plan(self, schemes: Mapping[str, list[Scheme]], namespace: Namespace) -> InvalidationPlan:
+        """The keys to drop, given the patterns published for each changed table."""
+        row_keys: dict[str, str] = {}
+        registries: dict[str, None] = {}
+        for table, snapshots in self.rows.items():
+            registries[namespace.lists(table)] = None
+            table_schemes = schemes.get(table, ())
+            for snapshot in snapshots:
+                values = dict(snapshot)
+                for scheme in table_schemes:
+                    text = scheme.pattern.format_encoded(values)
+                    if text is None:
+                        continue
+                    if scheme.kind == "row":
+                        row_keys.setdefault(text, self.own_tokens.get(text, ""))
+                    else:
+                        registries[namespace.narrowed_lists(table, text)] = None
+        return InvalidationPlan(
+            row_keys=list(row_keys),
+            own_tokens=list(row_keys.values()),
+            registries=list(registries),
+        )

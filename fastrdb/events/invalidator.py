@@ -1,0 +1,116 @@
+"""Session hooks that act on recorded changes once the root transaction ends.
+
+``after_commit`` of the root transaction drops the stale keys before ``commit()`` returns
+(an ``AsyncSession``'s commit awaits the asyncio client through SQLAlchemy's greenlet bridge);
+the end of a root transaction that did not commit discards what was recorded. Savepoints change
+nothing: what they recorded stays until the root transaction ends.
+
+Nothing here raises for Redis trouble: the data is already durable, so an invalidation that
+could not be delivered is kept on the client's health record and replayed, and until then that
+process serves nothing from the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import Any
+
+import structlog
+from sqlalchemy.orm import Session, SessionTransaction
+
+from fastrdb._compat import greenlet_spawn, in_greenlet
+from fastrdb.cache.health import ClientHealth
+from fastrdb.cache.store import REDIS_ERRORS, Caller, deliver_invalidation
+from fastrdb.events.bindings import CHANGES_KEY, Binding, binding_of
+from fastrdb.events.changes import Changes
+from fastrdb.keys import Namespace
+
+__all__ = ["after_commit", "after_transaction_end", "invalidate", "replay"]
+
+log = structlog.get_logger("fastrdb")
+
+
+def after_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint was released: keep collecting until the root commits
+    changes: Changes | None = session.info.pop(CHANGES_KEY, None)
+    if not changes:
+        return
+    binding = binding_of(session)
+    if binding is not None:
+        invalidate(binding, changes)
+
+
+def after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(CHANGES_KEY, None)  # rolled back: nothing became visible
+
+
+def invalidate(binding: Binding, changes: Changes) -> None:
+    """Deliver ``changes``, and anything still pending, through ``binding``.
+
+    Never raises for Redis trouble; a cancellation is re-raised once the changes are kept.
+    """
+    health = binding.health
+    if not health.allow():
+        health.keep(changes)
+        return
+    if binding.is_async and not in_greenlet():
+        health.keep(changes)
+        log.error("cache_invalidate_deferred", reason="async client outside the greenlet bridge")
+        return
+    kept = health.kept
+    batch = changes
+    if health.pending is not None:
+        batch = _merged(health.pending, changes)
+    if _deliver(binding.caller, binding.client, binding.namespace, health, batch):
+        health.settle(kept)
+    else:
+        health.keep(changes)
+
+
+def _merged(pending: object, changes: Changes) -> Changes:
+    assert isinstance(pending, Changes)
+    batch = Changes()
+    batch.merge(pending)
+    batch.merge(changes)
+    batch.own_tokens = changes.own_tokens
+    return batch
+
+
+def _deliver(
+    call: Caller, client: Any, namespace: Namespace, health: ClientHealth, changes: Changes
+) -> bool:
+    tables = sorted(changes.rows)
+    try:
+        dropped = deliver_invalidation(
+            call, client, namespace, tables, partial(changes.plan, namespace=namespace)
+        )
+    except REDIS_ERRORS as exc:
+        health.failed(exc, "invalidate")
+        log.warning("cache_invalidate_failed", tables=tables, error=type(exc).__name__)
+        return False
+    except asyncio.CancelledError:
+        health.keep(changes)
+        raise
+    except Exception:
+        log.exception("cache_invalidate_error", tables=tables)
+        return False
+    health.succeeded()
+    log.debug("cache_invalidate", tables=tables, dropped=dropped)
+    return True
+
+
+async def replay(client: Any, health: ClientHealth) -> None:
+    """Try once more to deliver what ``client`` could not take before (asyncio clients)."""
+    pending = health.pending
+    if pending is None or not health.allow():
+        return
+    kept = health.kept
+    batch = _merged(pending, Changes())
+    call = Caller(True, health.settings.redis_timeout)
+    namespace = Namespace(health.settings.namespace)
+    if await greenlet_spawn(_deliver, call, client, namespace, health, batch):
+        health.settle(kept)
+        log.info("cache_invalidate_replayed", tables=sorted(batch.rows))

@@ -1,0 +1,151 @@
+"""Cache keys: parse user patterns, encode values into them, name the keys beside them (pure)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import string
+from collections.abc import Iterable, Mapping
+from fnmatch import fnmatchcase
+from functools import lru_cache
+
+from fastrdb.errors import FastRDBError
+
+__all__ = [
+    "KeyPattern",
+    "Namespace",
+    "encode_value",
+    "glob_covers",
+    "lease_key",
+    "deps_key",
+    "with_digest",
+]
+
+SAFE_CHARACTERS = frozenset(string.ascii_letters + string.digits + "@._-+")
+_ALL_SAFE = re.compile(r"[A-Za-z0-9@._+\-]*")
+
+
+def encode_value(value: object) -> str:
+    """The text a value stands for inside a key.
+
+    Letters, digits and ``@ . _ - +`` are kept; every other character is percent-encoded
+    (UTF-8), so distinct values never collide and no value can act as a Redis glob.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if _ALL_SAFE.fullmatch(text):
+        return text
+    return "".join(
+        char if char in SAFE_CHARACTERS else "".join(f"%{byte:02X}" for byte in char.encode())
+        for char in text
+    )
+
+
+def lease_key(key: str) -> str:
+    """The fill lease of ``key``; the braces keep it in ``key``'s Redis Cluster slot."""
+    return "{" + key + "}:lease"
+
+
+def deps_key(key: str) -> str:
+    """The set of keys derived from ``key`` (extra-filter variants), in ``key``'s slot."""
+    return "{" + key + "}:deps"
+
+
+def with_digest(key: str, extras: Mapping[str, object]) -> str:
+    """``key``, plus a short stable digest of the parameters its pattern leaves out, if any."""
+    if not extras:
+        return key
+    canonical = json.dumps(
+        sorted((name, encode_value(value)) for name, value in extras.items()),
+        separators=(",", ":"),
+    )
+    return f"{key}:~{hashlib.blake2b(canonical.encode(), digest_size=6).hexdigest()}"
+
+
+def glob_covers(glob: str, key: str) -> bool:
+    """Whether a Redis-style glob (an expanded ``invalidate_pattern_prefix``) matches ``key``."""
+    return fnmatchcase(key, glob)
+
+
+class KeyPattern:
+    """A ``str.format``-style pattern such as ``"user:email:{email}"``, parsed once."""
+
+    __slots__ = ("_parts", "fields", "text")
+
+    def __init__(self, text: str, *, argument: str = "pattern") -> None:
+        parts: list[tuple[str, str | None]] = []
+        try:
+            parsed = list(string.Formatter().parse(text))
+        except ValueError as exc:
+            raise FastRDBError(argument, f"{text!r} is not a valid pattern ({exc})") from None
+        for literal, field, spec, conversion in parsed:
+            if field is not None:
+                if not field.isidentifier():
+                    raise FastRDBError(
+                        argument, f"placeholder {{{field}}} in {text!r} must be a plain name"
+                    )
+                if spec or conversion:
+                    raise FastRDBError(
+                        argument, f"placeholder {{{field}}} in {text!r} takes no format spec"
+                    )
+            parts.append((literal, field))
+        self.text = text
+        self._parts = tuple(parts)
+        self.fields = tuple(dict.fromkeys(f for _, f in parts if f is not None))
+
+    def __repr__(self) -> str:
+        return f"KeyPattern({self.text!r})"
+
+    def missing(self, values: Mapping[str, object]) -> list[str]:
+        """The placeholders that ``values`` does not give."""
+        return [field for field in self.fields if field not in values]
+
+    def format(self, values: Mapping[str, object]) -> str:
+        """The key for ``values`` (raw values; each one is encoded)."""
+        return "".join(
+            literal if field is None else literal + encode_value(values[field])
+            for literal, field in self._parts
+        )
+
+    def format_encoded(self, values: Mapping[str, str]) -> str | None:
+        """The key for already encoded values, or None when one is missing."""
+        out: list[str] = []
+        for literal, field in self._parts:
+            out.append(literal)
+            if field is not None:
+                value = values.get(field)
+                if value is None:
+                    return None
+                out.append(value)
+        return "".join(out)
+
+
+@lru_cache(maxsize=1024)
+def parse_pattern(text: str) -> KeyPattern:
+    """A parsed pattern, shared by every user of the same text."""
+    return KeyPattern(text)
+
+
+class Namespace:
+    """Names of FastRDB's own bookkeeping keys under a configurable prefix."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def schemes(self, table: str) -> str:
+        """The set of patterns published for ``table``, for listeners in any process."""
+        return f"{self.prefix}:schemes:{encode_value(table)}"
+
+    def lists(self, table: str) -> str:
+        """The registry of list keys that any change of ``table`` makes stale."""
+        return f"{self.prefix}:lists:{encode_value(table)}"
+
+    def narrowed_lists(self, table: str, expanded_prefix: str) -> str:
+        """The registry of list keys that only changes matching ``expanded_prefix`` make stale."""
+        return f"{self.prefix}:lists:{encode_value(table)}:{encode_value(expanded_prefix)}"
+
+    def all_of(self, tables: Iterable[str]) -> list[str]:
+        """The schemes keys of ``tables``, in order."""
+        return [self.schemes(table) for table in tables]

@@ -1,0 +1,53 @@
+"""One typed object for every knob FastRDB has, with defaults that are safe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastrdb.errors import FastRDBError
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Timeouts, circuit breaker, lease and paging limits.
+
+    Times are in seconds. The defaults suit a Redis on the same network as the application.
+    """
+
+    redis_timeout: float = 0.25
+    """Upper bound for one Redis call made by FastRDB; past it the call counts as a failure."""
+
+    breaker_threshold: int = 3
+    """Consecutive Redis failures after which FastRDB stops calling Redis for a while."""
+
+    breaker_cooldown: float = 5.0
+    """How long the open breaker skips Redis before one probe call is let through."""
+
+    lease_ttl: float = 5.0
+    """Lifetime of a fill lease: the longest a crashed reader can keep others from filling."""
+
+    lease_wait: float = 0.2
+    """How long a reader waits for another reader's fill before it reads the database itself."""
+
+    lease_poll: float = 0.004
+    """Pause between two looks at a key while waiting for another reader's fill."""
+
+    max_limit: int = 1000
+    """The largest ``limit`` that ``get_multi`` accepts."""
+
+    namespace: str = "fastrdb"
+    """Prefix of FastRDB's own bookkeeping keys (published patterns, list registries)."""
+
+    def __post_init__(self) -> None:
+        for name in ("redis_timeout", "breaker_cooldown", "lease_ttl", "lease_wait", "lease_poll"):
+            if getattr(self, name) <= 0:
+                raise FastRDBError(name, "must be positive")
+        if self.breaker_threshold < 1:
+            raise FastRDBError("breaker_threshold", "must be at least 1")
+        if self.max_limit < 1:
+            raise FastRDBError("max_limit", "must be at least 1")
+
+
+DEFAULT_SETTINGS = Settings()
