@@ -231,15 +231,30 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
             context=self._context,
         )
 
-    async def _fill_allowed(self, db: AsyncSession) -> bool:
-        """Whether the read about to run may be cached: it cannot see uncommitted writes of its
-        own session, and cannot be older than the lease taken just before it."""
+    async def _before_read(self, db: AsyncSession) -> tuple[bool, bool]:
+        """(may the read about to run be cached, should FastRDB end the transaction after it).
+
+        A read may be cached when it cannot see uncommitted writes of its own session and
+        cannot be older than the lease taken just before it: it opens the transaction itself,
+        or the connection reads the latest commit on every statement. Under REPEATABLE READ a
+        transaction that FastRDB opened for its read is committed right after, so the next read
+        of the session gets a new snapshot (and can be cached) too.
+        """
         session = db.sync_session
         if session.info.get(CHANGES_KEY) or session.new or session.dirty or session.deleted:
-            return False
-        if not session.in_transaction():
-            return True  # the read opens the transaction, so its snapshot is taken now
-        return await _statement_fresh(await db.connection())
+            return False, False
+        began = not session.in_transaction()
+        fresh = await _statement_fresh(await db.connection())
+        return began or fresh, began and not fresh
+
+    async def _run_read(self, db: AsyncSession, read: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """Run ``read``; also return whether its result may be cached."""
+        cacheable, end = await self._before_read(db)
+        try:
+            return await read(), cacheable
+        finally:
+            if end:
+                await db.commit()
 
     async def get(self, *, db: AsyncSession, redis: AsyncRedis, **kwargs: Any) -> ResponseT:
         """The row matching ``kwargs`` (every placeholder of ``pattern``, plus any other column
@@ -255,9 +270,11 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
             registries=(deps_key(base),) if extras else (),
         )
 
+        async def read() -> Any:
+            return (await db.execute(select(self.model).where(*clauses))).scalar_one()
+
         async def load() -> Loaded[ResponseT]:
-            fresh = await self._fill_allowed(db)
-            obj = (await db.execute(select(self.model).where(*clauses))).scalar_one()
+            obj, fresh = await self._run_read(db, read)
             response = self._response(obj)
             cacheable = fresh and self._row_key_of(obj) == base
             return Loaded(response, response.model_dump_json() if cacheable else None)
@@ -317,9 +334,11 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
             .offset((page - 1) * limit)
         )
 
+        async def read() -> Sequence[Any]:
+            return (await db.execute(query)).scalars().all()
+
         async def load() -> Loaded[list[ResponseT]]:
-            fresh = await self._fill_allowed(db)
-            rows = (await db.execute(query)).scalars().all()
+            rows, fresh = await self._run_read(db, read)
             responses = [self._response(row) for row in rows]
             cacheable = fresh and (narrowed is None or self._rows_fit(rows, kwargs))
             payload = "[" + ",".join(r.model_dump_json() for r in responses) + "]"
@@ -470,8 +489,11 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
             if key is not None and token:
                 await store.release(redis, health, key, token)
             raise
+        _, end = await self._before_read(db)
         await db.refresh(obj)
         response = self._response(obj)
+        if end:
+            await db.commit()
         if key is not None and token:
             if self._row_key_of(obj) == key and await store.fill(
                 redis, health, key, token, response.model_dump_json(), self.exp
