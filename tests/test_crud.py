@@ -258,7 +258,7 @@ async def test_any_primary_key_name(db: AsyncSession, redis_client: Redis) -> No
 async def test_composite_primary_key_and_narrowed_lists(
     db: AsyncSession, redis_client: Redis
 ) -> None:
-    """A composite key model; a change in chapter 3 drops chapter 3's pages and keeps chapter 4's."""
+    """Composite keys; a change in chapter 3 drops chapter 3's pages and keeps chapter 4's."""
     for chapter in (3, 4):
         for verse in (1, 2):
             await verses.create(
