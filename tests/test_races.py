@@ -1,0 +1,284 @@
+"""The lease protocol: no stale fill after a commit, one database read per cold key."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+import redis.asyncio
+from sqlalchemy import event, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from fastrdb import FastRDB
+from fastrdb.events import listen
+from tests.conftest import REDIS_URL, Database
+from tests.interleave import CountSelects, PauseAfterSelect
+from tests.models import Item, ItemSchema, ItemUpdate, User, UserUpdate
+from tests.processes import finish, start_python
+from tests.test_crud import add_user, users
+
+Redis = redis.asyncio.Redis
+
+items = FastRDB[Item, ItemSchema, ItemUpdate, ItemSchema](Item, ItemSchema, pattern="item:{sku}")
+
+
+@pytest.fixture
+async def writer(
+    engine: AsyncEngine, redis_client: Redis
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    maker = async_sessionmaker(engine)
+    handle = listen(maker, redis_client)
+    yield maker
+    handle.remove()
+
+
+async def rename(maker: async_sessionmaker[AsyncSession], email: str, name: str) -> None:
+    async with maker() as session:
+        user = (await session.execute(select(User).where(User.email == email))).scalar_one()
+        user.name = name
+        await session.commit()
+
+
+async def test_a_read_before_a_commit_cannot_fill_after_it(
+    engine: AsyncEngine,
+    maker: async_sessionmaker[AsyncSession],
+    redis_client: Redis,
+    writer: async_sessionmaker[AsyncSession],
+) -> None:
+    """Reader selects the old row, writer commits, reader resumes and tries to fill: the fill
+    is refused, Redis never holds the old row afterwards, and the next get sees the new one."""
+    async with maker() as db:
+        await add_user(db, redis_client, "a@x.io", "Old")
+    await redis_client.delete("user:email:a@x.io")
+    with PauseAfterSelect(engine, "users") as pause:
+
+        async def read() -> str:
+            async with maker() as db:
+                return (await users.get(db=db, redis=redis_client, email="a@x.io")).name
+
+        reader = asyncio.create_task(read())
+        await pause.wait_selected()
+        await rename(writer, "a@x.io", "New")
+        pause.resume()
+        assert await reader == "Old"  # it started before the commit: old is a fair answer
+    raw = await redis_client.get("user:email:a@x.io")
+    assert raw is None or b'"New"' in raw
+    async with maker() as db:
+        assert (await users.get(db=db, redis=redis_client, email="a@x.io")).name == "New"
+
+
+async def test_a_list_read_before_a_commit_cannot_fill_after_it(
+    engine: AsyncEngine,
+    maker: async_sessionmaker[AsyncSession],
+    redis_client: Redis,
+    writer: async_sessionmaker[AsyncSession],
+) -> None:
+    """The same forced interleaving for a get_multi page."""
+    async with maker() as db:
+        await add_user(db, redis_client, "a@x.io", "Old")
+    with PauseAfterSelect(engine, "users") as pause:
+
+        async def read() -> list[str]:
+            async with maker() as db:
+                return [u.name for u in await users.get_multi(db=db, redis=redis_client)]
+
+        reader = asyncio.create_task(read())
+        await pause.wait_selected()
+        await rename(writer, "a@x.io", "New")
+        pause.resume()
+        assert await reader == ["Old"]
+    raw = await redis_client.get("user:page:1:limit:10")
+    assert raw is None or b'"Old"' not in raw
+    async with maker() as db:
+        assert [u.name for u in await users.get_multi(db=db, redis=redis_client)] == ["New"]
+
+
+async def test_a_writer_racing_a_write_through(
+    engine: AsyncEngine,
+    maker: async_sessionmaker[AsyncSession],
+    redis_client: Redis,
+    writer: async_sessionmaker[AsyncSession],
+) -> None:
+    """Writer A (FastRDB update) reads its row back after its commit and pauses before its
+    write-through; writer B (plain ORM) commits a newer value; A resumes. The cache ends up
+    with B's value or nothing, never A's older one."""
+    async with maker() as db:
+        await add_user(db, redis_client, "a@x.io", "Zero")
+    with PauseAfterSelect(engine, "users", armed=False) as pause:
+
+        async def update_a() -> str:
+            async with maker() as db:
+                event.listen(db.sync_session, "after_commit", lambda session: pause.arm())
+                updated = await users.update(
+                    db=db, redis=redis_client, obj_in=UserUpdate(name="A"), email="a@x.io"
+                )
+                return updated.name
+
+        task = asyncio.create_task(update_a())
+        await pause.wait_selected()
+        await rename(writer, "a@x.io", "B")
+        pause.resume()
+        assert await task == "A"
+    raw = await redis_client.get("user:email:a@x.io")
+    assert raw is None or b'"B"' in raw
+    async with maker() as db:
+        assert (await users.get(db=db, redis=redis_client, email="a@x.io")).name == "B"
+
+
+async def test_concurrent_misses_cost_one_database_read(
+    engine: AsyncEngine, maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """100 concurrent gets of one cold key, each with its own session: at most 3 SELECTs."""
+    async with maker() as db:
+        await add_user(db, redis_client, "a@x.io", "Ann")
+    await redis_client.delete("user:email:a@x.io")
+
+    async def read() -> str:
+        async with maker() as db:
+            return (await users.get(db=db, redis=redis_client, email="a@x.io")).name
+
+    with CountSelects(engine, "users") as counted:
+        names = await asyncio.gather(*(read() for _ in range(100)))
+    assert names == ["Ann"] * 100
+    assert counted.count <= 3, counted.count
+
+
+MISSES = """
+import asyncio, sys
+import redis.asyncio
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from tests.interleave import CountSelects
+from tests.test_crud import users
+
+async def main(url, redis_url):
+    engine = create_async_engine(url)
+    maker = async_sessionmaker(engine, expire_on_commit=False)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    while not await client.exists("test:go"):
+        await asyncio.sleep(0.001)
+
+    async def read():
+        async with maker() as db:
+            return (await users.get(db=db, redis=client, email="a@x.io")).name
+
+    with CountSelects(engine, "users") as counted:
+        names = await asyncio.gather(*(read() for _ in range(50)))
+    assert set(names) == {"Ann"}, names
+    print("selects", counted.count)
+    await client.aclose()
+    await engine.dispose()
+
+asyncio.run(main(*sys.argv[1:3]))
+"""
+
+
+@pytest.mark.slow
+async def test_concurrent_misses_across_processes(
+    database: Database, maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """Two OS processes missing the same key at once cause at most 3 SELECTs in total."""
+    async with maker() as db:
+        await add_user(db, redis_client, "a@x.io", "Ann")
+    await redis_client.delete("user:email:a@x.io")
+    processes = [await start_python(MISSES, database.async_url, REDIS_URL) for _ in range(2)]
+    await asyncio.sleep(1.5)  # both interpreters are up and polling for the start signal
+    await redis_client.set("test:go", 1)
+    results = [await finish(process) for process in processes]
+    for result in results:
+        assert result.returncode == 0, result.stderr
+    total = sum(int(r.stdout.split("selects")[1]) for r in results)
+    assert total <= 3, total
+
+
+# -- a randomized history check --------------------------------------------------------------
+
+
+@dataclass
+class History:
+    committed: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    """sku → (time commit() returned, counter value committed), in commit order."""
+    reads: list[tuple[str, float, int]] = field(default_factory=list)
+    """(sku, time the read started, counter value it returned)."""
+
+    def violations(self) -> list[str]:
+        found = []
+        for sku, started, value in self.reads:
+            floor = max(
+                (v for returned, v in self.committed.get(sku, []) if returned < started),
+                default=0,
+            )
+            if value < floor:
+                found.append(f"{sku}: read {value} after {floor} was committed")
+        return found
+
+
+async def run_history(
+    maker: async_sessionmaker[AsyncSession],
+    writer: async_sessionmaker[AsyncSession],
+    redis_client: Redis,
+    *,
+    seconds: float,
+    seed: int,
+) -> History:
+    rng = random.Random(seed)
+    skus = [f"row-{i}" for i in range(4)]
+    async with maker() as db:
+        for sku in skus:
+            await items.create(
+                db=db, redis=redis_client, obj_in=ItemSchema(sku=sku, name=sku, price=1)
+            )
+    history = History({sku: [] for sku in skus})
+    deadline = time.monotonic() + seconds
+
+    async def write(sku: str) -> None:
+        value = 0
+        while time.monotonic() < deadline:
+            value += 1
+            how = rng.choice(["fastrdb", "orm", "bulk"])
+            if how == "fastrdb":
+                async with maker() as db:
+                    await items.update(
+                        db=db, redis=redis_client, obj_in=ItemUpdate(counter=value), sku=sku
+                    )
+            elif how == "orm":
+                async with writer() as session:
+                    (await session.get_one(Item, sku)).counter = value
+                    await session.commit()
+            else:
+                async with writer() as session:
+                    await session.execute(update(Item).where(Item.sku == sku).values(counter=value))
+                    await session.commit()
+            history.committed[sku].append((time.monotonic(), value))
+            await asyncio.sleep(rng.random() * 0.01)
+
+    async def read() -> None:
+        while time.monotonic() < deadline:
+            sku = rng.choice(skus)
+            started = time.monotonic()
+            async with maker() as db:
+                got = await items.get(db=db, redis=redis_client, sku=sku)
+            history.reads.append((sku, started, got.counter))
+
+    await asyncio.gather(*(write(sku) for sku in skus), *(read() for _ in range(12)))
+    return history
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_randomized_history_has_no_stale_reads(
+    maker: async_sessionmaker[AsyncSession],
+    writer: async_sessionmaker[AsyncSession],
+    redis_client: Redis,
+    seed: int,
+) -> None:
+    """Writers bump counters through FastRDB update, ORM changes and bulk update() while a
+    dozen readers get in a loop: no read that started after a commit returned sees an older
+    value."""
+    history = await run_history(maker, writer, redis_client, seconds=2.0, seed=seed)
+    assert len(history.reads) > 100
+    assert sum(len(v) for v in history.committed.values()) > 20
+    assert history.violations() == []
