@@ -20,9 +20,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from examples.embedded import database_url, embedded_redis  # noqa: E402
-from fastrdb import FastRDB  # noqa: E402
-from fastrdb.events import listen  # noqa: E402
+from examples.embedded import database_url, embedded_redis
+from fastrdb import FastRDB
+from fastrdb.events import listen
 
 
 class Base(DeclarativeBase):

@@ -99,6 +99,7 @@ async def read_through(
             log.warning("cache_corrupt", key=key_ref(entry.key), **context)
         else:
             stats.hits += 1
+            log.debug("cache_hit", **context)
             return value
     stats.misses += 1
     log.debug("cache_miss", key=key_ref(entry.key), **context)
