@@ -383,7 +383,11 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         """The number of rows matching the column filters in ``kwargs`` (not cached)."""
         clauses = self._filters(kwargs)
         query = select(func.count()).select_from(self._mapper.local_table).where(*clauses)
-        return int((await db.execute(query)).scalar_one())
+
+        async def read() -> int:
+            return int((await db.execute(query)).scalar_one())
+
+        return (await self._run_read(db, read))[0]
 
     # -- the write path --
 
@@ -413,8 +417,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         except BaseException:
             await db.rollback()
             raise
-        for obj in objects:
-            await db.refresh(obj)
+        await self._reload(db, objects)
         return [self._response(obj) for obj in objects]
 
     async def update(
@@ -448,6 +451,16 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         _check_positive_int("limit", limit)
         _check_positive_int("page", page)
         return PaginatedResponse[T](data=data, total=len(data), limit=limit, page=page)
+
+    async def _reload(self, db: AsyncSession, objects: Sequence[Any]) -> None:
+        """Read committed rows back (server defaults, onupdate values) in a new transaction,
+        ended again under REPEATABLE READ like any read FastRDB opens itself."""
+
+        async def read() -> None:
+            for obj in objects:
+                await db.refresh(obj)
+
+        await self._run_read(db, read)
 
     async def _fetch_for_write(self, db: AsyncSession, kwargs: Mapping[str, Any]) -> ModelT:
         clauses = self._filters(kwargs)
@@ -489,11 +502,8 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
             if key is not None and token:
                 await store.release(redis, health, key, token)
             raise
-        _, end = await self._before_read(db)
-        await db.refresh(obj)
+        await self._reload(db, [obj])
         response = self._response(obj)
-        if end:
-            await db.commit()
         if key is not None and token:
             if self._row_key_of(obj) == key and await store.fill(
                 redis, health, key, token, response.model_dump_json(), self.exp

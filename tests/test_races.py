@@ -263,7 +263,11 @@ async def run_history(
                 got = await items.get(db=db, redis=redis_client, sku=sku)
             history.reads.append((sku, started, got.counter))
 
-    await asyncio.gather(*(write(sku) for sku in skus), *(read() for _ in range(12)))
+    async with asyncio.TaskGroup() as group:
+        for sku in skus:
+            group.create_task(write(sku))
+        for _ in range(12):
+            group.create_task(read())
     return history
 
 
