@@ -150,15 +150,21 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
 
     # -- argument checks --
 
-    def _filters(self, kwargs: Mapping[str, Any]) -> list[ColumnElement[bool]]:
+    def _check_columns(self, kwargs: Mapping[str, Any]) -> None:
+        """Refuse any keyword that is not a mapped column (cheap: the hit path runs it)."""
         attributes = self._columns.attributes
-        clauses = []
-        for name, value in kwargs.items():
-            attribute = attributes.get(name)
-            if attribute is None:
-                raise FastRDBError(name, f"is not a column of {self._name}")
-            clauses.append(attribute.is_(None) if value is None else attribute == value)
-        return clauses
+        if attributes.keys() >= kwargs.keys():
+            return
+        unknown = next(name for name in kwargs if name not in attributes)
+        raise FastRDBError(unknown, f"is not a column of {self._name}")
+
+    def _where(self, kwargs: Mapping[str, Any]) -> list[ColumnElement[bool]]:
+        """The WHERE clauses for column filters already checked by ``_check_columns``."""
+        attributes = self._columns.attributes
+        return [
+            attributes[name].is_(None) if value is None else attributes[name] == value
+            for name, value in kwargs.items()
+        ]
 
     def _require(self, key_pattern: KeyPattern, values: Mapping[str, Any]) -> None:
         missing = key_pattern.missing(values)
@@ -259,7 +265,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     async def get(self, *, db: AsyncSession, redis: AsyncRedis, **kwargs: Any) -> ResponseT:
         """The row matching ``kwargs`` (every placeholder of ``pattern``, plus any other column
         filters). Raises ``sqlalchemy.exc.NoResultFound`` if there is none."""
-        clauses = self._filters(kwargs)
+        self._check_columns(kwargs)
         self._require(self._row, kwargs)
         base = self._row.format(kwargs)
         extras = {name: value for name, value in kwargs.items() if name not in self._row.fields}
@@ -271,7 +277,8 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         )
 
         async def read() -> Any:
-            return (await db.execute(select(self.model).where(*clauses))).scalar_one()
+            query = select(self.model).where(*self._where(kwargs))
+            return (await db.execute(query)).scalar_one()
 
         async def load() -> Loaded[ResponseT]:
             obj, fresh = await self._run_read(db, read)
@@ -298,7 +305,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         _check_positive_int("page", page)
         if limit > self.settings.max_limit:
             raise FastRDBError("limit", f"must be at most {self.settings.max_limit}, got {limit}")
-        clauses = self._filters(kwargs)
+        self._check_columns(kwargs)
         columns = self._columns
         if order_by is None:
             ordering = list(columns.primary_key)
@@ -326,15 +333,15 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
                 (Scheme("prefix", self._prefix.text),),
                 (self._namespace.narrowed_lists(self.table, narrowed),),
             )
-        query = (
-            select(self.model)
-            .where(*clauses)
-            .order_by(*(o.asc() if ascending else o.desc() for o in ordering))
-            .limit(limit)
-            .offset((page - 1) * limit)
-        )
 
         async def read() -> Sequence[Any]:
+            query = (
+                select(self.model)
+                .where(*self._where(kwargs))
+                .order_by(*(o.asc() if ascending else o.desc() for o in ordering))
+                .limit(limit)
+                .offset((page - 1) * limit)
+            )
             return (await db.execute(query)).scalars().all()
 
         async def load() -> Loaded[list[ResponseT]]:
@@ -381,8 +388,10 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         self, *, db: AsyncSession, redis: AsyncRedis | None = None, **kwargs: Any
     ) -> int:
         """The number of rows matching the column filters in ``kwargs`` (not cached)."""
-        clauses = self._filters(kwargs)
-        query = select(func.count()).select_from(self._mapper.local_table).where(*clauses)
+        self._check_columns(kwargs)
+        query = (
+            select(func.count()).select_from(self._mapper.local_table).where(*self._where(kwargs))
+        )
 
         async def read() -> int:
             return int((await db.execute(query)).scalar_one())
@@ -399,7 +408,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         ``kwargs`` (the pattern's values, as the seed API passes them) are checked to be columns;
         the key is computed from the stored row.
         """
-        self._filters(kwargs)
+        self._check_columns(kwargs)
         obj = self._new_instance(obj_in.model_dump())
         db.add(obj)
         return await self._commit_and_cache(db, redis, obj)
@@ -408,7 +417,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         self, *, db: AsyncSession, redis: AsyncRedis, instances: Sequence[CreateT], **kwargs: Any
     ) -> list[ResponseT]:
         """Insert every row of ``instances`` in one transaction and commit."""
-        self._filters(kwargs)
+        self._check_columns(kwargs)
         objects = [self._new_instance(item.model_dump()) for item in instances]
         await self._health(db, redis)
         db.add_all(objects)
@@ -463,9 +472,9 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         await self._run_read(db, read)
 
     async def _fetch_for_write(self, db: AsyncSession, kwargs: Mapping[str, Any]) -> ModelT:
-        clauses = self._filters(kwargs)
+        self._check_columns(kwargs)
         self._require(self._row, kwargs)
-        query = select(self.model).where(*clauses).with_for_update()
+        query = select(self.model).where(*self._where(kwargs)).with_for_update()
         obj: ModelT = (await db.execute(query)).scalar_one()
         return obj
 

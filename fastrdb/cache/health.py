@@ -32,10 +32,21 @@ class ClientHealth:
     serves nothing from the cache: every read goes to the database until a replay succeeds.
     """
 
-    __slots__ = ("__weakref__", "_failures", "_kept", "_open_until", "pending", "settings")
+    __slots__ = (
+        "__weakref__",
+        "_failures",
+        "_kept",
+        "_open_until",
+        "own_timeout",
+        "pending",
+        "settings",
+    )
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, own_timeout: bool = True) -> None:
         self.settings = settings
+        self.own_timeout = own_timeout
+        """Whether FastRDB must bound each call itself: the client sets no socket timeouts
+        within ``settings.redis_timeout``."""
         self._failures = 0
         self._open_until = 0.0
         self.pending: Mergeable | None = None
@@ -102,5 +113,20 @@ def health_of(client: Any, settings: Settings | None = None) -> ClientHealth:
     """The health record of ``client``; the first caller's settings configure it."""
     health = _HEALTH.get(client)
     if health is None:
-        health = _HEALTH[client] = ClientHealth(settings or DEFAULT_SETTINGS)
+        settings = settings or DEFAULT_SETTINGS
+        health = _HEALTH[client] = ClientHealth(
+            settings, own_timeout=not _client_bounds_calls(client, settings.redis_timeout)
+        )
     return health
+
+
+def _client_bounds_calls(client: Any, limit: float) -> bool:
+    """Whether the client's own socket timeouts already bound every call within ``limit``
+    (then FastRDB need not start a timer per call, which the hit path would pay for)."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if not isinstance(kwargs, dict):
+        return False
+    read = kwargs.get("socket_timeout")
+    connect = kwargs.get("socket_connect_timeout")
+    return all(isinstance(t, int | float) and 0 < t <= limit for t in (read, connect))

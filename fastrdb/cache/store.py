@@ -68,7 +68,10 @@ async def _guarded(
     if not health.allow():
         return fallback
     try:
-        async with asyncio.timeout(health.settings.redis_timeout):
+        if health.own_timeout:
+            async with asyncio.timeout(health.settings.redis_timeout):
+                result = await call()
+        else:
             result = await call()
     except REDIS_ERRORS as exc:
         health.failed(exc, operation)
@@ -81,9 +84,13 @@ async def get(client: Any, health: ClientHealth, key: str) -> Raw | Miss:
     """The value under ``key``, or MISS. The hit path: one round trip."""
     if not health.allow():
         return MISS
+    raw: Raw | None
     try:
-        async with asyncio.timeout(health.settings.redis_timeout):
-            raw: Raw | None = await client.get(key)
+        if health.own_timeout:
+            async with asyncio.timeout(health.settings.redis_timeout):
+                raw = await client.get(key)
+        else:
+            raw = await client.get(key)
     except REDIS_ERRORS as exc:
         health.failed(exc, "get")
         return MISS

@@ -1,0 +1,1 @@
+"""FastRDB's benchmarks: ``python -m bench`` (see README, Performance)."""

@@ -1,0 +1,631 @@
+"""Benchmarks, each against a baseline measured in the same process and run.
+
+Machines here are noisy, so every case alternates subject and baseline in rounds and reports
+the median ratio and its spread (min..max over rounds), never a lone absolute time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import random
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio
+import structlog
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import String, event, insert, select
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from fastrdb import FastRDB, Settings
+from fastrdb.events import listen
+
+REDIS_HOST = os.environ.get("BENCH_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("BENCH_REDIS_PORT", "6379"))
+DB_EMPTY, DB_FULL, DB_CASHEWS = 13, 12, 11
+URLS = {
+    "sqlite": "sqlite+aiosqlite:///{tmp}/bench.db",
+    "postgresql": "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+    "mariadb": "mysql+asyncmy://root@127.0.0.1:3306/test",
+}
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    __tablename__ = "bench_accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(100), unique=True)
+    name: Mapped[str] = mapped_column(String(100))
+    counter: Mapped[int] = mapped_column(default=0)
+
+
+class AccountIn(BaseModel):
+    email: str
+    name: str
+    counter: int = 0
+
+
+class AccountPatch(BaseModel):
+    name: str | None = None
+    counter: int | None = None
+
+
+class AccountOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    email: str
+    name: str
+    counter: int
+
+
+def make_crud() -> FastRDB[Account, AccountIn, AccountPatch, AccountOut]:
+    return FastRDB[Account, AccountIn, AccountPatch, AccountOut](
+        Account,
+        AccountOut,
+        pattern="bench:account:{email}",
+        list_pattern="bench:accounts:{page}:{limit}",
+        exp=600,
+        settings=Settings(redis_timeout=1.0),
+    )
+
+
+def bench_client(db: int) -> redis.asyncio.Redis:
+    """A client as the README recommends: socket timeouts within Settings.redis_timeout."""
+    return redis.asyncio.Redis(
+        host=REDIS_HOST, port=REDIS_PORT, db=db, socket_timeout=1.0, socket_connect_timeout=1.0
+    )
+
+
+@dataclass
+class Result:
+    case: str
+    database: str
+    subject: str
+    baseline: str
+    subject_value: float
+    baseline_value: float
+    unit: str
+    ratio: float
+    spread: str
+    target: str
+    met: bool | None
+    note: str = ""
+
+
+def progress(message: str) -> None:
+    print(f"  … {message}", file=sys.stderr, flush=True)
+
+
+Op = Callable[[], Awaitable[Any]]
+
+
+async def per_op(op: Op, n: int) -> float:
+    started = time.perf_counter()
+    for _ in range(n):
+        await op()
+    return (time.perf_counter() - started) / n
+
+
+async def compare(
+    subject: Op, baseline: Op, *, n: int, rounds: int
+) -> tuple[float, float, list[float]]:
+    """Median seconds per op of each, and the per-round subject/baseline ratios."""
+    await per_op(subject, max(1, n // 10))
+    await per_op(baseline, max(1, n // 10))
+    subject_times, baseline_times, ratios = [], [], []
+    for round_ in range(rounds):
+        pair = [(subject, subject_times), (baseline, baseline_times)]
+        if round_ % 2:
+            pair.reverse()
+        measured = {}
+        for op, sink in pair:
+            value = await per_op(op, n)
+            sink.append(value)
+            measured[id(sink)] = value
+        ratios.append(measured[id(subject_times)] / measured[id(baseline_times)])
+    return statistics.median(subject_times), statistics.median(baseline_times), ratios
+
+
+def ratio_result(
+    case: str,
+    database: str,
+    subject: str,
+    baseline: str,
+    measured: tuple[float, float, list[float]],
+    target: float | None,
+    *,
+    higher_is_better: bool = False,
+    note: str = "",
+) -> Result:
+    sub, base, ratios = measured
+    ratio = statistics.median(ratios)
+    met = None if target is None else (ratio >= target if higher_is_better else ratio <= target)
+    return Result(
+        case,
+        database,
+        subject,
+        baseline,
+        sub * 1e6,
+        base * 1e6,
+        "µs/op",
+        ratio,
+        f"{min(ratios):.2f}..{max(ratios):.2f}",
+        "" if target is None else (f"≥ {target}x" if higher_is_better else f"≤ {target}x"),
+        met,
+        note,
+    )
+
+
+class SelectCounter:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.count = 0
+        event.listen(engine.sync_engine, "after_cursor_execute", self._count)
+
+    def _count(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if (
+            statement.lstrip().upper().startswith("SELECT")
+            and "BENCH_ACCOUNTS" in statement.upper()
+        ):
+            self.count += 1
+
+
+async def seed(engine: AsyncEngine, rows: int) -> None:
+    async with engine.begin() as connection:
+        await connection.run_sync(Base.metadata.drop_all)
+        await connection.run_sync(Base.metadata.create_all)
+        batch = [
+            {"id": i, "email": f"u{i}@bench.io", "name": f"user {i}", "counter": 0}
+            for i in range(1, rows + 1)
+        ]
+        for start in range(0, rows, 1000):
+            await connection.execute(insert(Account), batch[start : start + 1000])
+
+
+async def bench_database(name: str, url: str, args: argparse.Namespace) -> list[Result]:
+    results: list[Result] = []
+    n, rounds = args.n, args.rounds
+    engine = create_async_engine(url, pool_size=20, max_overflow=80)
+    progress(f"{name}: seeding 10,000 rows")
+    await seed(engine, 10_000)
+    maker = async_sessionmaker(engine, expire_on_commit=False)
+    client = bench_client(DB_EMPTY)
+    await client.flushdb()
+    crud = make_crud()
+    email, key = "u1@bench.io", "bench:account:u1@bench.io"
+
+    # 1. hit
+    progress(f"{name}: 1 cached get vs bare GET + validate")
+    async with maker() as db:
+        await crud.get(db=db, redis=client, email=email)
+
+        async def hit() -> Any:
+            return await crud.get(db=db, redis=client, email=email)
+
+        async def bare_hit() -> Any:
+            return AccountOut.model_validate_json(await client.get(key))  # type: ignore[arg-type]
+
+        results.append(
+            ratio_result(
+                "1 hit",
+                name,
+                "FastRDB get (hit)",
+                "GET + model_validate_json",
+                await compare(hit, bare_hit, n=n, rounds=rounds),
+                1.10,
+            )
+        )
+
+        # 2. miss
+        progress(f"{name}: 2 cold get vs bare select + validate + SET")
+
+        async def miss() -> Any:
+            await client.delete(key)
+            return await crud.get(db=db, redis=client, email=email)
+
+        async def bare_miss() -> Any:
+            await client.delete(key)
+            row = (await db.execute(select(Account).where(Account.email == email))).scalar_one()
+            value = AccountOut.model_validate(row)
+            await client.set(key, value.model_dump_json(), ex=600)
+            return value
+
+        results.append(
+            ratio_result(
+                "2 miss",
+                name,
+                "FastRDB get (miss→lease→read→fill)",
+                "select + validate + SET",
+                await compare(miss, bare_miss, n=max(1, n // 5), rounds=rounds),
+                1.5,
+            )
+        )
+
+    # 3. / 4. ORM update + commit
+    plain = async_sessionmaker(engine, expire_on_commit=False)
+    listened = async_sessionmaker(engine, expire_on_commit=False)
+    full_client = bench_client(DB_FULL)
+    listened_full = async_sessionmaker(engine, expire_on_commit=False)
+    handles = [listen(listened, client), listen(listened_full, full_client)]
+    async with maker() as db:  # publish the pattern in both Redis databases
+        await crud.get(db=db, redis=full_client, email=email)
+
+    def updater(factory: async_sessionmaker[AsyncSession]) -> Op:
+        async def op() -> None:
+            async with factory() as session:
+                account = await session.get_one(Account, 2)
+                account.counter += 1
+                await session.commit()
+
+        return op
+
+    progress(f"{name}: 3 ORM update + commit, listened vs not")
+    results.append(
+        ratio_result(
+            "3 update",
+            name,
+            "ORM update + commit, listen()ed",
+            "same without FastRDB",
+            await compare(updater(listened), updater(plain), n=max(1, n // 5), rounds=rounds),
+            1.3,
+        )
+    )
+    if args.million:
+        if await full_client.dbsize() < 1_000_000:
+            progress(f"{name}: 4 writing 1,000,000 unrelated keys")
+            await full_client.flushdb()
+            async with maker() as db:
+                await crud.get(db=db, redis=full_client, email=email)
+            for start in range(0, 1_000_000, 10_000):
+                await full_client.mset(
+                    {f"unrelated:{i}": "x" for i in range(start, start + 10_000)}
+                )
+        progress(f"{name}: 4 update with 1,000,000 unrelated keys vs none")
+        results.append(
+            ratio_result(
+                "4 unrelated keys",
+                name,
+                "update, 1M unrelated keys in Redis",
+                "update, empty Redis",
+                await compare(
+                    updater(listened_full), updater(listened), n=max(1, n // 5), rounds=rounds
+                ),
+                1.2,
+            )
+        )
+    for handle in handles:
+        handle.remove()
+
+    # 5. 64 concurrent tasks of cached gets
+    progress(f"{name}: 5 64 concurrent cached gets vs bare")
+    sessions = [maker() for _ in range(64)]
+
+    async def many(op_for: Callable[[AsyncSession], Op]) -> float:
+        per_task = max(1, n // 16)
+
+        async def task(session: AsyncSession) -> None:
+            op = op_for(session)
+            for _ in range(per_task):
+                await op()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(task(s) for s in sessions))
+        return 64 * per_task / (time.perf_counter() - started)
+
+    def fastrdb_get(session: AsyncSession) -> Op:
+        return lambda: crud.get(db=session, redis=client, email=email)
+
+    def bare_get(session: AsyncSession) -> Op:
+        async def op() -> Any:
+            return AccountOut.model_validate_json(await client.get(key))  # type: ignore[arg-type]
+
+        return op
+
+    await client.delete(key)
+    async with maker() as db:
+        await crud.get(db=db, redis=client, email=email)
+    rates_f, rates_b = [], []
+    for round_ in range(rounds):
+        if round_ % 2:
+            rates_b.append(await many(bare_get))
+            rates_f.append(await many(fastrdb_get))
+        else:
+            rates_f.append(await many(fastrdb_get))
+            rates_b.append(await many(bare_get))
+    ratios = [f / b for f, b in zip(rates_f, rates_b, strict=True)]
+    ratio = statistics.median(ratios)
+    results.append(
+        Result(
+            "5 concurrency",
+            name,
+            "64 tasks FastRDB get",
+            "64 tasks GET + validate",
+            statistics.median(rates_f),
+            statistics.median(rates_b),
+            "ops/s",
+            ratio,
+            f"{min(ratios):.2f}..{max(ratios):.2f}",
+            "≥ 0.9x",
+            ratio >= 0.9,
+        )
+    )
+    for session in sessions:
+        await session.close()
+
+    # 6. stampede
+    progress(f"{name}: 6 100 concurrent misses of one key")
+    counter = SelectCounter(engine)
+    reads = []
+    for _ in range(rounds):
+        await client.delete(key)
+        counter.count = 0
+
+        async def one() -> Any:
+            async with maker() as session:
+                return await crud.get(db=session, redis=client, email=email)
+
+        await asyncio.gather(*(one() for _ in range(100)))
+        reads.append(counter.count)
+    worst = max(reads)
+    results.append(
+        Result(
+            "6 stampede",
+            name,
+            "DB reads for 100 concurrent misses",
+            "",
+            worst,
+            100,
+            "reads",
+            worst / 100,
+            f"{min(reads)}..{max(reads)}",
+            "≤ 3 reads",
+            worst <= 3,
+        )
+    )
+
+    # 7. cashews, for reference
+    results.extend(await bench_cashews(name, maker, crud, client, args))
+
+    # 8. zipf mix
+    results.append(await bench_mix(name, maker, crud, client, counter, args))
+
+    # 9. Redis down
+    results.append(await bench_redis_down(name, maker, args))
+    await client.aclose()
+    await full_client.aclose()
+    await engine.dispose()
+    return results
+
+
+async def bench_cashews(
+    name: str,
+    maker: async_sessionmaker[AsyncSession],
+    crud: Any,
+    client: redis.asyncio.Redis,
+    args: argparse.Namespace,
+) -> list[Result]:
+    try:
+        from cashews import Cache
+    except ImportError:
+        return [
+            Result(
+                "7 cashews",
+                name,
+                "FastRDB get (hit)",
+                "cashews @cache (hit)",
+                0,
+                0,
+                "µs/op",
+                0,
+                "",
+                "reference",
+                None,
+                "cashews not installed (pip install cashews)",
+            )
+        ]
+    progress(f"{name}: 7 cashews read-through for reference")
+    cache = Cache()
+    cache.setup(f"redis://{REDIS_HOST}:{REDIS_PORT}/{DB_CASHEWS}", client_side=False)
+    await cache.clear()
+    email = "u3@bench.io"
+    async with maker() as db:
+
+        @cache(ttl="10m", key="cashews:account:{email}")
+        async def cashews_get(email: str) -> AccountOut:
+            row = (await db.execute(select(Account).where(Account.email == email))).scalar_one()
+            return AccountOut.model_validate(row)
+
+        await cashews_get(email)
+        await crud.get(db=db, redis=client, email=email)
+        measured = await compare(
+            lambda: crud.get(db=db, redis=client, email=email),
+            lambda: cashews_get(email),
+            n=args.n,
+            rounds=args.rounds,
+        )
+    await cache.close()
+    return [
+        ratio_result(
+            "7 cashews",
+            name,
+            "FastRDB get (hit)",
+            "cashews @cache (hit)",
+            measured,
+            None,
+            note="reference only; cashews pickles values and does no invalidation",
+        )
+    ]
+
+
+async def bench_mix(
+    name: str,
+    maker: async_sessionmaker[AsyncSession],
+    crud: Any,
+    client: redis.asyncio.Redis,
+    counter: SelectCounter,
+    args: argparse.Namespace,
+) -> Result:
+    progress(f"{name}: 8 Zipf 95% read / 5% write over 10,000 rows")
+    rng = random.Random(7)
+    weights = [1 / (rank**1.1) for rank in range(1, 10_001)]
+    ops = args.mix_ops
+    picks = rng.choices(range(1, 10_001), weights=weights, k=ops)
+    writes = [rng.random() < 0.05 for _ in range(ops)]
+    committed: dict[int, list[tuple[float, int]]] = {}
+    reads: list[tuple[int, float, int]] = []
+    values: dict[int, int] = {}
+    await client.flushdb()
+    stats_before = crud.stats()
+    counter.count = 0
+    queue = list(zip(picks, writes, strict=True))
+    locks: dict[int, asyncio.Lock] = {}
+
+    async def worker() -> None:
+        async with maker() as db:
+            while queue:
+                row, write = queue.pop()
+                email = f"u{row}@bench.io"
+                if write:
+                    async with locks.setdefault(row, asyncio.Lock()):
+                        value = values.get(row, 0) + 1
+                        values[row] = value
+                        await crud.update(
+                            db=db, redis=client, obj_in=AccountPatch(counter=value), email=email
+                        )
+                        committed.setdefault(row, []).append((time.monotonic(), value))
+                else:
+                    started = time.monotonic()
+                    got = await crud.get(db=db, redis=client, email=email)
+                    reads.append((row, started, got.counter))
+
+    await asyncio.gather(*(worker() for _ in range(16)))
+    stats = {k: v - stats_before[k] for k, v in crud.stats().items()}
+    stale = sum(
+        1
+        for row, started, value in reads
+        if value < max((v for t, v in committed.get(row, []) if t < started), default=0)
+    )
+    served = stats["hits"] + stats["misses"]
+    hit_ratio = stats["hits"] / served if served else 0.0
+    saved = len(reads) - counter.count
+    return Result(
+        "8 zipf mix",
+        name,
+        "hit ratio",
+        "",
+        hit_ratio * 100,
+        0,
+        "%",
+        hit_ratio,
+        f"{len(reads)} reads, {counter.count} DB selects, {saved} saved",
+        "0 stale reads",
+        stale == 0,
+        f"{stale} stale reads",
+    )
+
+
+async def bench_redis_down(
+    name: str, maker: async_sessionmaker[AsyncSession], args: argparse.Namespace
+) -> Result:
+    progress(f"{name}: 9 1,000 gets with Redis down vs plain database reads")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]
+    dead = redis.asyncio.Redis(port=dead_port, socket_connect_timeout=0.1, socket_timeout=0.1)
+    crud = make_crud()
+    email = "u5@bench.io"
+    async with maker() as db:
+
+        async def cached() -> Any:
+            return await crud.get(db=db, redis=dead, email=email)
+
+        async def plain() -> Any:
+            row = (await db.execute(select(Account).where(Account.email == email))).scalar_one()
+            return AccountOut.model_validate(row)
+
+        measured = await compare(cached, plain, n=1000, rounds=3)
+    await dead.aclose()
+    return ratio_result(
+        "9 redis down", name, "FastRDB get, Redis unreachable", "select + validate", measured, 2.0
+    )
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| case | db | subject | baseline | subject | baseline | ratio (spread) | target | met |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        met = {True: "yes", False: "**no**", None: "—"}[r.met]
+        lines.append(
+            f"| {r.case} | {r.database} | {r.subject} | {r.baseline or '—'} | "
+            f"{r.subject_value:,.1f} {r.unit} | {r.baseline_value:,.1f} | "
+            f"{r.ratio:.2f} ({r.spread}) | {r.target} | {met}{' — ' + r.note if r.note else ''} |"
+        )
+    return "\n".join(lines)
+
+
+async def amain(args: argparse.Namespace, tmp: Path) -> list[Result]:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    results = []
+    for name in args.databases.split(","):
+        print(f"== {name}", file=sys.stderr, flush=True)
+        results.extend(await bench_database(name, URLS[name].format(tmp=tmp), args))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("-n", type=int, default=2000, help="operations per round (hit cases)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--mix-ops", type=int, default=20_000)
+    parser.add_argument(
+        "--no-million",
+        dest="million",
+        action="store_false",
+        help="skip case 4 (writing 1,000,000 keys takes a while)",
+    )
+    parser.add_argument("--output", default="bench/results.json")
+    args = parser.parse_args()
+    started = time.time()
+    results = asyncio.run(amain(args, Path(args.output).resolve().parent))
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "seconds": round(time.time() - started, 1),
+        "results": [asdict(r) for r in results],
+    }
+    Path(args.output).write_text(json.dumps(report, indent=2))
+    print(table(results))
+    print(f"\n{len(results)} cases in {report['seconds']} s; JSON in {args.output}")
+
+
+if __name__ == "__main__":
+    main()
