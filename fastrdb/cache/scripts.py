@@ -10,7 +10,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-__all__ = ["DROP", "FILL", "INVALIDATE", "RELEASE", "LuaScript"]
+__all__ = ["DROP", "FILL", "INVALIDATE", "LEASE", "RELEASE", "LuaScript"]
 
 Arg = str | int | bytes
 
@@ -50,3 +50,4 @@ DROP = LuaScript("drop")
 FILL = LuaScript("fill")
 RELEASE = LuaScript("release")
 INVALIDATE = LuaScript("invalidate")
+LEASE = LuaScript("lease")

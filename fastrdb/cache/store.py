@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -21,7 +22,7 @@ from redis.exceptions import RedisError
 from fastrdb._compat import await_in_greenlet
 from fastrdb._types import Raw
 from fastrdb.cache.health import ClientHealth
-from fastrdb.cache.scripts import DROP, FILL, INVALIDATE, RELEASE
+from fastrdb.cache.scripts import DROP, FILL, INVALIDATE, LEASE, RELEASE
 from fastrdb.keys import Namespace, deps_key, lease_key
 from fastrdb.schemes import Scheme
 
@@ -136,18 +137,14 @@ async def acquire(
             await client.sadd(registry, key)
         return taken
 
-    async def pipelined() -> bool:
-        pipe = client.pipeline(transaction=False)
-        if members:
-            pipe.sadd(schemes_key, *members)
-        pipe.set(lease_key(key), token, nx=True, px=ttl_ms)
-        for registry in registries:
-            pipe.sadd(registry, key)
-        replies = await pipe.execute()
-        return bool(replies[1 if members else 0])
+    async def scripted() -> bool:
+        keys = (lease_key(key), schemes_key, *registries)
+        return bool(
+            await LEASE.run_async(client, keys, (token, ttl_ms, len(members), *members, key))
+        )
 
-    # A cluster pipeline does not keep the order of commands sent to different nodes.
-    return await _guarded(health, "acquire", sequential if is_cluster(client) else pipelined, None)
+    # On a cluster the keys live in different slots: separate calls, in this order.
+    return await _guarded(health, "acquire", sequential if is_cluster(client) else scripted, None)
 
 
 async def fill(
@@ -203,6 +200,25 @@ class InvalidationPlan:
     registries: list[str] = field(default_factory=list)
 
 
+SchemeCache = dict[str, tuple[int, list[Scheme]]]
+"""Per table: the size of its published pattern set when read, and the patterns."""
+
+_scheme_caches: weakref.WeakKeyDictionary[Any, SchemeCache] = weakref.WeakKeyDictionary()
+
+
+def _read_schemes(
+    call: Caller, client: Any, namespace: Namespace, tables: Sequence[str]
+) -> SchemeCache:
+    pipe = client.pipeline(transaction=False)
+    for table in tables:
+        pipe.smembers(namespace.schemes(table))
+    read: SchemeCache = {}
+    for table, members in zip(tables, call(pipe.execute()), strict=True):
+        parsed = (Scheme.from_member(member) for member in members)
+        read[table] = (len(members), [scheme for scheme in parsed if scheme is not None])
+    return read
+
+
 def deliver_invalidation(
     call: Caller,
     client: Any,
@@ -210,23 +226,30 @@ def deliver_invalidation(
     tables: Sequence[str],
     plan: Callable[[Mapping[str, list[Scheme]]], InvalidationPlan],
 ) -> int:
-    """Read the patterns published for ``tables``, plan with them, and drop the keys.
+    """Plan with the patterns published for ``tables`` and drop the keys. Raises what Redis
+    raises.
 
-    Two round trips on one Redis. Raises what Redis raises.
+    On one Redis this is a single round trip: the patterns are cached per client, and the
+    script refuses to run (and the patterns are read again) if a pattern set grew since.
     """
-    pipe = client.pipeline(transaction=False)
-    for table in tables:
-        pipe.smembers(namespace.schemes(table))
-    replies = call(pipe.execute())
-    schemes: dict[str, list[Scheme]] = {}
-    for table, members in zip(tables, replies, strict=True):
-        parsed = (Scheme.from_member(member) for member in members)
-        schemes[table] = [scheme for scheme in parsed if scheme is not None]
-    todo = plan(schemes)
     if is_cluster(client):
-        return _deliver_per_slot(call, client, todo)
-    keys = [*todo.row_keys, *todo.registries]
-    return int(INVALIDATE.run(call, client, keys, [len(todo.row_keys), *todo.own_tokens]))
+        schemes = _read_schemes(call, client, namespace, tables)
+        return _deliver_per_slot(call, client, plan({t: s for t, (_, s) in schemes.items()}))
+    cache = _scheme_caches.setdefault(client, {})
+    for _ in range(5):
+        missing = [table for table in tables if table not in cache]
+        if missing:
+            cache.update(_read_schemes(call, client, namespace, missing))
+        todo = plan({table: cache[table][1] for table in tables})
+        keys = [namespace.schemes(t) for t in tables] + todo.row_keys + todo.registries
+        sizes = [cache[table][0] for table in tables]
+        args: list[int | str] = [len(tables), len(todo.row_keys), *sizes, *todo.own_tokens]
+        dropped = int(INVALIDATE.run(call, client, keys, args))
+        if dropped >= 0:
+            return dropped
+        for table in tables:
+            cache.pop(table, None)  # a pattern was published meanwhile: read them again
+    raise RuntimeError("the published key patterns kept changing during the invalidation")
 
 
 def _deliver_per_slot(call: Caller, client: Any, todo: InvalidationPlan) -> int:

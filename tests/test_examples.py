@@ -1,0 +1,110 @@
+"""The examples: the FastAPI app over HTTP, and the app and the worker as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REDIS_URL
+from tests.processes import ROOT, finish, run_script
+from tests.servers import free_port
+
+
+@pytest.fixture
+def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'app.db'}", "REDIS_URL": REDIS_URL}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+async def api(app_env: dict[str, str], redis_client: object) -> AsyncIterator[httpx.AsyncClient]:
+    from examples.fastapi_app import app
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            yield client
+
+
+async def test_the_users_api(api: httpx.AsyncClient) -> None:
+    """Create, read (cached), list with paging and ordering, update, delete, and errors."""
+    for email, name in [("b@x.io", "Bea"), ("a@x.io", "Al"), ("c@x.io", "Cy")]:
+        response = await api.post("/users", json={"email": email, "name": name})
+        assert response.status_code == 201, response.text
+    assert (await api.post("/users", json={"email": "a@x.io", "name": "x"})).status_code == 409
+    assert (await api.post("/users", json={"email": "nope", "name": "x"})).status_code == 422
+    assert (await api.get("/users/a@x.io")).json()["name"] == "Al"
+    page = (await api.get("/users", params={"limit": 2, "order_by": "name"})).json()
+    assert [u["name"] for u in page["data"]] == ["Al", "Bea"]
+    assert (page["limit"], page["page"]) == (2, 1)
+    second = (await api.get("/users", params={"limit": 2, "page": 2, "order_by": "name"})).json()
+    assert [u["name"] for u in second["data"]] == ["Cy"]
+    bad = await api.get("/users", params={"order_by": "__class__"})
+    assert bad.status_code == 422
+    assert bad.json()["field"] == "order_by"
+    assert (await api.patch("/users/a@x.io", json={"name": "Alan"})).json()["name"] == "Alan"
+    assert (await api.get("/users/a@x.io")).json()["name"] == "Alan"
+    assert (await api.delete("/users/a@x.io")).status_code == 204
+    assert (await api.get("/users/a@x.io")).status_code == 404
+    stats = (await api.get("/stats")).json()
+    assert stats["hits"] >= 1
+
+
+@pytest.mark.slow
+async def test_app_and_worker_as_processes(app_env: dict[str, str], redis_client: object) -> None:
+    """uvicorn serves cached reads; the worker process writes; the app's reads follow."""
+    port = free_port()
+    env = {**os.environ, **app_env, "PYTHONPATH": str(ROOT)}
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "examples.fastapi_app:app",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            for _ in range(200):
+                try:
+                    if (await http.get("/stats")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+            created = await http.post("/users", json={"email": "w@x.io", "name": "Before"})
+            assert created.status_code == 201, created.text
+            assert (await http.get("/users/w@x.io")).json()["name"] == "Before"
+            assert (await http.get("/users")).json()["data"][0]["visits"] == 0
+
+            worker = await run_script(
+                ROOT / "examples" / "worker.py",
+                "--rename",
+                "w@x.io",
+                "After",
+                "--visits",
+                "2",
+                "--interval",
+                "0",
+            )
+            assert worker.returncode == 0, worker.stderr
+
+            assert (await http.get("/users/w@x.io")).json()["name"] == "After"
+            assert (await http.get("/users")).json()["data"][0]["visits"] == 2
+            assert (await http.get("/stats")).json()["hits"] >= 1
+    finally:
+        server.terminate()
+        await finish(server)
