@@ -16,7 +16,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Mapper
 from fastrdb._types import AsyncRedis, Raw
 from fastrdb.cache import store
 from fastrdb.cache.health import ClientHealth, health_of
-from fastrdb.cache.readthrough import Entry, Loaded, Stats, read_through
+from fastrdb.cache.readthrough import Entry, Loaded, Stats, cached, read_through
 from fastrdb.errors import FastRDBError
 from fastrdb.events.bindings import CHANGES_KEY, bind_session
 from fastrdb.events.changes import Changes
@@ -110,6 +110,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         self._namespace = Namespace(self.settings.namespace)
         self._schemes_key = self._namespace.schemes(self.table)
         self._row_schemes = (Scheme("row", pattern),)
+        self._prefix_schemes = (Scheme("prefix", self._prefix.text),) if self._prefix else ()
         self._list_decoder = TypeAdapter(list[response_schema])  # type: ignore[valid-type]
         self._stats = Stats()
         self._where_cache: dict[tuple[tuple[str, bool], ...], tuple[ColumnElement[bool], ...]] = {}
@@ -220,6 +221,8 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     # -- the read path --
 
     async def _health(self, db: AsyncSession, redis: AsyncRedis) -> ClientHealth:
+        """The client's health, after binding the session so FastRDB's writes invalidate, and
+        after replaying invalidations that Redis could not take before."""
         bind_session(db.sync_session, redis, self.settings)
         health = health_of(redis, self.settings)
         if health.pending is not None:
@@ -230,25 +233,34 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         self,
         db: AsyncSession,
         redis: AsyncRedis,
-        entry: Entry,
+        key: str,
         decode: Callable[[Raw], T],
-        load: Callable[[], Awaitable[Loaded[T]]],
+        prepare: Callable[[], tuple[Entry, Callable[[], Awaitable[Loaded[T]]]]],
     ) -> T:
-        health = await self._health(db, redis)
-        changes: Changes | None = db.sync_session.info.get(CHANGES_KEY)
-        if not health.usable or (changes is not None and changes.touches(self.table)):
-            self._stats.bypasses += 1
-            return (await load()).value
-        return await read_through(
-            redis,
-            health,
-            entry,
-            decode=decode,
-            load=load,
-            exp=self.exp,
-            stats=self._stats,
-            context=self._context,
-        )
+        """Serve ``key`` from the cache, or ``prepare()`` the miss path (only a miss pays it)."""
+        session = db.sync_session
+        binding = bind_session(session, redis, self.settings)
+        health = binding.health if binding.client is redis else health_of(redis, self.settings)
+        if health.pending is not None:
+            await replay(redis, health)
+        changes: Changes | None = session.info.get(CHANGES_KEY)
+        if health.usable and (changes is None or not changes.touches(self.table)):
+            value = await cached(redis, health, key, decode, self._stats, self._context)
+            if value is not store.MISS:
+                return value
+            entry, load = prepare()
+            return await read_through(
+                redis,
+                health,
+                entry,
+                decode=decode,
+                load=load,
+                exp=self.exp,
+                stats=self._stats,
+                context=self._context,
+            )
+        self._stats.bypasses += 1
+        return (await prepare()[1]()).value
 
     async def _before_read(self, db: AsyncSession) -> tuple[bool, bool]:
         """(may the read about to run be cached, should FastRDB end the transaction after it).
@@ -281,25 +293,26 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         self._check_columns(kwargs)
         self._require(self._row, kwargs)
         base = self._row.format(kwargs)
-        extras = {name: value for name, value in kwargs.items() if name not in self._row.fields}
-        entry = Entry(
-            with_digest(base, extras),
-            self._schemes_key,
-            self._row_schemes,
-            registries=(deps_key(base),) if extras else (),
-        )
+        extras: dict[str, Any] = {}
+        if len(kwargs) > len(self._row.fields):
+            extras = {name: value for name, value in kwargs.items() if name not in self._row.fields}
+        key = with_digest(base, extras)
 
-        async def read() -> Any:
-            clauses, params = self._where(kwargs)
-            return (await db.execute(select(self.model).where(*clauses), params)).scalar_one()
+        def prepare() -> tuple[Entry, Callable[[], Awaitable[Loaded[ResponseT]]]]:
+            async def read() -> Any:
+                clauses, params = self._where(kwargs)
+                return (await db.execute(select(self.model).where(*clauses), params)).scalar_one()
 
-        async def load() -> Loaded[ResponseT]:
-            obj, fresh = await self._run_read(db, read)
-            response = self._response(obj)
-            cacheable = fresh and self._row_key_of(obj) == base
-            return Loaded(response, response.model_dump_json() if cacheable else None)
+            async def load() -> Loaded[ResponseT]:
+                obj, fresh = await self._run_read(db, read)
+                response = self._response(obj)
+                cacheable = fresh and self._row_key_of(obj) == base
+                return Loaded(response, response.model_dump_json() if cacheable else None)
 
-        return await self._read(db, redis, entry, self.response_schema.model_validate_json, load)
+            registries = (deps_key(base),) if extras else ()
+            return Entry(key, self._schemes_key, self._row_schemes, registries), load
+
+        return await self._read(db, redis, key, self.response_schema.model_validate_json, prepare)
 
     async def get_multi(
         self,
@@ -335,37 +348,36 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         if not ascending:
             extras["ascending"] = False
         key = with_digest(self._list.format(params), extras)
-        narrowed = self._narrowing(kwargs, key)
-        if narrowed is None:
-            entry = Entry(key, self._schemes_key, (), (self._namespace.lists(self.table),))
-        else:
+
+        def prepare() -> tuple[Entry, Callable[[], Awaitable[Loaded[list[ResponseT]]]]]:
+            narrowed = self._narrowing(kwargs, key)
+
+            async def read() -> Sequence[Any]:
+                clauses, params = self._where(kwargs)
+                query = (
+                    select(self.model)
+                    .where(*clauses)
+                    .order_by(*(o.asc() if ascending else o.desc() for o in ordering))
+                    .limit(limit)
+                    .offset((page - 1) * limit)
+                )
+                return (await db.execute(query, params)).scalars().all()
+
+            async def load() -> Loaded[list[ResponseT]]:
+                rows, fresh = await self._run_read(db, read)
+                responses = [self._response(row) for row in rows]
+                cacheable = fresh and (narrowed is None or self._rows_fit(rows, kwargs))
+                payload = "[" + ",".join(r.model_dump_json() for r in responses) + "]"
+                return Loaded(responses, payload if cacheable else None)
+
+            if narrowed is None:
+                registry = self._namespace.lists(self.table)
+                return Entry(key, self._schemes_key, (), (registry,)), load
             assert self._prefix is not None
-            entry = Entry(
-                key,
-                self._schemes_key,
-                (Scheme("prefix", self._prefix.text),),
-                (self._namespace.narrowed_lists(self.table, narrowed),),
-            )
+            registry = self._namespace.narrowed_lists(self.table, narrowed)
+            return Entry(key, self._schemes_key, self._prefix_schemes, (registry,)), load
 
-        async def read() -> Sequence[Any]:
-            clauses, params = self._where(kwargs)
-            query = (
-                select(self.model)
-                .where(*clauses)
-                .order_by(*(o.asc() if ascending else o.desc() for o in ordering))
-                .limit(limit)
-                .offset((page - 1) * limit)
-            )
-            return (await db.execute(query, params)).scalars().all()
-
-        async def load() -> Loaded[list[ResponseT]]:
-            rows, fresh = await self._run_read(db, read)
-            responses = [self._response(row) for row in rows]
-            cacheable = fresh and (narrowed is None or self._rows_fit(rows, kwargs))
-            payload = "[" + ",".join(r.model_dump_json() for r in responses) + "]"
-            return Loaded(responses, payload if cacheable else None)
-
-        return await self._read(db, redis, entry, self._list_decoder.validate_json, load)
+        return await self._read(db, redis, key, self._list_decoder.validate_json, prepare)
 
     def _narrowing(self, filters: Mapping[str, Any], key: str) -> str | None:
         """The expanded ``invalidate_pattern_prefix`` that may stand for this list entry, or None

@@ -2,7 +2,7 @@
 
 It takes callables for decoding and loading and knows nothing of databases. The protocol:
 
-- a hit is one GET;
+- a hit is one GET (:func:`cached`);
 - on a miss the reader takes the key's lease (a token, with a TTL) and loads; the fill lands
   only while that same token still holds the lease, and every invalidation deletes the lease,
   so a load that began before a commit can never be cached after that commit's invalidation;
@@ -27,7 +27,7 @@ from fastrdb.cache import store
 from fastrdb.cache.health import ClientHealth
 from fastrdb.schemes import Scheme
 
-__all__ = ["Entry", "Loaded", "Stats", "key_ref", "read_through"]
+__all__ = ["Entry", "Loaded", "Stats", "cached", "key_ref", "read_through"]
 
 T = TypeVar("T")
 
@@ -78,6 +78,28 @@ def key_ref(key: str) -> str:
     return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
 
 
+async def cached(
+    client: Any,
+    health: ClientHealth,
+    key: str,
+    decode: Callable[[Raw], T],
+    stats: Stats,
+    context: dict[str, str],
+) -> T | store.Miss:
+    """The hit path: one GET and a validation; MISS when absent, unusable or Redis is down."""
+    raw = await store.get(client, health, key)
+    if raw is store.MISS:
+        return raw
+    try:
+        value = decode(raw)
+    except ValueError:
+        stats.corrupt += 1
+        log.warning("cache_corrupt", key=key_ref(key), **context)
+        return store.MISS
+    stats.hits += 1  # counted, not logged: a log call costs more than the hit itself
+    return value
+
+
 async def read_through(
     client: Any,
     health: ClientHealth,
@@ -89,17 +111,8 @@ async def read_through(
     stats: Stats,
     context: dict[str, str],
 ) -> T:
-    """The value for ``entry``: from the cache, or loaded and (when allowed) filled."""
-    raw = await store.get(client, health, entry.key)
-    if raw is not store.MISS:
-        try:
-            value = decode(raw)
-        except ValueError:
-            stats.corrupt += 1
-            log.warning("cache_corrupt", key=key_ref(entry.key), **context)
-        else:
-            stats.hits += 1  # counted, not logged: a log call costs more than the hit itself
-            return value
+    """The miss path, after :func:`cached` found nothing: lease, load, fill — or wait for the
+    reader that holds the lease."""
     stats.misses += 1
     log.debug("cache_miss", key=key_ref(entry.key), **context)
     settings = health.settings
