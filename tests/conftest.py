@@ -1,8 +1,9 @@
-"""Fixtures: real databases (SQLite, PostgreSQL, MariaDB) and a real Redis.
+"""Fixtures: real databases (SQLite, PostgreSQL, MariaDB) and a real Redis or Redis Cluster.
 
 ``FASTRDB_TEST_DATABASES`` (comma separated, default ``sqlite,postgresql,mariadb``) chooses the
 databases; ``FASTRDB_TEST_REDIS`` (default ``redis://127.0.0.1:6379/15``) the Redis database,
-which every test flushes.
+which every test flushes. ``FASTRDB_TEST_REDIS_CLUSTER=1`` runs the tests that take
+``redis_client`` against a 3-master Redis Cluster that the session starts on free ports.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -24,9 +28,51 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
+from fastrdb.cache.health import health_of
 from tests.models import ALL_METADATA
 
 REDIS_URL = os.environ.get("FASTRDB_TEST_REDIS", "redis://127.0.0.1:6379/15")
+CLUSTER = os.environ.get("FASTRDB_TEST_REDIS_CLUSTER") == "1"
+_CLUSTER_PORT = "FASTRDB_TEST_CLUSTER_PORT"  # set for child processes once the cluster is up
+
+
+class AsyncTestCluster(redis.asyncio.cluster.RedisCluster):
+    """Cluster client whose KEYS and FLUSHDB cover every primary, as on one Redis."""
+
+    async def keys(self, pattern: Any = "*", **kwargs: Any) -> Any:
+        return await super().keys(pattern, target_nodes=self.PRIMARIES, **kwargs)
+
+    async def flushdb(self, *args: Any, **kwargs: Any) -> Any:
+        return await super().flushdb(*args, target_nodes=self.PRIMARIES, **kwargs)
+
+
+def async_redis_client() -> Any:
+    """The asyncio client the tests use (a cluster client in the cluster run)."""
+    port = os.environ.get(_CLUSTER_PORT)
+    if port:
+        return AsyncTestCluster(host="127.0.0.1", port=int(port))
+    return redis.asyncio.Redis.from_url(REDIS_URL)
+
+
+def sync_redis_client() -> Any:
+    """The blocking client the tests use (a cluster client in the cluster run)."""
+    port = os.environ.get(_CLUSTER_PORT)
+    if port:
+        return redis.cluster.RedisCluster(host="127.0.0.1", port=int(port))
+    return redis.Redis.from_url(REDIS_URL)
+
+
+@pytest.fixture(scope="session", autouse=CLUSTER)
+def redis_cluster() -> Iterator[None]:
+    from tests.servers import RedisClusterServers
+
+    servers = RedisClusterServers().start()
+    os.environ[_CLUSTER_PORT] = str(servers.ports[0])
+    yield
+    del os.environ[_CLUSTER_PORT]
+    servers.stop()
+
+
 DATABASES = [
     name.strip()
     for name in os.environ.get("FASTRDB_TEST_DATABASES", "sqlite,postgresql,mariadb").split(",")
@@ -118,14 +164,23 @@ async def db(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSess
 
 @pytest.fixture
 async def redis_client() -> AsyncIterator[redis.asyncio.Redis]:
-    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    client = async_redis_client()
     await client.flushdb()
     yield client
     await client.aclose()
+    assert_healthy(client)
+
+
+def assert_healthy(client: Any) -> None:
+    """Nothing went wrong between FastRDB and this client: no failed call, nothing pending."""
+    health = health_of(client)
+    assert health.errors == 0, "a Redis call failed"
+    assert health.pending is None, "an invalidation was not delivered"
 
 
 @pytest.fixture
 def sync_redis(redis_client: redis.asyncio.Redis) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
+    client = sync_redis_client()
     yield client
     client.close()
+    assert_healthy(client)

@@ -34,6 +34,11 @@ class RedisServer:
         self.port = port or free_port()
         self._folder = tempfile.mkdtemp(prefix="fastrdb-test-redis-")
         self._process: subprocess.Popen[bytes] | None = None
+        self.extra: list[str] = []
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None
 
     @property
     def url(self) -> str:
@@ -53,6 +58,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 self._folder,
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -124,3 +130,123 @@ class Proxy:
 
     async def restore(self) -> None:
         await self.start()
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class RedisClusterServers:
+    """A real Redis Cluster of ``masters`` primaries with ``replicas`` replicas each, on free
+    loopback ports, created with ``redis-cli --cluster create`` and stopped by process id."""
+
+    def __init__(self, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 1000) -> None:
+        self.masters = masters
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.servers: list[RedisServer] = []
+
+    @property
+    def ports(self) -> list[int]:
+        return [server.port for server in self.servers]
+
+    def start(self) -> RedisClusterServers:
+        count = self.masters * (1 + self.replicas)
+        for _ in range(count):
+            server = RedisServer(free_cluster_port())
+            server.extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{server.port}.conf",
+                "--cluster-node-timeout",
+                str(self.node_timeout_ms),
+            ]
+            self.servers.append(server.start())
+        redis_cli = shutil.which("redis-cli") or str(
+            Path(redis_server_binary()).parent / "redis-cli"
+        )
+        subprocess.run(
+            [
+                redis_cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self.wait_ok()
+        self._wait_replicas_synced()
+        return self
+
+    def _wait_replicas_synced(self, timeout: float = 30) -> None:
+        """Wait until every replica finished its first sync (else it cannot take over)."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            links = []
+            for server in self.servers:
+                info = redis.Redis(port=server.port, socket_timeout=1).info("replication")
+                if info.get("role") == "slave":
+                    links.append(info.get("master_link_status") == "up")
+            if len(links) == self.masters * self.replicas and all(links):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the cluster's replicas did not sync")
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        """Wait until every live node reports cluster_state:ok and sees every slot covered."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = []
+            for server in self.servers:
+                if not server.alive:
+                    continue
+                try:
+                    info = redis.Redis(port=server.port, socket_timeout=1).cluster("info")
+                except redis.RedisError:
+                    states.append(False)
+                    continue
+                states.append(info.get("cluster_state") == "ok")
+            if states and all(states):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not become ok")
+
+    def wait_failed_over(self, dead_port: int, timeout: float = 30) -> None:
+        """Wait until a replica took over every slot of the master on ``dead_port``."""
+        import redis
+
+        live = next(server for server in self.servers if server.alive)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            nodes = redis.Redis(port=live.port, socket_timeout=1, decode_responses=True)
+            lines = nodes.execute_command("CLUSTER", "NODES").splitlines()
+            dead = [line for line in lines if f":{dead_port}@" in line]
+            if dead and "fail" in dead[0] and len(dead[0].split()) <= 8:
+                self.wait_ok(timeout)
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"no replica took over from the master on port {dead_port}")
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.kill()

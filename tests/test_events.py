@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from fastrdb.events import ListenHandle, listen
-from tests.conftest import REDIS_URL, Database
+from tests.conftest import Database
 from tests.models import User, Verse, VerseSchema
 from tests.processes import run_python
 from tests.test_crud import add_user, users, verses
@@ -384,15 +384,15 @@ async def test_crud_writes_invalidate_without_listen(
 
 WORKER = """
 import sys
-import redis
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 from fastrdb.events import listen
+from tests.conftest import sync_redis_client
 from tests.models import User
 
-url, redis_url, user_id, name = sys.argv[1:5]
+url, user_id, name = sys.argv[1:4]
 maker = sessionmaker(create_engine(url))
-listen(maker, redis.Redis.from_url(redis_url))
+listen(maker, sync_redis_client())
 with maker() as session:
     session.get_one(User, int(user_id)).name = name
     session.commit()
@@ -407,7 +407,7 @@ async def test_separate_worker_process(
     """A separate process that imports only the models (no FastRDB instance) and uses a sync
     Session with listen() invalidates what the app cached."""
     user_id = await cached_user(db, redis_client, "a@x.io")
-    result = await run_python(WORKER, database.sync_url, REDIS_URL, str(user_id), "Worker")
+    result = await run_python(WORKER, database.sync_url, str(user_id), "Worker")
     assert result.returncode == 0, result.stderr
     assert "FastRDB instances imported: False" in result.stdout
     assert (await users.get(db=db, redis=redis_client, email="a@x.io")).name == "Worker"

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from fastrdb import FastRDB
 from fastrdb.events import listen
-from tests.conftest import REDIS_URL, Database
+from tests.conftest import Database
 from tests.interleave import CountSelects, PauseAfterSelect
 from tests.models import Item, ItemSchema, ItemUpdate, User, UserUpdate
 from tests.processes import finish, start_python
@@ -149,15 +149,15 @@ async def test_concurrent_misses_cost_one_database_read(
 
 MISSES = """
 import asyncio, sys
-import redis.asyncio
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from tests.conftest import async_redis_client
 from tests.interleave import CountSelects
 from tests.test_crud import users
 
-async def main(url, redis_url):
+async def main(url):
     engine = create_async_engine(url)
     maker = async_sessionmaker(engine, expire_on_commit=False)
-    client = redis.asyncio.Redis.from_url(redis_url)
+    client = async_redis_client()
     while not await client.exists("test:go"):
         await asyncio.sleep(0.001)
 
@@ -172,7 +172,7 @@ async def main(url, redis_url):
     await client.aclose()
     await engine.dispose()
 
-asyncio.run(main(*sys.argv[1:3]))
+asyncio.run(main(sys.argv[1]))
 """
 
 
@@ -184,7 +184,7 @@ async def test_concurrent_misses_across_processes(
     async with maker() as db:
         await add_user(db, redis_client, "a@x.io", "Ann")
     await redis_client.delete("user:email:a@x.io")
-    processes = [await start_python(MISSES, database.async_url, REDIS_URL) for _ in range(2)]
+    processes = [await start_python(MISSES, database.async_url) for _ in range(2)]
     await asyncio.sleep(1.5)  # both interpreters are up and polling for the start signal
     await redis_client.set("test:go", 1)
     results = [await finish(process) for process in processes]

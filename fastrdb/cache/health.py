@@ -37,6 +37,7 @@ class ClientHealth:
         "_failures",
         "_kept",
         "_open_until",
+        "errors",
         "own_timeout",
         "pending",
         "settings",
@@ -51,6 +52,8 @@ class ClientHealth:
         self._open_until = 0.0
         self.pending: Mergeable | None = None
         self._kept = 0
+        self.errors = 0
+        """Failed calls since the client was first seen (for stats and tests)."""
 
     @property
     def usable(self) -> bool:
@@ -74,6 +77,7 @@ class ClientHealth:
         self._open_until = 0.0
 
     def failed(self, exc: BaseException, operation: str) -> None:
+        self.errors += 1
         self._failures += 1
         if self._open_until:
             self._open_until = time.monotonic() + self.settings.breaker_cooldown
