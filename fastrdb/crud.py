@@ -18,7 +18,7 @@ from fastrdb.cache import store
 from fastrdb.cache.health import ClientHealth, health_of
 from fastrdb.cache.readthrough import Entry, Loaded, Stats, cached, read_through
 from fastrdb.errors import FastRDBError
-from fastrdb.events.bindings import CHANGES_KEY, bind_session
+from fastrdb.events.bindings import CHANGES_KEY, bind_session, register_refresher
 from fastrdb.events.changes import Changes
 from fastrdb.events.collector import changes_of, table_name
 from fastrdb.events.invalidator import replay
@@ -115,6 +115,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         self._stats = Stats()
         self._where_cache: dict[tuple[tuple[str, bool], ...], tuple[ColumnElement[bool], ...]] = {}
         self._context = {"model": mapper.class_.__name__, "pattern": pattern}
+        register_refresher(mapper.class_, self)
 
     def __repr__(self) -> str:
         return f"FastRDB({self._name}, pattern={self._row.text!r})"
@@ -495,6 +496,38 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
                 await db.refresh(obj)
 
         await self._run_read(db, read)
+
+    async def refresh_row(
+        self,
+        *,
+        db: AsyncSession,
+        redis: AsyncRedis,
+        identity: tuple[Any, ...],
+        values: dict[str, str],
+    ) -> None:
+        """Fill the key of a row a listener in ``refresh`` mode saw written: lease first, then
+        read it in a new transaction, then fill if the lease still holds."""
+        key = self._row.format_encoded(values)
+        health = health_of(redis, self.settings)
+        if key is None or not health.usable:
+            return
+        token = secrets.token_hex(8)
+        taken = await store.acquire(
+            redis, health, key, token, schemes_key=self._schemes_key, schemes=self._row_schemes
+        )
+        if not taken:
+            return  # a reader is filling it already
+        try:
+            obj = await db.get(self.model, identity, populate_existing=True)
+            response = self._response(obj) if obj is not None else None
+            stored = obj is not None and self._row_key_of(obj) == key
+        finally:
+            await db.rollback()  # the next row gets a transaction that starts after its lease
+        payload = response.model_dump_json() if response is not None and stored else None
+        if payload is not None and await store.fill(redis, health, key, token, payload, self.exp):
+            self._stats.fills += 1
+            return
+        await store.release(redis, health, key, token)
 
     async def _fetch_for_write(self, db: AsyncSession, kwargs: Mapping[str, Any]) -> ModelT:
         self._check_columns(kwargs)

@@ -286,3 +286,75 @@ async def test_randomized_history_has_no_stale_reads(
     assert len(history.reads) > 100
     assert sum(len(v) for v in history.committed.values()) > 20
     assert history.violations() == []
+
+
+# -- on_write="refresh" ----------------------------------------------------------------------
+
+
+async def test_refresh_mode_fills_written_rows_again(
+    engine: AsyncEngine, maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """With on_write="refresh", a committed change leaves the row's key filled with the new
+    value (old key of a changed email gone), so the next get is a hit."""
+    async with maker() as db:
+        await add_user(db, redis_client, "a@x.io", "Old")
+    refreshing = async_sessionmaker(engine)
+    handle = listen(refreshing, redis_client, on_write="refresh")
+    await rename(refreshing, "a@x.io", "New")
+    await handle.refreshed()
+    raw = await redis_client.get("user:email:a@x.io")
+    assert raw is not None
+    assert b'"New"' in raw
+    async with refreshing() as session:
+        user = (await session.execute(select(User).where(User.email == "a@x.io"))).scalar_one()
+        user.email = "b@x.io"
+        await session.commit()
+    await handle.refreshed()
+    assert await redis_client.get("user:email:a@x.io") is None
+    assert await redis_client.get("user:email:b@x.io") is not None
+    misses = users.stats()["misses"]
+    async with maker() as db:
+        assert (await users.get(db=db, redis=redis_client, email="b@x.io")).name == "New"
+    assert users.stats()["misses"] == misses
+    handle.remove()
+
+
+async def test_a_refresh_cannot_fill_an_older_value(
+    engine: AsyncEngine,
+    maker: async_sessionmaker[AsyncSession],
+    redis_client: Redis,
+    writer: async_sessionmaker[AsyncSession],
+) -> None:
+    """A's refresh reads its row and pauses; B commits a newer value; A's refresh resumes:
+    its fill is refused."""
+    async with maker() as db:
+        await add_user(db, redis_client, "a@x.io", "Zero")
+    refreshing = async_sessionmaker(engine)
+    handle = listen(refreshing, redis_client, on_write="refresh")
+    with PauseAfterSelect(engine, "users", armed=False) as pause:
+        async with refreshing() as session:
+            # The next SELECT of users after this commit is the refresh's.
+            event.listen(session.sync_session, "after_commit", lambda _: pause.arm())
+            user = (await session.execute(select(User).where(User.email == "a@x.io"))).scalar_one()
+            user.name = "A"
+            await session.commit()
+        await pause.wait_selected()
+        await rename(writer, "a@x.io", "B")
+        pause.resume()
+        await handle.refreshed()
+    raw = await redis_client.get("user:email:a@x.io")
+    assert raw is None or b'"B"' in raw
+    async with maker() as db:
+        assert (await users.get(db=db, redis=redis_client, email="a@x.io")).name == "B"
+    handle.remove()
+
+
+def test_refresh_mode_needs_an_asyncio_target(sync_maker: object, sync_redis: object) -> None:
+    """on_write="refresh" is refused for sync targets and unknown modes, naming the field."""
+    from fastrdb import FastRDBError
+
+    with pytest.raises(FastRDBError) as caught:
+        listen(sync_maker, sync_redis, on_write="refresh")
+    assert caught.value.field == "on_write"
+    with pytest.raises(FastRDBError):
+        listen(sync_maker, sync_redis, on_write="nope")  # type: ignore[arg-type]

@@ -8,7 +8,8 @@ key patterns in use are read from Redis, where ``FastRDB`` publishes them.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, Literal
 
 import redis
 import redis.asyncio
@@ -17,6 +18,7 @@ from redis.cluster import RedisCluster
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
+from fastrdb.errors import FastRDBError
 from fastrdb.events.bindings import (
     BINDING_KEY,
     Binding,
@@ -44,6 +46,11 @@ class ListenHandle:
     @property
     def active(self) -> bool:
         return self._binding.active
+
+    async def refreshed(self) -> None:
+        """Wait for the refreshes started by commits so far (``on_write="refresh"``)."""
+        while self._binding.tasks:
+            await asyncio.gather(*self._binding.tasks)
 
     def remove(self) -> None:
         """Stop watching the target's sessions (those already open stop too). Idempotent."""
@@ -85,7 +92,13 @@ def _info_of(target: Any) -> dict[str, Any]:
     return target.info
 
 
-def listen(target: Any, redis: Any, *, settings: Settings | None = None) -> ListenHandle:
+def listen(
+    target: Any,
+    redis: Any,
+    *,
+    settings: Settings | None = None,
+    on_write: Literal["invalidate", "refresh"] = "invalidate",
+) -> ListenHandle:
     """Invalidate the cache after every commit of a session made from ``target``.
 
     ``target``: an ``async_sessionmaker`` or ``AsyncSession`` (class or instance) with a
@@ -93,8 +106,16 @@ def listen(target: Any, redis: Any, *, settings: Settings | None = None) -> List
     blocking ``redis.Redis`` client; cluster clients of the matching kind work too. Sessions that
     a sessionmaker made before this call are not covered. Calling it again for the same target
     replaces its client: a target never has two listeners.
+
+    ``on_write="refresh"`` (asyncio targets): after the invalidation, each inserted or updated
+    row is read again in a new transaction and its single-row keys filled through the lease
+    protocol, by the ``FastRDB`` instances of this process, so hot rows never go cold.
     """
+    if on_write not in ("invalidate", "refresh"):
+        raise FastRDBError("on_write", f"must be 'invalidate' or 'refresh', not {on_write!r}")
     is_async = _is_async_target(target)
+    if on_write == "refresh" and not is_async:
+        raise FastRDBError("on_write", "'refresh' needs an asyncio target (AsyncSession)")
     expected = _ASYNC_CLIENTS if is_async else _SYNC_CLIENTS
     if not isinstance(redis, expected):
         kind = "a redis.asyncio client" if is_async else "a blocking redis.Redis client"
@@ -103,7 +124,9 @@ def listen(target: Any, redis: Any, *, settings: Settings | None = None) -> List
             f"got {type(redis).__module__}.{type(redis).__name__}"
         )
     install_hooks()
-    binding = Binding(redis, is_async=is_async, settings=settings or Settings())
+    binding = Binding(
+        redis, is_async=is_async, settings=settings or Settings(), refresh=on_write == "refresh"
+    )
     if isinstance(target, type):
         previous = bind_class(target, binding)
     else:

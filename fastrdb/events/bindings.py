@@ -9,8 +9,9 @@ listened sessionmaker carry the binding in ``session.info``; listened ``Session`
 
 from __future__ import annotations
 
+import asyncio
 import weakref
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,6 +24,9 @@ from fastrdb.settings import DEFAULT_SETTINGS, Settings
 
 __all__ = [
     "BINDING_KEY",
+    "Refresher",
+    "register_refresher",
+    "refreshers_of",
     "CHANGES_KEY",
     "Binding",
     "binding_of",
@@ -37,15 +41,51 @@ CHANGES_KEY = "fastrdb.changes"
 class Binding:
     """A Redis client that a group of sessions sends its invalidations to."""
 
-    __slots__ = ("__weakref__", "active", "caller", "client", "health", "is_async", "namespace")
+    __slots__ = (
+        "__weakref__",
+        "active",
+        "caller",
+        "client",
+        "health",
+        "is_async",
+        "namespace",
+        "refresh",
+        "tasks",
+    )
 
-    def __init__(self, client: Any, *, is_async: bool, settings: Settings) -> None:
+    def __init__(
+        self, client: Any, *, is_async: bool, settings: Settings, refresh: bool = False
+    ) -> None:
         self.client = client
         self.is_async = is_async
+        self.refresh = refresh
+        """After each commit, fill the changed rows' keys again instead of leaving them cold."""
+        self.tasks: set[asyncio.Task[None]] = set()
+        """Refreshes under way."""
         self.health: ClientHealth = health_of(client, settings)
         self.caller = Caller(is_async, self.health.settings.redis_timeout)
         self.namespace = Namespace(self.health.settings.namespace)
         self.active = True
+
+
+class Refresher(Protocol):
+    """What can fill a row's keys again after a commit (a FastRDB instance)."""
+
+    async def refresh_row(
+        self, *, db: AsyncSession, redis: Any, identity: tuple[Any, ...], values: dict[str, str]
+    ) -> None: ...
+
+
+_refreshers: dict[type, weakref.WeakSet[Any]] = {}
+
+
+def register_refresher(model: type, refresher: Refresher) -> None:
+    """Let listeners in ``refresh`` mode refill keys of ``model`` through ``refresher``."""
+    _refreshers.setdefault(model, weakref.WeakSet()).add(refresher)
+
+
+def refreshers_of(model: type) -> list[Refresher]:
+    return list(_refreshers.get(model, ()))
 
 
 _session_classes: dict[type[Session], Binding] = {}

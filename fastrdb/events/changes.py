@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from fastrdb.cache.store import InvalidationPlan
 from fastrdb.keys import Namespace, encode_value
 from fastrdb.schemes import Scheme
 
-__all__ = ["Changes", "Snapshot"]
+__all__ = ["Changes", "Snapshot", "Written"]
 
 Snapshot = tuple[tuple[str, str], ...]
 """One row's column values, encoded for keys, sorted by attribute name."""
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A row a transaction inserted or updated: its class, primary key and encoded values."""
+
+    model: type
+    identity: tuple[Any, ...]
+    values: dict[str, str]
 
 
 class Changes:
@@ -22,12 +33,14 @@ class Changes:
     text at once, so planning needs nothing but the patterns.
     """
 
-    __slots__ = ("own_tokens", "rows")
+    __slots__ = ("own_tokens", "rows", "written")
 
     def __init__(self) -> None:
         self.rows: dict[str, set[Snapshot]] = {}
         self.own_tokens: dict[str, str] = {}
         """Keys whose fill lease the writing session took itself (write-through): key → token."""
+        self.written: list[Written] = []
+        """Rows inserted or updated, for listeners that refresh instead of only invalidating."""
 
     def __bool__(self) -> bool:
         return bool(self.rows)
@@ -40,6 +53,13 @@ class Changes:
         snapshot = tuple(sorted((key, encode_value(value)) for key, value in values.items()))
         for table in tables:
             self.rows.setdefault(table, set()).add(snapshot)
+
+    def note_written(
+        self, model: type, identity: tuple[Any, ...], values: Mapping[str, object]
+    ) -> None:
+        """Remember a row that now exists with ``values``, to refresh its keys after commit."""
+        encoded = {key: encode_value(value) for key, value in values.items()}
+        self.written.append(Written(model, identity, encoded))
 
     def touch(self, tables: Iterable[str]) -> None:
         """Record that ``tables`` changed in rows whose values are unknown (lists go stale)."""

@@ -134,17 +134,19 @@ def before_flush(session: Session, flush_context: UOWTransaction, instances: obj
 
 def after_flush(session: Session, flush_context: UOWTransaction) -> None:
     preloaded: dict[InstanceState[Any], dict[str, Any]] = session.info.pop(_PRELOADED_KEY, {})
-    if binding_of(session) is None:
+    binding = binding_of(session)
+    if binding is None:
         return
     changes = changes_of(session)
+    refresh = binding.refresh
     for obj in session.new:
-        _record_state(session, changes, attributes.instance_state(obj), preloaded)
+        _record_state(session, changes, attributes.instance_state(obj), preloaded, refresh)
     for obj in session.dirty:
         state = attributes.instance_state(obj)
         if state.committed_state:
-            _record_state(session, changes, state, preloaded)
+            _record_state(session, changes, state, preloaded, refresh)
     for obj in session.deleted:
-        _record_state(session, changes, attributes.instance_state(obj), preloaded)
+        _record_state(session, changes, attributes.instance_state(obj), preloaded, False)
 
 
 def _record_state(
@@ -152,6 +154,7 @@ def _record_state(
     changes: Changes,
     state: InstanceState[Any],
     preloaded: Mapping[InstanceState[Any], Mapping[str, Any]],
+    refresh: bool,
 ) -> None:
     shape = mapper_shape(state.mapper)
     current: dict[str, Any] = dict(preloaded.get(state, {}))
@@ -169,13 +172,16 @@ def _record_state(
     changes.add(shape.tables, current)
     if previous != current:
         changes.add(shape.tables, previous)
+    if refresh:
+        changes.note_written(state.class_, shape.identity(current), current)
 
 
 def do_orm_execute(execute_state: ORMExecuteState) -> Any:
     if not (execute_state.is_update or execute_state.is_delete or execute_state.is_insert):
         return None
     session = execute_state.session
-    if binding_of(session) is None:
+    binding = binding_of(session)
+    if binding is None:
         return None
     statement = execute_state.statement
     if not isinstance(statement, Update | Delete | Insert):
@@ -205,7 +211,10 @@ def do_orm_execute(execute_state: ORMExecuteState) -> Any:
         identities = [shape.identity(row) for row in before]
         after = connection.execute(shape.select_values().where(shape.by_primary_key(identities)))
         for new in after:
-            changes.add(shape.tables, dict(new._mapping))
+            values = dict(new._mapping)
+            changes.add(shape.tables, values)
+            if binding.refresh and mapper is not None:
+                changes.note_written(mapper.class_, shape.identity(values), values)
     return result
 
 

@@ -17,13 +17,15 @@ from functools import partial
 from typing import Any
 
 import structlog
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
 from fastrdb._compat import greenlet_spawn, in_greenlet
 from fastrdb.cache.health import ClientHealth
 from fastrdb.cache.store import REDIS_ERRORS, Caller, deliver_invalidation
-from fastrdb.events.bindings import CHANGES_KEY, Binding, binding_of
-from fastrdb.events.changes import Changes
+from fastrdb.events.bindings import CHANGES_KEY, Binding, binding_of, refreshers_of
+from fastrdb.events.changes import Changes, Written
 from fastrdb.keys import Namespace
 
 __all__ = ["after_commit", "after_transaction_end", "invalidate", "replay"]
@@ -39,7 +41,7 @@ def after_commit(session: Session) -> None:
         return
     binding = binding_of(session)
     if binding is not None:
-        invalidate(binding, changes)
+        invalidate(binding, changes, session)
 
 
 def after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
@@ -47,7 +49,7 @@ def after_transaction_end(session: Session, transaction: SessionTransaction) -> 
         session.info.pop(CHANGES_KEY, None)  # rolled back: nothing became visible
 
 
-def invalidate(binding: Binding, changes: Changes) -> None:
+def invalidate(binding: Binding, changes: Changes, session: Session) -> None:
     """Deliver ``changes``, and anything still pending, through ``binding``.
 
     Never raises for Redis trouble; a cancellation is re-raised once the changes are kept.
@@ -66,8 +68,33 @@ def invalidate(binding: Binding, changes: Changes) -> None:
         batch = _merged(health.pending, changes)
     if _deliver(binding.caller, binding.client, binding.namespace, health, batch):
         health.settle(kept)
+        if binding.refresh and changes.written:
+            _schedule_refresh(binding, session, changes.written)
     else:
         health.keep(changes)
+
+
+def _schedule_refresh(binding: Binding, session: Session, written: list[Written]) -> None:
+    """Fill the written rows' keys again, in a task of their own, through the lease protocol
+    (each row is read in a new transaction after its lease is taken)."""
+    bind = session.get_bind()
+    sync_engine = bind.engine if isinstance(bind, Connection) else bind
+    engine = AsyncEngine._retrieve_proxy_for_target(sync_engine)
+    task = asyncio.get_running_loop().create_task(_refresh(engine, binding.client, written))
+    binding.tasks.add(task)
+    task.add_done_callback(binding.tasks.discard)
+
+
+async def _refresh(engine: AsyncEngine, client: Any, written: list[Written]) -> None:
+    async with AsyncSession(engine, expire_on_commit=False) as db:
+        for row in written:
+            for refresher in refreshers_of(row.model):
+                try:
+                    await refresher.refresh_row(
+                        db=db, redis=client, identity=row.identity, values=row.values
+                    )
+                except Exception:
+                    log.exception("cache_refresh_error", model=row.model.__name__)
 
 
 def _merged(pending: object, changes: Changes) -> Changes:
