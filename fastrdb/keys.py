@@ -102,10 +102,7 @@ class KeyPattern:
 
     def format(self, values: Mapping[str, object]) -> str:
         """The key for ``values`` (raw values; each one is encoded)."""
-        return "".join(
-            literal if field is None else literal + encode_value(values[field])
-            for literal, field in self._parts
-        )
+        return self.text.format_map({field: encode_value(values[field]) for field in self.fields})
 
     def format_encoded(self, values: Mapping[str, str]) -> str | None:
         """The key for already encoded values, or None when one is missing."""
