@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from functools import lru_cache
 
@@ -142,7 +142,3 @@ class Namespace:
     def narrowed_lists(self, table: str, expanded_prefix: str) -> str:
         """The registry of list keys that only changes matching ``expanded_prefix`` make stale."""
         return f"{self.prefix}:lists:{encode_value(table)}:{encode_value(expanded_prefix)}"
-
-    def all_of(self, tables: Iterable[str]) -> list[str]:
-        """The schemes keys of ``tables``, in order."""
-        return [self.schemes(table) for table in tables]

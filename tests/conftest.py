@@ -163,6 +163,19 @@ async def db(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSess
 
 
 @pytest.fixture
+async def writer(
+    engine: AsyncEngine, redis_client: redis.asyncio.Redis
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """A listened session factory for plain ORM code (expire_on_commit left at its default)."""
+    from fastrdb.events import listen
+
+    maker = async_sessionmaker(engine)
+    handle = listen(maker, redis_client)
+    yield maker
+    handle.remove()
+
+
+@pytest.fixture
 async def redis_client() -> AsyncIterator[redis.asyncio.Redis]:
     client = async_redis_client()
     await client.flushdb()

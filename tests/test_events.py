@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -19,17 +19,6 @@ from tests.processes import run_python
 from tests.test_crud import add_user, users, verses
 
 Redis = redis.asyncio.Redis
-
-
-@pytest.fixture
-async def writer(
-    engine: AsyncEngine, redis_client: Redis
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """A listened session factory for plain ORM code (expire_on_commit left at its default)."""
-    maker = async_sessionmaker(engine)
-    handle = listen(maker, redis_client)
-    yield maker
-    handle.remove()
 
 
 @pytest.fixture

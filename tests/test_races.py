@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -24,16 +23,6 @@ from tests.test_crud import add_user, users
 Redis = redis.asyncio.Redis
 
 items = FastRDB[Item, ItemSchema, ItemUpdate, ItemSchema](Item, ItemSchema, pattern="item:{sku}")
-
-
-@pytest.fixture
-async def writer(
-    engine: AsyncEngine, redis_client: Redis
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    maker = async_sessionmaker(engine)
-    handle = listen(maker, redis_client)
-    yield maker
-    handle.remove()
 
 
 async def rename(maker: async_sessionmaker[AsyncSession], email: str, name: str) -> None:

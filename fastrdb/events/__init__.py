@@ -18,6 +18,7 @@ from redis.cluster import RedisCluster
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
+from fastrdb._types import AnyRedis
 from fastrdb.errors import FastRDBError
 from fastrdb.events.bindings import (
     BINDING_KEY,
@@ -94,7 +95,7 @@ def _info_of(target: Any) -> dict[str, Any]:
 
 def listen(
     target: Any,
-    redis: Any,
+    redis: AnyRedis,
     *,
     settings: Settings | None = None,
     on_write: Literal["invalidate", "refresh"] = "invalidate",
