@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import cached_property
 from typing import Any, Generic, TypeVar
@@ -18,10 +19,10 @@ from fastrdb.cache import store
 from fastrdb.cache.health import ClientHealth, health_of
 from fastrdb.cache.readthrough import Entry, Loaded, Stats, cached, read_through
 from fastrdb.errors import FastRDBError
-from fastrdb.events.bindings import CHANGES_KEY, bind_session, register_refresher
+from fastrdb.events.bindings import CHANGES_KEY, Binding, bind_session, register_refresher
 from fastrdb.events.changes import Changes
 from fastrdb.events.collector import changes_of, table_name
-from fastrdb.events.invalidator import replay
+from fastrdb.events.invalidator import delivered, replay
 from fastrdb.keys import KeyPattern, Namespace, deps_key, encode_value, glob_covers, with_digest
 from fastrdb.pagination import PaginatedResponse
 from fastrdb.schemes import Scheme
@@ -113,6 +114,8 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         self._prefix_schemes = (Scheme("prefix", self._prefix.text),) if self._prefix else ()
         self._list_decoder = TypeAdapter(list[response_schema])  # type: ignore[valid-type]
         self._stats = Stats()
+        self._healths: weakref.WeakSet[ClientHealth] = weakref.WeakSet()
+        self._last_health: ClientHealth | None = None
         self._where_cache: dict[tuple[tuple[str, bool], ...], tuple[ColumnElement[bool], ...]] = {}
         self._context = {"model": mapper.class_.__name__, "pattern": pattern}
         register_refresher(mapper.class_, self)
@@ -129,8 +132,15 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         return self._list.text
 
     def stats(self) -> dict[str, int]:
-        """Hit, miss, fill, lease-wait, bypass and corrupt-entry counts of this instance."""
-        return self._stats.as_dict()
+        """What this instance's cache did: hits, misses, fills, refused fills, lease waits,
+        bypasses and corrupt entries; plus ``invalidations`` (commits of this process that
+        dropped keys of the model's table) and ``redis_errors`` (failed calls on the Redis
+        clients this instance was given)."""
+        return {
+            **self._stats.as_dict(),
+            "invalidations": delivered[self.table],
+            "redis_errors": sum(health.errors for health in self._healths),
+        }
 
     # -- set-up done once, at first use (mappers may not be configured at construction) --
 
@@ -221,11 +231,17 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
 
     # -- the read path --
 
+    def _health_of(self, redis: AsyncRedis, binding: Binding) -> ClientHealth:
+        health = binding.health if binding.client is redis else health_of(redis, self.settings)
+        if health is not self._last_health:
+            self._healths.add(health)
+            self._last_health = health
+        return health
+
     async def _health(self, db: AsyncSession, redis: AsyncRedis) -> ClientHealth:
         """The client's health, after binding the session so FastRDB's writes invalidate, and
         after replaying invalidations that Redis could not take before."""
-        bind_session(db.sync_session, redis, self.settings)
-        health = health_of(redis, self.settings)
+        health = self._health_of(redis, bind_session(db.sync_session, redis, self.settings))
         if health.pending is not None:
             await replay(redis, health)
         return health
@@ -240,8 +256,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     ) -> T:
         """Serve ``key`` from the cache, or ``prepare()`` the miss path (only a miss pays it)."""
         session = db.sync_session
-        binding = bind_session(session, redis, self.settings)
-        health = binding.health if binding.client is redis else health_of(redis, self.settings)
+        health = self._health_of(redis, bind_session(session, redis, self.settings))
         if health.pending is not None:
             await replay(redis, health)
         changes: Changes | None = session.info.get(CHANGES_KEY)
@@ -508,7 +523,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         """Fill the key of a row a listener in ``refresh`` mode saw written: lease first, then
         read it in a new transaction, then fill if the lease still holds."""
         key = self._row.format_encoded(values)
-        health = health_of(redis, self.settings)
+        health = self._health_of(redis, bind_session(db.sync_session, redis, self.settings))
         if key is None or not health.usable:
             return
         token = secrets.token_hex(8)

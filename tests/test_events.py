@@ -41,10 +41,12 @@ async def test_orm_attribute_change(
 ) -> None:
     """An attribute changed and committed through plain ORM code is seen by the next get."""
     user_id = await cached_user(db, redis_client, "a@x.io")
+    before = users.stats()["invalidations"]
     async with writer() as session:
         user = await session.get_one(User, user_id)
         user.name = "New"
         await session.commit()
+    assert users.stats()["invalidations"] == before + 1
     assert (await users.get(db=db, redis=redis_client, email="a@x.io")).name == "New"
 
 

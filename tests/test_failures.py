@@ -76,6 +76,7 @@ async def test_every_method_works_while_redis_is_down(
             await crud.get(db=db, redis=client, email="a@x.io")
     warnings = [entry for entry in logs if entry["event"] == "redis_unavailable"]
     assert len(warnings) == 1, "one warning per outage, not one per call"
+    assert crud.stats()["redis_errors"] >= SETTINGS.breaker_threshold
 
     server.start()
     await asyncio.sleep(SETTINGS.breaker_cooldown + 0.05)

@@ -13,6 +13,7 @@ process serves nothing from the cache.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from functools import partial
 from typing import Any
 
@@ -28,9 +29,12 @@ from fastrdb.events.bindings import CHANGES_KEY, Binding, binding_of, refreshers
 from fastrdb.events.changes import Changes, Written
 from fastrdb.keys import Namespace
 
-__all__ = ["after_commit", "after_transaction_end", "invalidate", "replay"]
+__all__ = ["after_commit", "after_transaction_end", "delivered", "invalidate", "replay"]
 
 log = structlog.get_logger("fastrdb")
+
+delivered: Counter[str] = Counter()
+"""Invalidations delivered by this process, per table (read by ``FastRDB.stats()``)."""
 
 
 def after_commit(session: Session) -> None:
@@ -125,6 +129,7 @@ def _deliver(
         log.exception("cache_invalidate_error", tables=tables)
         return False
     health.succeeded()
+    delivered.update(tables)
     log.debug("cache_invalidate", tables=tables, dropped=dropped)
     return True
 
