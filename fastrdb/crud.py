@@ -7,7 +7,7 @@ import secrets
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import cached_property
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel, TypeAdapter
 from sqlalchemy import ColumnElement, bindparam, func, inspect, select
@@ -38,6 +38,7 @@ T = TypeVar("T")
 
 _FRESH_ISOLATION = frozenset({"READ COMMITTED", "READ UNCOMMITTED", "AUTOCOMMIT"})
 _FRESH_KEY = "fastrdb.statement_fresh"
+_MEMO_SIZE = 4096  # distinct get()/get_multi() argument sets whose keys are remembered
 
 
 class _Columns:
@@ -114,6 +115,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         self._prefix_schemes = (Scheme("prefix", self._prefix.text),) if self._prefix else ()
         self._list_decoder = TypeAdapter(list[response_schema])  # type: ignore[valid-type]
         self._stats = Stats()
+        self._memo: dict[tuple[Any, ...], Any] = {}
         self._healths: weakref.WeakSet[ClientHealth] = weakref.WeakSet()
         self._last_health: ClientHealth | None = None
         self._where_cache: dict[tuple[tuple[str, bool], ...], tuple[ColumnElement[bool], ...]] = {}
@@ -190,6 +192,78 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
             )
         params = {f"fastrdb_{name}": value for name, value in kwargs.items() if value is not None}
         return clauses, params
+
+    def _remember(self, memo: tuple[Any, ...] | None, value: Any) -> None:
+        """Keep a checked call's keys (the memo holds argument types too: ``1 == True``)."""
+        if memo is not None:
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[memo] = value
+
+    def _row_key(self, kwargs: dict[str, Any]) -> tuple[str, str]:
+        """(the pattern's key, the key with a digest of any extra filters) for a ``get``.
+
+        Checked and formatted once per distinct call, then remembered: the hit path of a hot
+        key does no formatting at all.
+        """
+        memo: tuple[Any, ...] | None
+        try:
+            memo = (*kwargs.items(), *map(type, kwargs.values()))
+            known = self._memo.get(memo)
+        except TypeError:  # an unhashable value: check and format every time
+            memo = known = None
+        if known is not None:
+            return cast(tuple[str, str], known)
+        self._check_columns(kwargs)
+        self._require(self._row, kwargs)
+        base = self._row.format(kwargs)
+        fields = self._row.fields
+        extras = {name: value for name, value in kwargs.items() if name not in fields}
+        known = (base, with_digest(base, extras))
+        self._remember(memo, known)
+        return known
+
+    def _list_key(
+        self,
+        limit: int,
+        page: int,
+        order_by: str | None,
+        ascending: bool,
+        kwargs: dict[str, Any],
+    ) -> tuple[str, list[InstrumentedAttribute[Any]]]:
+        """(the key, the ordering columns) of a ``get_multi``, checked, and remembered."""
+        call = (limit, page, order_by, ascending, *kwargs.values())
+        memo: tuple[Any, ...] | None
+        try:
+            memo = ("list", *kwargs, *call, *map(type, call))
+            known = self._memo.get(memo)
+        except TypeError:
+            memo = known = None
+        if known is not None:
+            return cast(tuple[str, list[InstrumentedAttribute[Any]]], known)
+        _check_positive_int("limit", limit)
+        _check_positive_int("page", page)
+        if limit > self.settings.max_limit:
+            raise FastRDBError("limit", f"must be at most {self.settings.max_limit}, got {limit}")
+        self._check_columns(kwargs)
+        columns = self._columns
+        if order_by is None:
+            ordering = list(columns.primary_key)
+        else:
+            attribute = columns.attributes.get(order_by) if isinstance(order_by, str) else None
+            if attribute is None:
+                raise FastRDBError("order_by", f"{order_by!r} is not a column of {self._name}")
+            ordering = [attribute]
+        params = {**kwargs, "page": page, "limit": limit}
+        self._require(self._list, params)
+        extras = {name: value for name, value in params.items() if name not in self._list.fields}
+        if order_by is not None:
+            extras["order_by"] = order_by
+        if not ascending:
+            extras["ascending"] = False
+        known = (with_digest(self._list.format(params), extras), ordering)
+        self._remember(memo, known)
+        return known
 
     def _require(self, key_pattern: KeyPattern, values: Mapping[str, Any]) -> None:
         missing = key_pattern.missing(values)
@@ -306,13 +380,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     async def get(self, *, db: AsyncSession, redis: AsyncRedis, **kwargs: Any) -> ResponseT:
         """The row matching ``kwargs`` (every placeholder of ``pattern``, plus any other column
         filters). Raises ``sqlalchemy.exc.NoResultFound`` if there is none."""
-        self._check_columns(kwargs)
-        self._require(self._row, kwargs)
-        base = self._row.format(kwargs)
-        extras: dict[str, Any] = {}
-        if len(kwargs) > len(self._row.fields):
-            extras = {name: value for name, value in kwargs.items() if name not in self._row.fields}
-        key = with_digest(base, extras)
+        base, key = self._row_key(kwargs)
 
         def prepare() -> tuple[Entry, Callable[[], Awaitable[Loaded[ResponseT]]]]:
             async def read() -> Any:
@@ -325,7 +393,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
                 cacheable = fresh and self._row_key_of(obj) == base
                 return Loaded(response, response.model_dump_json() if cacheable else None)
 
-            registries = (deps_key(base),) if extras else ()
+            registries = (deps_key(base),) if len(kwargs) > len(self._row.fields) else ()
             return Entry(key, self._schemes_key, self._row_schemes, registries), load
 
         return await self._read(db, redis, key, self.response_schema.model_validate_json, prepare)
@@ -343,27 +411,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     ) -> list[ResponseT]:
         """A page of rows matching the column filters in ``kwargs``, ordered by ``order_by``
         (the primary key when not given)."""
-        _check_positive_int("limit", limit)
-        _check_positive_int("page", page)
-        if limit > self.settings.max_limit:
-            raise FastRDBError("limit", f"must be at most {self.settings.max_limit}, got {limit}")
-        self._check_columns(kwargs)
-        columns = self._columns
-        if order_by is None:
-            ordering = list(columns.primary_key)
-        else:
-            attribute = columns.attributes.get(order_by) if isinstance(order_by, str) else None
-            if attribute is None:
-                raise FastRDBError("order_by", f"{order_by!r} is not a column of {self._name}")
-            ordering = [attribute]
-        params = {**kwargs, "page": page, "limit": limit}
-        self._require(self._list, params)
-        extras = {name: value for name, value in params.items() if name not in self._list.fields}
-        if order_by is not None:
-            extras["order_by"] = order_by
-        if not ascending:
-            extras["ascending"] = False
-        key = with_digest(self._list.format(params), extras)
+        key, ordering = self._list_key(limit, page, order_by, ascending, kwargs)
 
         def prepare() -> tuple[Entry, Callable[[], Awaitable[Loaded[list[ResponseT]]]]]:
             narrowed = self._narrowing(kwargs, key)
