@@ -9,52 +9,18 @@ import asyncio
 import logging
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import structlog
-from pydantic import BaseModel, ConfigDict
-from sqlalchemy import String, func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from examples.embedded import database_url, embedded_redis
+from examples.models import Base, User, UserCreate, UserResponse, UserUpdate
 from fastrdb import FastRDB
 from fastrdb.events import listen
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class User(Base):
-    __tablename__ = "users"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    email: Mapped[str] = mapped_column(String(255), unique=True)
-    name: Mapped[str] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
-
-
-class UserCreate(BaseModel):
-    email: str
-    name: str
-
-
-class UserUpdate(BaseModel):
-    name: str | None = None
-
-
-class UserResponse(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    email: str
-    name: str
-    created_at: datetime
-
 
 users = FastRDB[User, UserCreate, UserUpdate, UserResponse](
     User,

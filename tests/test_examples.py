@@ -108,3 +108,17 @@ async def test_app_and_worker_as_processes(app_env: dict[str, str], redis_client
     finally:
         server.terminate()
         await finish(server)
+
+
+@pytest.mark.slow
+async def test_the_demo_on_embedded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/demo.py runs on SQLite and the embedded Redis and shows the cache following
+    FastRDB, bulk and ORM writes."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    demo = await run_script(ROOT / "examples" / "demo.py")
+    assert demo.returncode == 0, demo.stderr
+    assert "embedded" in demo.stdout or "unix://" in demo.stdout
+    assert "update via FastRDB -> get: Ada L." in demo.stdout
+    assert "-> get: G. Hopper / L.T." in demo.stdout
+    assert "get_multi page 1 -> ['Ada L.', 'G. Hopper']" in demo.stdout
