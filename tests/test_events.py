@@ -426,3 +426,18 @@ async def test_new_patterns_are_picked_up_without_restart(
     assert (await users.get(db=db, redis=redis_client, email="a@x.io")).name == "Second"
     row = (await db.execute(select(User.name).where(User.id == user_id))).scalar_one()
     assert row == "Second"
+
+
+async def test_legacy_query_update_and_delete(
+    db: AsyncSession, redis_client: Redis, sync_writer: sessionmaker[Session]
+) -> None:
+    """The 1.x-style Query.update() and Query.delete() are seen like update() and delete()."""
+    await cached_user(db, redis_client, "a@x.io")
+    await cached_user(db, redis_client, "b@x.io")
+    with sync_writer() as session:
+        session.query(User).filter(User.email == "a@x.io").update({"name": "Legacy"})
+        session.query(User).filter(User.email == "b@x.io").delete()
+        session.commit()
+    assert (await users.get(db=db, redis=redis_client, email="a@x.io")).name == "Legacy"
+    with pytest.raises(NoResultFound):
+        await users.get(db=db, redis=redis_client, email="b@x.io")
