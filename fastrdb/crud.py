@@ -566,14 +566,14 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         db: AsyncSession,
         redis: AsyncRedis,
         identity: tuple[Any, ...],
-        values: dict[str, str],
+        values: dict[str, Any],
     ) -> None:
         """Fill the key of a row a listener in ``refresh`` mode saw written: lease first, then
         read it in a new transaction, then fill if the lease still holds."""
-        key = self._row.format_encoded(values)
         health = self._health_of(redis, bind_session(db.sync_session, redis, self.settings))
-        if key is None or not health.usable:
+        if self._row.missing(values) or not health.usable:
             return
+        key = self._row.format(values)
         token = secrets.token_hex(8)
         taken = await store.acquire(
             redis, health, key, token, schemes_key=self._schemes_key, schemes=self._row_schemes

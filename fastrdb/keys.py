@@ -70,16 +70,17 @@ def glob_covers(glob: str, key: str) -> bool:
 class KeyPattern:
     """A ``str.format``-style pattern such as ``"user:email:{email}"``, parsed once."""
 
-    __slots__ = ("_parts", "fields", "text")
+    __slots__ = ("fields", "text")
 
     def __init__(self, text: str, *, argument: str = "pattern") -> None:
-        parts: list[tuple[str, str | None]] = []
+        fields: list[str] = []
         try:
             parsed = list(string.Formatter().parse(text))
         except ValueError as exc:
             raise FastRDBError(argument, f"{text!r} is not a valid pattern ({exc})") from None
-        for literal, field, spec, conversion in parsed:
+        for _, field, spec, conversion in parsed:
             if field is not None:
+                fields.append(field)
                 if not field.isidentifier():
                     raise FastRDBError(
                         argument, f"placeholder {{{field}}} in {text!r} must be a plain name"
@@ -88,10 +89,8 @@ class KeyPattern:
                     raise FastRDBError(
                         argument, f"placeholder {{{field}}} in {text!r} takes no format spec"
                     )
-            parts.append((literal, field))
         self.text = text
-        self._parts = tuple(parts)
-        self.fields = tuple(dict.fromkeys(f for _, f in parts if f is not None))
+        self.fields = tuple(dict.fromkeys(fields))
 
     def __repr__(self) -> str:
         return f"KeyPattern({self.text!r})"
@@ -103,18 +102,6 @@ class KeyPattern:
     def format(self, values: Mapping[str, object]) -> str:
         """The key for ``values`` (raw values; each one is encoded)."""
         return self.text.format_map({field: encode_value(values[field]) for field in self.fields})
-
-    def format_encoded(self, values: Mapping[str, str]) -> str | None:
-        """The key for already encoded values, or None when one is missing."""
-        out: list[str] = []
-        for literal, field in self._parts:
-            out.append(literal)
-            if field is not None:
-                value = values.get(field)
-                if value is None:
-                    return None
-                out.append(value)
-        return "".join(out)
 
 
 @lru_cache(maxsize=1024)

@@ -72,7 +72,7 @@ class Refresher(Protocol):
     """What can fill a row's keys again after a commit (a FastRDB instance)."""
 
     async def refresh_row(
-        self, *, db: AsyncSession, redis: Any, identity: tuple[Any, ...], values: dict[str, str]
+        self, *, db: AsyncSession, redis: Any, identity: tuple[Any, ...], values: dict[str, Any]
     ) -> None: ...
 
 

@@ -7,36 +7,33 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastrdb.cache.store import InvalidationPlan
-from fastrdb.keys import Namespace, encode_value
+from fastrdb.keys import Namespace
 from fastrdb.schemes import Scheme
 
-__all__ = ["Changes", "Snapshot", "Written"]
-
-Snapshot = tuple[tuple[str, str], ...]
-"""One row's column values, encoded for keys, sorted by attribute name."""
+__all__ = ["Changes", "Written"]
 
 
 @dataclass(frozen=True, slots=True)
 class Written:
-    """A row a transaction inserted or updated: its class, primary key and encoded values."""
+    """A row a transaction inserted or updated: its class, primary key and column values."""
 
     model: type
     identity: tuple[Any, ...]
-    values: dict[str, str]
+    values: dict[str, Any]
 
 
 class Changes:
     """Rows a session wrote, kept until its root transaction ends.
 
-    Each changed row contributes a snapshot of its values before the change and one after
-    (they are equal for an insert's or a delete's only version). Snapshots are encoded as key
-    text at once, so planning needs nothing but the patterns.
+    Each changed row contributes its column values before the change and after it (one
+    version for an insert or a delete). Values are only encoded into key text when the plan
+    needs them, so wide rows cost nothing beyond their pattern fields.
     """
 
     __slots__ = ("own_tokens", "rows", "written")
 
     def __init__(self) -> None:
-        self.rows: dict[str, set[Snapshot]] = {}
+        self.rows: dict[str, list[dict[str, Any]]] = {}
         self.own_tokens: dict[str, str] = {}
         """Keys whose fill lease the writing session took itself (write-through): key → token."""
         self.written: list[Written] = []
@@ -50,26 +47,25 @@ class Changes:
 
     def add(self, tables: Iterable[str], values: Mapping[str, object]) -> None:
         """Record one version of a changed row of ``tables`` (a row of a subclass spans more)."""
-        snapshot = tuple(sorted((key, encode_value(value)) for key, value in values.items()))
+        snapshot = dict(values)
         for table in tables:
-            self.rows.setdefault(table, set()).add(snapshot)
+            self.rows.setdefault(table, []).append(snapshot)
 
     def note_written(
         self, model: type, identity: tuple[Any, ...], values: Mapping[str, object]
     ) -> None:
         """Remember a row that now exists with ``values``, to refresh its keys after commit."""
-        encoded = {key: encode_value(value) for key, value in values.items()}
-        self.written.append(Written(model, identity, encoded))
+        self.written.append(Written(model, identity, dict(values)))
 
     def touch(self, tables: Iterable[str]) -> None:
         """Record that ``tables`` changed in rows whose values are unknown (lists go stale)."""
         for table in tables:
-            self.rows.setdefault(table, set())
+            self.rows.setdefault(table, [])
 
     def merge(self, other: Changes) -> None:
         """Fold ``other`` in; its write-through leases are not carried over."""
         for table, snapshots in other.rows.items():
-            self.rows.setdefault(table, set()).update(snapshots)
+            self.rows.setdefault(table, []).extend(snapshots)
 
     def plan(self, schemes: Mapping[str, list[Scheme]], namespace: Namespace) -> InvalidationPlan:
         """The keys to drop, given the patterns published for each changed table."""
@@ -78,12 +74,12 @@ class Changes:
         for table, snapshots in self.rows.items():
             registries[namespace.lists(table)] = None
             table_schemes = schemes.get(table, ())
-            for snapshot in snapshots:
-                values = dict(snapshot)
+            for values in snapshots:
                 for scheme in table_schemes:
-                    text = scheme.pattern.format_encoded(values)
-                    if text is None:
+                    pattern = scheme.pattern
+                    if pattern.missing(values):
                         continue
+                    text = pattern.format(values)
                     if scheme.kind == "row":
                         row_keys.setdefault(text, self.own_tokens.get(text, ""))
                     else:
