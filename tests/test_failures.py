@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
 from fastrdb import FastRDB, Settings
+from fastrdb.cache.health import health_of
 from fastrdb.events import listen
 from tests.models import User, UserCreate, UserResponse, UserUpdate
 from tests.servers import Proxy, RedisServer
@@ -131,17 +132,17 @@ async def test_a_cancelled_commit_keeps_its_invalidation(
     maker: async_sessionmaker[AsyncSession], server: RedisServer
 ) -> None:
     """A task cancelled while its invalidation waits on Redis does not lose it."""
+    patient = Settings(redis_timeout=10, breaker_threshold=2, breaker_cooldown=0.3)
     crud = make_crud()
     client = client_for(server.port)
     writer = async_sessionmaker(maker.kw["bind"])
-    handle = listen(writer, client, settings=SETTINGS)
+    handle = listen(writer, client, settings=patient)  # first use: these settings apply
     async with maker() as db:
         await crud.create(db=db, redis=client, obj_in=UserCreate(email="a@x.io", name="Old"))
         assert (await crud.get(db=db, redis=client, email="a@x.io")).name == "Old"
     user_id = await direct_id(maker)
     pauser = client_for(server.port)
-    pause = asyncio.create_task(pauser.execute_command("CLIENT", "PAUSE", "300", "WRITE"))
-    await asyncio.sleep(0.05)
+    await pauser.execute_command("CLIENT", "PAUSE", "10000", "WRITE")
 
     async def commit() -> None:
         async with writer() as session:
@@ -149,18 +150,30 @@ async def test_a_cancelled_commit_keeps_its_invalidation(
             await session.commit()
 
     task = asyncio.create_task(commit())
-    await asyncio.sleep(0.1)  # the commit is done; its invalidation waits on paused Redis
+    # Wait until the row is committed: the invalidation is then stuck on paused Redis. (The
+    # state is in the database, so it is polled; no in-process event can tell.)
+    async with asyncio.timeout(5):
+        while await committed_name(maker, user_id) != "New":  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await pause
-    await asyncio.sleep(0.3)
+    await pauser.execute_command("CLIENT", "UNPAUSE")
     async with maker() as db:
         assert (await crud.get(db=db, redis=client, email="a@x.io")).name == "New"
         assert (await crud.get(db=db, redis=client, email="a@x.io")).name == "New"
+    assert health_of(client).pending is None, "the kept invalidation was replayed"
     handle.remove()
     for c in (client, pauser):
         await c.aclose()
+
+
+async def committed_name(maker: async_sessionmaker[AsyncSession], user_id: int) -> str:
+    from sqlalchemy import select
+
+    async with maker() as db:
+        return (await db.execute(select(User.name).where(User.id == user_id))).scalar_one()
 
 
 def test_a_sync_worker_commits_while_redis_is_down(
