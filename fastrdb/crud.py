@@ -329,11 +329,8 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         prepare: Callable[[], tuple[Entry, Callable[[], Awaitable[Loaded[T]]]]],
     ) -> T:
         """Serve ``key`` from the cache, or ``prepare()`` the miss path (only a miss pays it)."""
-        session = db.sync_session
-        health = self._health_of(redis, bind_session(session, redis, self.settings))
-        if health.pending is not None:
-            await replay(redis, health)
-        changes: Changes | None = session.info.get(CHANGES_KEY)
+        health = await self._health(db, redis)
+        changes: Changes | None = db.sync_session.info.get(CHANGES_KEY)
         if health.usable and (changes is None or not changes.touches(self.table)):
             value = await cached(redis, health, key, decode, self._stats, self._context)
             if value is not store.MISS:
