@@ -1,8 +1,9 @@
 """Fixtures: real databases (SQLite, PostgreSQL, MariaDB) and a real Redis or Redis Cluster.
 
 ``FASTRDB_TEST_DATABASES`` (comma separated, default ``sqlite,postgresql,mariadb``) chooses the
-databases; ``FASTRDB_TEST_REDIS`` (default ``redis://127.0.0.1:6379/15``) the Redis database,
-which every test flushes. ``FASTRDB_TEST_REDIS_CLUSTER=1`` runs the tests that take
+databases, ``FASTRDB_TEST_DB`` (default ``test``) the PostgreSQL and MariaDB database name, and
+``FASTRDB_TEST_REDIS`` (default ``redis://127.0.0.1:6379/15``) the Redis database, which every
+test flushes. ``FASTRDB_TEST_REDIS_CLUSTER=1`` runs the tests that take
 ``redis_client`` against a 3-master Redis Cluster that the session starts on free ports.
 """
 
@@ -73,6 +74,8 @@ def redis_cluster() -> Iterator[None]:
     servers.stop()
 
 
+DB_NAME = os.environ.get("FASTRDB_TEST_DB", "test")
+
 DATABASES = [
     name.strip()
     for name in os.environ.get("FASTRDB_TEST_DATABASES", "sqlite,postgresql,mariadb").split(",")
@@ -93,14 +96,14 @@ def _database(name: str, sqlite_path: Path) -> Database:
     if name == "postgresql":
         return Database(
             name,
-            "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
-            "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+            f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DB_NAME}",
+            f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB_NAME}",
         )
     if name == "mariadb":
         return Database(
             name,
-            "mysql+asyncmy://root@127.0.0.1:3306/test",
-            "mysql+pymysql://root@127.0.0.1:3306/test",
+            f"mysql+asyncmy://root@127.0.0.1:3306/{DB_NAME}",
+            f"mysql+pymysql://root@127.0.0.1:3306/{DB_NAME}",
         )
     raise ValueError(f"unknown test database {name!r}")
 
