@@ -27,6 +27,7 @@ from fastrdb.keys import KeyPattern, Namespace, deps_key, encode_value, glob_cov
 from fastrdb.pagination import PaginatedResponse
 from fastrdb.schemes import Scheme
 from fastrdb.settings import DEFAULT_SETTINGS, Settings
+from fastrdb.values import Converter, compares_as_text, convert_filters, converter_for
 
 __all__ = ["FastRDB"]
 
@@ -37,7 +38,7 @@ ResponseT = TypeVar("ResponseT", bound=BaseModel)
 T = TypeVar("T")
 
 _FRESH_ISOLATION = frozenset({"READ COMMITTED", "READ UNCOMMITTED", "AUTOCOMMIT"})
-_FRESH_KEY = "fastrdb.statement_fresh"
+_POPULATE = {"populate_existing": True}
 _MEMO_SIZE = 4096  # distinct get()/get_multi() argument sets whose keys are remembered
 
 
@@ -54,6 +55,10 @@ class _Columns:
                 self.python_types[prop.key] = prop.columns[0].type.python_type
             except NotImplementedError:
                 self.python_types[prop.key] = None
+        self.converters: dict[str, Converter] = {
+            prop.key: converter_for(prop.columns[0]) for prop in mapper.column_attrs
+        }
+        self.columns = {prop.key: prop.columns[0] for prop in mapper.column_attrs}
         self.primary_key = [
             self.attributes[mapper.get_property_by_column(column).key]
             for column in mapper.primary_key
@@ -96,8 +101,6 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         self._name = mapper.class_.__name__
         self.table = table_name(mapper.local_table)
         self._row = KeyPattern(pattern, argument="pattern")
-        if not self._row.fields:
-            raise FastRDBError("pattern", f"{pattern!r} has no placeholder to tell rows apart")
         self._list = KeyPattern(
             list_pattern
             if list_pattern is not None
@@ -173,6 +176,13 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         unknown = next(name for name in kwargs if name not in attributes)
         raise FastRDBError(unknown, f"is not a column of {self._name}")
 
+    def _convert(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Checked column filters, each value in its column's Python type (exact conversions
+        only, else ``FastRDBError`` naming the field): the SQL gets the type the column holds
+        and the key text is what the writer formats from the database's value."""
+        self._check_columns(kwargs)
+        return convert_filters(self._columns.converters, kwargs)
+
     def _where(
         self, kwargs: Mapping[str, Any]
     ) -> tuple[tuple[ColumnElement[bool], ...], dict[str, Any]]:
@@ -200,11 +210,12 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
                 self._memo.clear()
             self._memo[memo] = value
 
-    def _row_key(self, kwargs: dict[str, Any]) -> tuple[str, str]:
-        """(the pattern's key, the key with a digest of any extra filters) for a ``get``.
+    def _row_key(self, kwargs: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+        """(the pattern's key, the key with a digest of any extra filters, the converted
+        filters) for a ``get``.
 
-        Checked and formatted once per distinct call, then remembered: the hit path of a hot
-        key does no formatting at all.
+        Checked, converted and formatted once per distinct call, then remembered: the hit path
+        of a hot key does no conversion or formatting at all.
         """
         memo: tuple[Any, ...] | None
         try:
@@ -213,13 +224,13 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         except TypeError:  # an unhashable value: check and format every time
             memo = known = None
         if known is not None:
-            return cast(tuple[str, str], known)
-        self._check_columns(kwargs)
+            return cast(tuple[str, str, dict[str, Any]], known)
+        kwargs = self._convert(kwargs)
         self._require(self._row, kwargs)
         base = self._row.format(kwargs)
         fields = self._row.fields
         extras = {name: value for name, value in kwargs.items() if name not in fields}
-        known = (base, with_digest(base, extras))
+        known = (base, with_digest(base, extras), kwargs)
         self._remember(memo, known)
         return known
 
@@ -230,8 +241,9 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         order_by: str | None,
         ascending: bool,
         kwargs: dict[str, Any],
-    ) -> tuple[str, list[InstrumentedAttribute[Any]]]:
-        """(the key, the ordering columns) of a ``get_multi``, checked, and remembered."""
+    ) -> tuple[str, list[InstrumentedAttribute[Any]], dict[str, Any]]:
+        """(the key, the ordering columns, the converted filters) of a ``get_multi``, checked,
+        and remembered."""
         call = (limit, page, order_by, ascending, *kwargs.values())
         memo: tuple[Any, ...] | None
         try:
@@ -240,12 +252,12 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         except TypeError:
             memo = known = None
         if known is not None:
-            return cast(tuple[str, list[InstrumentedAttribute[Any]]], known)
+            return cast(tuple[str, list[InstrumentedAttribute[Any]], dict[str, Any]], known)
         _check_positive_int("limit", limit)
         _check_positive_int("page", page)
         if limit > self.settings.max_limit:
             raise FastRDBError("limit", f"must be at most {self.settings.max_limit}, got {limit}")
-        self._check_columns(kwargs)
+        kwargs = self._convert(kwargs)
         columns = self._columns
         if order_by is None:
             ordering = list(columns.primary_key)
@@ -261,7 +273,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
             extras["order_by"] = order_by
         if not ascending:
             extras["ascending"] = False
-        known = (with_digest(self._list.format(params), extras), ordering)
+        known = (with_digest(self._list.format(params), extras), ordering, kwargs)
         self._remember(memo, known)
         return known
 
@@ -349,27 +361,34 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         self._stats.bypasses += 1
         return (await prepare()[1]()).value
 
-    async def _before_read(self, db: AsyncSession) -> tuple[bool, bool]:
-        """(may the read about to run be cached, should FastRDB end the transaction after it).
+    async def _before_read(self, db: AsyncSession) -> tuple[bool, bool, Mapping[str, Any]]:
+        """(may the read about to run be cached, should FastRDB end the transaction after it,
+        the execution options of its SELECT).
 
         A read may be cached when it cannot see uncommitted writes of its own session and
         cannot be older than the lease taken just before it: it opens the transaction itself,
-        or the connection reads the latest commit on every statement. Under REPEATABLE READ a
-        transaction that FastRDB opened for its read is committed right after, so the next read
-        of the session gets a new snapshot (and can be cached) too.
+        or the isolation level in force for this checkout reads the latest commit on every
+        statement. Under REPEATABLE READ a transaction that FastRDB opened for its read is
+        committed right after, so the next read of the session gets a new snapshot (and can be
+        cached) too. A cacheable read refreshes the identity map (``populate_existing``): what
+        it returns is what its SELECT read, never an object the session held from before.
         """
         session = db.sync_session
         if session.info.get(CHANGES_KEY) or session.new or session.dirty or session.deleted:
-            return False, False
+            return False, False, {}  # populate_existing would overwrite unflushed changes
         began = not session.in_transaction()
         fresh = await _statement_fresh(await db.connection())
-        return began or fresh, began and not fresh
+        return began or fresh, began and not fresh, _POPULATE
 
-    async def _run_read(self, db: AsyncSession, read: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """Run ``read``; also return whether its result may be cached."""
-        cacheable, end = await self._before_read(db)
+    async def _run_read(
+        self, db: AsyncSession, read: Callable[[Mapping[str, Any]], Awaitable[T]]
+    ) -> tuple[T, bool]:
+        """Run ``read`` (given its SELECT's execution options); also return whether its result
+        may be cached. ``read`` serializes what it loaded itself: the transaction FastRDB may
+        end after it expires every instance (``expire_on_commit``)."""
+        cacheable, end, options = await self._before_read(db)
         try:
-            return await read(), cacheable
+            return await read(options), cacheable
         finally:
             if end:
                 await db.commit()
@@ -377,20 +396,21 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     async def get(self, *, db: AsyncSession, redis: AsyncRedis, **kwargs: Any) -> ResponseT:
         """The row matching ``kwargs`` (every placeholder of ``pattern``, plus any other column
         filters). Raises ``sqlalchemy.exc.NoResultFound`` if there is none."""
-        base, key = self._row_key(kwargs)
+        base, key, filters = self._row_key(kwargs)
 
         def prepare() -> tuple[Entry, Callable[[], Awaitable[Loaded[ResponseT]]]]:
-            async def read() -> Any:
-                clauses, params = self._where(kwargs)
-                return (await db.execute(select(self.model).where(*clauses), params)).scalar_one()
+            async def read(options: Mapping[str, Any]) -> tuple[ResponseT, bool]:
+                clauses, params = self._where(filters)
+                query = select(self.model).where(*clauses)
+                obj = (await db.execute(query, params, execution_options=options)).scalar_one()
+                return self._response(obj), self._row_key_of(obj) == base
 
             async def load() -> Loaded[ResponseT]:
-                obj, fresh = await self._run_read(db, read)
-                response = self._response(obj)
-                cacheable = fresh and self._row_key_of(obj) == base
+                (response, same_key), fresh = await self._run_read(db, read)
+                cacheable = fresh and same_key
                 return Loaded(response, response.model_dump_json() if cacheable else None)
 
-            registries = (deps_key(base),) if len(kwargs) > len(self._row.fields) else ()
+            registries = (deps_key(base),) if len(filters) > len(self._row.fields) else ()
             return Entry(key, self._schemes_key, self._row_schemes, registries), load
 
         return await self._read(db, redis, key, self.response_schema.model_validate_json, prepare)
@@ -408,13 +428,13 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     ) -> list[ResponseT]:
         """A page of rows matching the column filters in ``kwargs``, ordered by ``order_by``
         (the primary key when not given)."""
-        key, ordering = self._list_key(limit, page, order_by, ascending, kwargs)
+        key, ordering, filters = self._list_key(limit, page, order_by, ascending, kwargs)
 
         def prepare() -> tuple[Entry, Callable[[], Awaitable[Loaded[list[ResponseT]]]]]:
-            narrowed = self._narrowing(kwargs, key)
+            narrowed = self._narrowing(db, filters, key)
 
-            async def read() -> Sequence[Any]:
-                clauses, params = self._where(kwargs)
+            async def read(options: Mapping[str, Any]) -> tuple[list[ResponseT], bool]:
+                clauses, params = self._where(filters)
                 query = (
                     select(self.model)
                     .where(*clauses)
@@ -422,14 +442,15 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
                     .limit(limit)
                     .offset((page - 1) * limit)
                 )
-                return (await db.execute(query, params)).scalars().all()
+                result = await db.execute(query, params, execution_options=options)
+                rows = result.scalars().all()
+                fit = narrowed is None or self._rows_fit(rows, filters)
+                return [self._response(row) for row in rows], fit
 
             async def load() -> Loaded[list[ResponseT]]:
-                rows, fresh = await self._run_read(db, read)
-                responses = [self._response(row) for row in rows]
-                cacheable = fresh and (narrowed is None or self._rows_fit(rows, kwargs))
+                (responses, fit), fresh = await self._run_read(db, read)
                 payload = "[" + ",".join(r.model_dump_json() for r in responses) + "]"
-                return Loaded(responses, payload if cacheable else None)
+                return Loaded(responses, payload if fresh and fit else None)
 
             if narrowed is None:
                 registry = self._namespace.lists(self.table)
@@ -440,21 +461,26 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
 
         return await self._read(db, redis, key, self._list_decoder.validate_json, prepare)
 
-    def _narrowing(self, filters: Mapping[str, Any], key: str) -> str | None:
+    def _narrowing(self, db: AsyncSession, filters: Mapping[str, Any], key: str) -> str | None:
         """The expanded ``invalidate_pattern_prefix`` that may stand for this list entry, or None
         when the entry must be dropped by any change of the table.
 
         Narrowing needs every prefix placeholder among the filters, each filter value of its
-        column's own Python type (so the text matches what a changed row's value encodes to),
-        and the expansion to cover the key.
+        column's own Python type, each column one whose key text provably matches what the
+        database compares (:func:`fastrdb.values.compares_as_text`: not a case-insensitive
+        or padding collation, an Enum, a Decimal...), and the expansion to cover the key.
+        Otherwise the page goes to the table-wide registry: correctness before savings.
         """
         prefix = self._prefix
         if prefix is None or not prefix.fields or prefix.missing(filters):
             return None
-        python_types = self._columns.python_types
+        columns = self._columns
+        dialect = db.get_bind(self._mapper).dialect.name
         for field in prefix.fields:
             value = filters[field]
-            if python_types.get(field) is None or type(value) is not python_types[field]:
+            if value is None or type(value) is not columns.python_types.get(field):
+                return None
+            if not compares_as_text(columns.columns[field], dialect):
                 return None
         expanded = prefix.format(filters)
         return expanded if glob_covers(expanded, key) else None
@@ -475,11 +501,10 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         self, *, db: AsyncSession, redis: AsyncRedis | None = None, **kwargs: Any
     ) -> int:
         """The number of rows matching the column filters in ``kwargs`` (not cached)."""
-        self._check_columns(kwargs)
-        clauses, params = self._where(kwargs)
+        clauses, params = self._where(self._convert(kwargs))
         query = select(func.count()).select_from(self._mapper.local_table).where(*clauses)
 
-        async def read() -> int:
+        async def read(options: Mapping[str, Any]) -> int:
             return int((await db.execute(query, params)).scalar_one())
 
         return (await self._run_read(db, read))[0]
@@ -512,8 +537,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         except BaseException:
             await db.rollback()
             raise
-        await self._reload(db, objects)
-        return [self._response(obj) for obj in objects]
+        return [response for response, _ in await self._reload(db, objects)]
 
     async def update(
         self, *, db: AsyncSession, redis: AsyncRedis, obj_in: UpdateT, **kwargs: Any
@@ -547,15 +571,22 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         _check_positive_int("page", page)
         return PaginatedResponse[T](data=data, total=len(data), limit=limit, page=page)
 
-    async def _reload(self, db: AsyncSession, objects: Sequence[Any]) -> None:
+    async def _reload(
+        self, db: AsyncSession, objects: Sequence[Any]
+    ) -> list[tuple[ResponseT, str | None]]:
         """Read committed rows back (server defaults, onupdate values) in a new transaction,
-        ended again under REPEATABLE READ like any read FastRDB opens itself."""
+        ended again under REPEATABLE READ like any read FastRDB opens itself: each row's
+        response and single-row key, taken from what the refresh read and before that end
+        (which expires the instances under ``expire_on_commit``)."""
 
-        async def read() -> None:
+        async def read(options: Mapping[str, Any]) -> list[tuple[ResponseT, str | None]]:
+            loaded = []
             for obj in objects:
                 await db.refresh(obj)
+                loaded.append((self._response(obj), self._row_key_of(obj)))
+            return loaded
 
-        await self._run_read(db, read)
+        return (await self._run_read(db, read))[0]
 
     async def refresh_row(
         self,
@@ -590,7 +621,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         await store.release(redis, health, key, token)
 
     async def _fetch_for_write(self, db: AsyncSession, kwargs: Mapping[str, Any]) -> ModelT:
-        self._check_columns(kwargs)
+        kwargs = self._convert(kwargs)
         self._require(self._row, kwargs)
         clauses, params = self._where(kwargs)
         query = select(self.model).where(*clauses).with_for_update()
@@ -609,7 +640,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         token = ""
         try:
             await db.flush()
-            key = self._row_key_of(obj)
+            key = self._row_key_of(obj) if self._row.fields else None  # "todo": no row of its own
             if key is not None and health.usable:
                 token = secrets.token_hex(8)
                 taken = await store.acquire(
@@ -630,10 +661,9 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
             if key is not None and token:
                 await store.release(redis, health, key, token)
             raise
-        await self._reload(db, [obj])
-        response = self._response(obj)
+        ((response, stored_key),) = await self._reload(db, [obj])
         if key is not None and token:
-            if self._row_key_of(obj) == key and await store.fill(
+            if stored_key == key and await store.fill(
                 redis, health, key, token, response.model_dump_json(), self.exp
             ):
                 self._stats.fills += 1
@@ -653,13 +683,27 @@ def _check_positive_int(name: str, value: Any) -> None:
 async def _statement_fresh(connection: AsyncConnection) -> bool:
     """Whether each statement on ``connection`` reads the latest commit even inside an open
     transaction. SQLite: only while the driver has no transaction open. Others: under READ
-    COMMITTED (decided once per connection), not under REPEATABLE READ or SERIALIZABLE."""
+    COMMITTED, not under REPEATABLE READ or SERIALIZABLE.
+
+    Decided for this checkout, from the level in force on it: the connection's (session's,
+    engine's) ``isolation_level`` execution option, else the level every pooled connection
+    is reset to. Never remembered on the pooled connection: the next checkout may run under
+    another engine's options."""
     if connection.dialect.name == "sqlite":
         raw = await connection.get_raw_connection()
         return getattr(raw.driver_connection, "in_transaction", True) is False
-    info = connection.info
-    fresh: bool | None = info.get(_FRESH_KEY)
-    if fresh is None:
-        level = await connection.get_isolation_level()
-        fresh = info[_FRESH_KEY] = str(level).upper() in _FRESH_ISOLATION
-    return fresh
+    return str(_isolation_level(connection)).upper() in _FRESH_ISOLATION
+
+
+def _isolation_level(connection: AsyncConnection) -> str | None:
+    """The isolation level SQLAlchemy put in force for this checkout of ``connection``."""
+    level = (
+        connection.sync_connection.get_execution_options().get("isolation_level")
+        if connection.sync_connection is not None
+        else None
+    )
+    if level is None:
+        dialect = connection.dialect
+        level = getattr(dialect, "_on_connect_isolation_level", None)
+        level = level or dialect.default_isolation_level
+    return str(level) if level is not None else None

@@ -7,14 +7,19 @@ import json
 import re
 import string
 from collections.abc import Mapping
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from enum import Enum
 from fnmatch import fnmatchcase
 from functools import lru_cache
+from uuid import UUID
 
 from fastrdb.errors import FastRDBError
 
 __all__ = [
     "KeyPattern",
     "Namespace",
+    "canonical_decimal",
     "encode_value",
     "glob_covers",
     "lease_key",
@@ -27,18 +32,81 @@ _ALL_SAFE = re.compile(r"[A-Za-z0-9@._+\-]*")
 
 
 def encode_value(value: object) -> str:
-    """The text a value stands for inside a key.
+    """The text a value stands for inside a key: one encoding, injective across types.
 
-    Letters, digits and ``@ . _ - +`` are kept; every other character is percent-encoded
-    (UTF-8), so distinct values never collide and no value can act as a Redis glob.
+    - ``str``: letters, digits and ``@ . _ - +`` are kept; every other character is
+      percent-encoded (UTF-8, ``%XX`` with upper-case hex), so no value can act as a Redis glob.
+    - ``int``: its decimal digits (``7``, ``-3``), the documented ``pattern.format()`` text.
+    - Every other type is tagged: ``%`` + a lower-case type word + ``_`` + its canonical text
+      (percent-encoded like a string), e.g. ``%none``, ``%true``, ``%dec_9.5``,
+      ``%uuid_6f1c…``, ``%date_2026-11-29``, ``%datetime_2026-11-29T22%3A48%3A00%2B00%3A00``,
+      ``%enum_RED``. No string encodes to ``%`` followed by a lower-case letter, so ``None``,
+      ``"None"``, ``True``, ``"True"``, ``Decimal("1")`` and ``"1"`` never share key text.
+
+    Canonical forms make equal values of one type share text: a ``Decimal`` without trailing
+    zeros (``9.50`` → ``9.5``), an aware ``datetime`` in UTC, a ``UUID`` in lower-case
+    hyphenated form, an ``Enum`` member by name. ``1`` and ``"1"`` share text on purpose:
+    filters are converted to their column's Python type first, so within a column they
+    select the same rows.
     """
-    text = value if isinstance(value, str) else str(value)
+    if type(value) is str:
+        return _encode_text(value)
+    if type(value) is int:
+        return str(value)
+    return _encode_typed(value)
+
+
+def _encode_text(text: str) -> str:
     if _ALL_SAFE.fullmatch(text):
         return text
     return "".join(
         char if char in SAFE_CHARACTERS else "".join(f"%{byte:02X}" for byte in char.encode())
         for char in text
     )
+
+
+def _encode_typed(value: object) -> str:
+    if value is None:
+        return "%none"
+    if value is True:
+        return "%true"
+    if value is False:
+        return "%false"
+    if isinstance(value, Enum):
+        return "%enum_" + _encode_text(value.name)
+    if isinstance(value, str):
+        return _encode_text(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, Decimal):
+        return "%dec_" + _encode_text(canonical_decimal(value))
+    if isinstance(value, float):
+        return "%float_" + _encode_text(repr(value + 0.0))  # -0.0 == 0.0: one text
+    if isinstance(value, UUID):
+        return "%uuid_" + str(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is not None and value.utcoffset() is not None:
+            value = value.astimezone(UTC)
+        return "%datetime_" + _encode_text(value.isoformat())
+    if isinstance(value, date):
+        return "%date_" + value.isoformat()
+    if isinstance(value, time):
+        return "%time_" + _encode_text(value.isoformat())
+    if isinstance(value, timedelta):
+        return "%interval_" + _encode_text(repr(value.total_seconds()))
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "%bytes_" + bytes(value).hex()
+    kind = "".join(c for c in type(value).__name__.lower() if c.isalnum()) or "value"
+    return f"%{kind}_" + _encode_text(str(value))
+
+
+def canonical_decimal(value: Decimal) -> str:
+    """A decimal's text without exponent or trailing zeros: ``9.50`` and ``9.5`` → ``9.5``."""
+    if not value.is_finite():
+        return str(value)
+    if value.is_zero():
+        return "0"
+    return format(value.normalize(), "f")
 
 
 def lease_key(key: str) -> str:

@@ -455,9 +455,6 @@ def test_bad_configuration_is_refused() -> None:
     with pytest.raises(FastRDBError) as caught:
         FastRDB(User, UserResponse, pattern="x:{id}", exp=0)
     assert caught.value.field == "exp"
-    with pytest.raises(FastRDBError) as caught:
-        FastRDB(User, UserResponse, pattern="constant")
-    assert caught.value.field == "pattern"
 
 
 async def test_pattern_placeholders_must_be_columns(db: AsyncSession, redis_client: Redis) -> None:

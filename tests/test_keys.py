@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import enum
+import uuid
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+
 import pytest
 
 from fastrdb import FastRDBError
 from fastrdb.keys import KeyPattern, deps_key, encode_value, glob_covers, lease_key, with_digest
+
+
+class Shade(enum.Enum):
+    RED = "red"
 
 
 def test_safe_values_are_written_unchanged() -> None:
@@ -81,3 +90,47 @@ def test_unbalanced_braces_are_refused() -> None:
     """A malformed pattern is a clear error."""
     with pytest.raises(FastRDBError, match="pattern"):
         KeyPattern("user:{email")
+
+
+def test_typed_values_never_share_text_across_types() -> None:
+    """None, "None", True, "True", Decimal, UUID, dates and Enum members all encode apart
+    (int and str share text on purpose: filters are converted to the column type first)."""
+    ref = uuid.UUID("6f1c5b0e-1f0a-4c1e-9a43-5d2d2f2a9c11")
+    values: list[object] = [
+        None, "None", "%none", True, "True", False, 0, Decimal("1"), 1.0, ref, str(ref),
+        date(2026, 1, 2), "2026-01-02", datetime(2026, 1, 2), Shade.RED, "RED", b"RED", "",
+    ]  # fmt: skip
+    texts = [encode_value(value) for value in values]
+    assert len(set(texts)) == len(values), texts
+
+
+def test_int_and_str_keep_their_documented_text() -> None:
+    """str and int values are written as pattern.format() writes them."""
+    assert encode_value(42) == "42"
+    assert encode_value(-7) == "-7"
+    assert encode_value("42") == "42"
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        (Decimal("9.50"), Decimal("9.5")),
+        (Decimal("100"), Decimal("1E+2")),
+        (Decimal("0.00"), Decimal("-0")),
+        (
+            datetime(2026, 1, 2, 3, 0, tzinfo=timezone(timedelta(hours=2))),
+            datetime(2026, 1, 2, 1, 0, tzinfo=UTC),
+        ),
+    ],
+)
+def test_equal_values_share_one_canonical_text(one: object, other: object) -> None:
+    """Values the database holds as equal (9.50 and 9.5; one instant in two offsets) share text."""
+    assert encode_value(one) == encode_value(other)
+
+
+def test_typed_text_is_glob_safe() -> None:
+    """Typed values go through the same percent-encoding: no glob character survives."""
+    text = encode_value(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    assert text == "%datetime_2026-01-02T03%3A04%3A05+00%3A00"
+    assert not set(text) & set("*?[]{}\\: ")
+    assert encode_value(Shade.RED) == "%enum_RED"
