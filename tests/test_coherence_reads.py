@@ -406,3 +406,7 @@ async def test_pattern_without_placeholders(
         updated = await todo.update(db=db, redis=redis_client, obj_in=ThingPatch(name="1"), id=1)
         assert updated.name == "1"
         assert (await todo.get(db=db, redis=redis_client, id=1)).name == "1"
+        flat = Crud(Thing, ThingOut, pattern="todo", list_pattern="questions")
+        assert [t.id for t in await flat.get_multi(db=db, redis=redis_client, limit=1)] == [1]
+        pages = await flat.get_multi(db=db, redis=redis_client, limit=1, page=2)
+        assert [t.id for t in pages] == [2]
