@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import secrets
 import weakref
@@ -17,7 +18,8 @@ from sqlalchemy.orm import InstrumentedAttribute, Mapper
 from fastrdb._types import AsyncRedis, Raw
 from fastrdb.cache import store
 from fastrdb.cache.health import ClientHealth, health_of
-from fastrdb.cache.readthrough import Entry, Loaded, Stats, cached, read_through
+from fastrdb.cache.policy import check_memory_policy
+from fastrdb.cache.readthrough import Entry, Loaded, Stats, cached, coalesced, read_through
 from fastrdb.errors import FastRDBError
 from fastrdb.events.bindings import CHANGES_KEY, Binding, bind_session, register_refresher
 from fastrdb.events.changes import Changes
@@ -325,9 +327,12 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         return health
 
     async def _health(self, db: AsyncSession, redis: AsyncRedis) -> ClientHealth:
-        """The client's health, after binding the session so FastRDB's writes invalidate, and
-        after replaying invalidations that Redis could not take before."""
+        """The client's health, after binding the session so FastRDB's writes invalidate, after
+        checking the server's memory policy (first use), and after replaying invalidations that
+        Redis could not take before."""
         health = self._health_of(redis, bind_session(db.sync_session, redis, self.settings))
+        if not health.policy_checked:
+            await check_memory_policy(redis, health)
         if health.pending is not None:
             await replay(redis, health)
         return health
@@ -359,6 +364,10 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
                 context=self._context,
             )
         self._stats.bypasses += 1
+        session = db.sync_session
+        if changes is None and not (session.new or session.dirty or session.deleted):
+            # Redis can't be used: concurrent misses of this key in the process share one read.
+            return await coalesced(key, decode, prepare()[1])
         return (await prepare()[1]()).value
 
     async def _before_read(self, db: AsyncSession) -> tuple[bool, bool, Mapping[str, Any]]:
@@ -388,10 +397,17 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         end after it expires every instance (``expire_on_commit``)."""
         cacheable, end, options = await self._before_read(db)
         try:
-            return await read(options), cacheable
-        finally:
+            result = await read(options)
+        except BaseException:
             if end:
-                await db.commit()
+                # Roll back, not commit: the driver may have dropped the connection (a cancelled
+                # read on MariaDB), and the read's own exception is the one to raise.
+                with contextlib.suppress(Exception):
+                    await db.rollback()
+            raise
+        if end:
+            await db.commit()
+        return result, cacheable
 
     async def get(self, *, db: AsyncSession, redis: AsyncRedis, **kwargs: Any) -> ResponseT:
         """The row matching ``kwargs`` (every placeholder of ``pattern``, plus any other column
@@ -599,6 +615,8 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         """Fill the key of a row a listener in ``refresh`` mode saw written: lease first, then
         read it in a new transaction, then fill if the lease still holds."""
         health = self._health_of(redis, bind_session(db.sync_session, redis, self.settings))
+        if not health.policy_checked:
+            await check_memory_policy(redis, health)
         if self._row.missing(values) or not health.usable:
             return
         key = self._row.format(values)
@@ -608,17 +626,24 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         )
         if not taken:
             return  # a reader is filling it already
+        filled = False
         try:
-            obj = await db.get(self.model, identity, populate_existing=True)
-            response = self._response(obj) if obj is not None else None
-            stored = obj is not None and self._row_key_of(obj) == key
+            try:
+                obj = await db.get(self.model, identity, populate_existing=True)
+                response = self._response(obj) if obj is not None else None
+                stored = obj is not None and self._row_key_of(obj) == key
+            finally:
+                # The next row gets a transaction that starts after its lease.
+                with contextlib.suppress(Exception):
+                    await db.rollback()
+            payload = response.model_dump_json() if response is not None and stored else None
+            if payload is not None:
+                filled = await store.fill(redis, health, key, token, payload, self.exp)
         finally:
-            await db.rollback()  # the next row gets a transaction that starts after its lease
-        payload = response.model_dump_json() if response is not None and stored else None
-        if payload is not None and await store.fill(redis, health, key, token, payload, self.exp):
-            self._stats.fills += 1
-            return
-        await store.release(redis, health, key, token)
+            if filled:
+                self._stats.fills += 1
+            else:  # also when cancelled (loop shutdown): leave no lease behind
+                await store.release(redis, health, key, token)
 
     async def _fetch_for_write(self, db: AsyncSession, kwargs: Mapping[str, Any]) -> ModelT:
         kwargs = self._convert(kwargs)
@@ -657,19 +682,24 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
                     token = ""
             await db.commit()
         except BaseException:
-            await db.rollback()
+            with contextlib.suppress(Exception):  # the commit's own exception is the one to raise
+                await db.rollback()
             if key is not None and token:
                 await store.release(redis, health, key, token)
             raise
-        ((response, stored_key),) = await self._reload(db, [obj])
-        if key is not None and token:
-            if stored_key == key and await store.fill(
-                redis, health, key, token, response.model_dump_json(), self.exp
-            ):
-                self._stats.fills += 1
-            else:
-                self._stats.fills_refused += 1
-                await store.release(redis, health, key, token)
+        filled = False
+        try:
+            ((response, stored_key),) = await self._reload(db, [obj])
+            if key is not None and token and stored_key == key:
+                payload = response.model_dump_json()
+                filled = await store.fill(redis, health, key, token, payload, self.exp)
+        finally:
+            if key is not None and token:
+                if filled:
+                    self._stats.fills += 1
+                else:  # also when cancelled during the reload: leave no lease behind
+                    self._stats.fills_refused += 1
+                    await store.release(redis, health, key, token)
         return response
 
 

@@ -132,6 +132,56 @@ class Proxy:
         await self.start()
 
 
+class HoldingProxy(Proxy):
+    """A TCP proxy that, once armed, holds back the server's reply to the first client message
+    containing ``marker`` (e.g. a database's reply to ``COMMIT``). ``held`` is set when that
+    reply reached the proxy (the server acted); it stays held until ``release()`` or ``cut()``.
+    """
+
+    def __init__(self, upstream_port: int, marker: bytes) -> None:
+        super().__init__(upstream_port)
+        self.marker = marker
+        self.armed = False
+        self.held = asyncio.Event()
+        self._released = asyncio.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_writer))
+        marked = asyncio.Event()
+
+        async def to_server() -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await reader.read(65536):
+                    if self.armed and self.marker in data:
+                        self.armed = False
+                        marked.set()
+                    up_writer.write(data)
+                    await up_writer.drain()
+            up_writer.close()
+
+        async def to_client() -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await up_reader.read(65536):
+                    if marked.is_set() and not self._released.is_set():
+                        self.held.set()
+                        await self._released.wait()
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        for task in (asyncio.create_task(to_server()), asyncio.create_task(to_client())):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+
 def free_cluster_port() -> int:
     """A free port whose cluster bus port (port + 10000) is free too."""
     while True:

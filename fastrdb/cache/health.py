@@ -1,4 +1,5 @@
-"""Per-client health: a circuit breaker, and the invalidations Redis has not taken yet."""
+"""Health: a circuit breaker per client, and per Redis server the invalidations it has not taken
+yet (shared by every client object of that server in the process)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import weakref
 from typing import Any, Protocol
 
 import structlog
+from redis.exceptions import RedisError
 
 from fastrdb.settings import DEFAULT_SETTINGS, Settings
 
-__all__ = ["ClientHealth", "Mergeable", "health_of"]
+__all__ = ["REDIS_ERRORS", "ClientHealth", "Mergeable", "ServerState", "health_of", "server_of"]
+
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+"""What a Redis call raises when the server is slow, gone or refuses (asyncio's timeout is the
+builtin ``TimeoutError`` since Python 3.11). Any other exception a client raises (a cluster
+topology error, "Event loop is closed") counts as a Redis failure too, and is logged once."""
 
 log = structlog.get_logger("fastrdb")
 
@@ -21,6 +28,22 @@ class Mergeable(Protocol):
     def merge(self, other: Any) -> None: ...
 
 
+class ServerState:
+    """What every client of one Redis server (address, database and namespace) shares in this
+    process: the invalidations it has not taken yet.
+
+    While ``pending`` is set, no client of the server serves from the cache: any of them may
+    replay it, since they all reach the same keys.
+    """
+
+    __slots__ = ("kept", "pending")
+
+    def __init__(self) -> None:
+        self.pending: Mergeable | None = None
+        self.kept = 0
+        """How many times something was kept: a version of ``pending``."""
+
+
 class ClientHealth:
     """What FastRDB knows about one Redis client.
 
@@ -28,37 +51,56 @@ class ClientHealth:
     skipped (reads go to the database) and one probe is let through every ``breaker_cooldown``
     seconds. One warning is logged per outage, one info line when Redis answers again.
 
-    ``pending`` holds invalidations that could not be delivered. While it is set, this process
-    serves nothing from the cache: every read goes to the database until a replay succeeds.
+    ``pending`` (shared by the clients of one server, see :class:`ServerState`) holds
+    invalidations that could not be delivered. While it is set, this process serves nothing
+    from that server's cache: every read goes to the database until a replay succeeds.
+
+    ``safe`` is False once the server was found to evict keys FastRDB's bookkeeping needs
+    (an ``allkeys-*`` memory policy): the cache is then bypassed (see ``fastrdb.cache.policy``).
     """
 
     __slots__ = (
         "__weakref__",
         "_failures",
-        "_kept",
         "_open_until",
+        "_seen_errors",
         "errors",
+        "overloads",
         "own_timeout",
-        "pending",
+        "policy_checked",
+        "safe",
+        "server",
         "settings",
     )
 
-    def __init__(self, settings: Settings, *, own_timeout: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, *, own_timeout: bool = True, server: ServerState | None = None
+    ) -> None:
         self.settings = settings
         self.own_timeout = own_timeout
         """Whether FastRDB must bound each call itself: the client sets no socket timeouts
         within ``settings.redis_timeout``."""
+        self.server = server or ServerState()
         self._failures = 0
         self._open_until = 0.0
-        self.pending: Mergeable | None = None
-        self._kept = 0
+        self._seen_errors: set[type[BaseException]] = set()
         self.errors = 0
         """Failed calls since the client was first seen (for stats and tests)."""
+        self.overloads = 0
+        """Calls given up because the client's connection pool stayed full (not failures)."""
+        self.policy_checked = False
+        self.safe = True
 
     @property
     def usable(self) -> bool:
-        """Whether cached values may be served: the breaker is closed and nothing is pending."""
-        return self._open_until == 0.0 and self.pending is None
+        """Whether cached values may be served: the breaker is closed, nothing is pending for
+        the server and its memory policy keeps FastRDB's bookkeeping."""
+        return self._open_until == 0.0 and self.server.pending is None and self.safe
+
+    @property
+    def pending(self) -> Mergeable | None:
+        """Invalidations the server has not taken yet (whichever client failed to send them)."""
+        return self.server.pending
 
     def allow(self) -> bool:
         """Whether a Redis call may be made now (closed breaker, or a probe is due)."""
@@ -79,6 +121,15 @@ class ClientHealth:
     def failed(self, exc: BaseException, operation: str) -> None:
         self.errors += 1
         self._failures += 1
+        if not isinstance(exc, REDIS_ERRORS) and type(exc) not in self._seen_errors:
+            # Not one of redis-py's own errors: say once what it was, it may be a misuse.
+            self._seen_errors.add(type(exc))
+            log.warning(
+                "redis_client_error",
+                operation=operation,
+                error=type(exc).__name__,
+                detail=str(exc)[:200],
+            )
         if self._open_until:
             self._open_until = time.monotonic() + self.settings.breaker_cooldown
             return
@@ -93,24 +144,26 @@ class ClientHealth:
 
     def keep(self, undelivered: Mergeable) -> None:
         """Remember invalidations to replay; they are merged with any already waiting."""
-        self._kept += 1
-        if self.pending is None:
-            self.pending = undelivered
+        server = self.server
+        server.kept += 1
+        if server.pending is None:
+            server.pending = undelivered
         else:
-            self.pending.merge(undelivered)
+            server.pending.merge(undelivered)
 
     @property
     def kept(self) -> int:
-        """How many times something was kept: a version of ``pending``."""
-        return self._kept
+        """How many times something was kept for the server: a version of ``pending``."""
+        return self.server.kept
 
     def settle(self, kept: int) -> None:
         """Forget ``pending`` once delivered, unless more was kept since version ``kept``."""
-        if self._kept == kept:
-            self.pending = None
+        if self.server.kept == kept:
+            self.server.pending = None
 
 
 _HEALTH: weakref.WeakKeyDictionary[Any, ClientHealth] = weakref.WeakKeyDictionary()
+_SERVERS: dict[tuple[Any, ...], ServerState] = {}
 
 
 def health_of(client: Any, settings: Settings | None = None) -> ClientHealth:
@@ -119,9 +172,41 @@ def health_of(client: Any, settings: Settings | None = None) -> ClientHealth:
     if health is None:
         settings = settings or DEFAULT_SETTINGS
         health = _HEALTH[client] = ClientHealth(
-            settings, own_timeout=not _client_bounds_calls(client, settings.redis_timeout)
+            settings,
+            own_timeout=not _client_bounds_calls(client, settings.redis_timeout),
+            server=server_of(client, settings.namespace),
         )
     return health
+
+
+def server_of(client: Any, namespace: str) -> ServerState:
+    """The state shared by every client of the server ``client`` talks to (kept for the life
+    of the process: invalidations pending for a server must outlive any one client object)."""
+    address = (namespace, *_address(client))
+    state = _SERVERS.get(address)
+    if state is None:
+        state = _SERVERS[address] = ServerState()
+    return state
+
+
+def _address(client: Any) -> tuple[Any, ...]:
+    """Where ``client`` sends its commands, as given to it: host, port (or socket path) and
+    database; for a cluster client, its startup nodes. A client of unknown shape is its own
+    server."""
+    manager = getattr(client, "nodes_manager", None)
+    if manager is not None:
+        return ("cluster", *sorted(getattr(manager, "startup_nodes", None) or ()))
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if not isinstance(kwargs, dict):
+        return ("client", id(client))
+    return (
+        "redis",
+        kwargs.get("host"),
+        kwargs.get("port"),
+        kwargs.get("path"),
+        kwargs.get("db", 0),
+    )
 
 
 def _client_bounds_calls(client: Any, limit: float) -> bool:

@@ -7,7 +7,9 @@ It takes callables for decoding and loading and knows nothing of databases. The 
   only while that same token still holds the lease, and every invalidation deletes the lease,
   so a load that began before a commit can never be cached after that commit's invalidation;
 - readers that find the lease held wait a little for the holder's fill; past ``lease_wait``
-  they load for themselves and do not fill.
+  they load for themselves and do not fill;
+- while Redis can't be used (breaker open, invalidations pending), concurrent misses of one key
+  in this process share one load (:func:`coalesced`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import hashlib
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
@@ -27,7 +30,7 @@ from fastrdb.cache import store
 from fastrdb.cache.health import ClientHealth
 from fastrdb.schemes import Scheme
 
-__all__ = ["Entry", "Loaded", "Stats", "cached", "key_ref", "read_through"]
+__all__ = ["Entry", "Loaded", "Stats", "cached", "coalesced", "key_ref", "read_through"]
 
 T = TypeVar("T")
 
@@ -184,3 +187,74 @@ async def _load_and_fill(
         stats.fills_refused += 1
         log.debug("cache_fill_refused", key=key_ref(entry.key), **context)
     return loaded.value
+
+
+class _Flight:
+    """One load of a key that callers share."""
+
+    __slots__ = ("done", "payload")
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self.payload: str | None = None
+
+
+class _Flights:
+    """Per event loop: per key, the load that callers may still join (it has not started) and
+    the one under way."""
+
+    __slots__ = ("open", "running")
+
+    def __init__(self) -> None:
+        self.open: dict[str, _Flight] = {}
+        self.running: dict[str, _Flight] = {}
+
+
+_flights: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flights] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def coalesced(
+    key: str, decode: Callable[[Raw], T], load: Callable[[], Awaitable[Loaded[T]]]
+) -> T:
+    """Load ``key`` once for every caller of this process that asks while no load of it has
+    started yet (per-process single flight, for when Redis can't coordinate readers).
+
+    A caller only joins a load that starts after it asked, so what it gets is never older than
+    its call; loads of one key run one at a time. A load whose result may not be cached
+    (``payload`` None: the read could be older than its start, or saw uncommitted writes) is not
+    shared: its joiners load for themselves, as do they when it fails. Joiners get their own
+    object, decoded from the payload.
+    """
+    loop = asyncio.get_running_loop()
+    flights = _flights.get(loop)
+    if flights is None:
+        flights = _flights[loop] = _Flights()
+    flight = flights.open.get(key)
+    if flight is not None:
+        await flight.done.wait()
+        if flight.payload is not None:
+            try:
+                return decode(flight.payload)
+            except ValueError:
+                pass
+        return (await load()).value
+    flight = flights.open[key] = _Flight()
+    try:
+        previous = flights.running.get(key)
+        if previous is not None:
+            await previous.done.wait()
+        else:
+            await asyncio.sleep(0)  # callers asking at the same moment join
+        del flights.open[key]
+        flights.running[key] = flight
+        loaded = await load()
+        flight.payload = loaded.payload
+        return loaded.value
+    finally:
+        if flights.open.get(key) is flight:
+            del flights.open[key]
+        if flights.running.get(key) is flight:
+            del flights.running[key]
+        flight.done.set()

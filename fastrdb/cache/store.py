@@ -1,27 +1,31 @@
 """Every Redis operation FastRDB performs, behind one narrow interface.
 
-Read-side operations are coroutines that never raise for Redis trouble: they record it in the
-client's health and answer as if the cache were empty. The invalidation is synchronous in form
-(it runs inside SQLAlchemy's ``after_commit`` hook) and does raise, so that its caller can keep
-what was not delivered.
+Read-side operations are coroutines that never raise for Redis trouble (any exception the client
+raises counts, not only redis-py's own): they record it in the client's health and answer as if
+the cache were empty. A full connection pool is back-pressure, not trouble: the call waits a
+little for a connection, then answers as if the cache were empty without counting a failure.
+The invalidation is synchronous in form (it runs inside SQLAlchemy's ``after_commit`` hook) and
+does raise, so that its caller can keep what was not delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final, TypeVar
 
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import MaxConnectionsError
 
 from fastrdb._compat import await_in_greenlet
 from fastrdb._types import Raw
-from fastrdb.cache.health import ClientHealth
+from fastrdb.cache.health import REDIS_ERRORS, ClientHealth
 from fastrdb.cache.scripts import DROP, FILL, INVALIDATE, LEASE, RELEASE
 from fastrdb.keys import Namespace, deps_key, lease_key
 from fastrdb.schemes import Scheme
@@ -43,10 +47,6 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-REDIS_ERRORS: Final = (RedisError, OSError, TimeoutError)
-"""What a Redis call may raise when the server is slow, gone or refuses (asyncio's timeout
-is the builtin ``TimeoutError`` since Python 3.11)."""
-
 
 class Miss(enum.Enum):
     """The type of :data:`MISS`."""
@@ -63,22 +63,50 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, RedisCluster | AsyncRedisCluster)
 
 
+async def _bounded(health: ClientHealth, call: Callable[[], Awaitable[_T]]) -> _T:
+    if health.own_timeout:
+        async with asyncio.timeout(health.settings.redis_timeout):
+            return await call()
+    return await call()
+
+
 async def _guarded(
     health: ClientHealth, operation: str, call: Callable[[], Awaitable[_T]], fallback: _T
 ) -> _T:
     if not health.allow():
         return fallback
     try:
-        if health.own_timeout:
-            async with asyncio.timeout(health.settings.redis_timeout):
-                result = await call()
-        else:
-            result = await call()
-    except REDIS_ERRORS as exc:
+        result = await _bounded(health, call)
+    except MaxConnectionsError:
+        return await _when_pool_frees(health, operation, call, fallback)
+    except Exception as exc:  # every way a client fails is a Redis failure
         health.failed(exc, operation)
         return fallback
     health.succeeded()
     return result
+
+
+async def _when_pool_frees(
+    health: ClientHealth, operation: str, call: Callable[[], Awaitable[_T]], fallback: _T
+) -> _T:
+    """The client's pool has no free connection: retry within ``redis_timeout``, then give up
+    with ``fallback``. Neither counts as a failure, so the breaker stays closed."""
+    deadline = time.monotonic() + health.settings.redis_timeout
+    pause = health.settings.lease_poll
+    while time.monotonic() < deadline:
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)
+        try:
+            result = await _bounded(health, call)
+        except MaxConnectionsError:
+            continue
+        except Exception as exc:
+            health.failed(exc, operation)
+            return fallback
+        health.succeeded()
+        return result
+    health.overloads += 1
+    return fallback
 
 
 async def get(client: Any, health: ClientHealth, key: str) -> Raw | Miss:
@@ -94,7 +122,10 @@ async def get(client: Any, health: ClientHealth, key: str) -> Raw | Miss:
                 raw = await client.get(key)
         else:
             raw = await client.get(key)
-    except REDIS_ERRORS as exc:
+    except MaxConnectionsError:
+        raw = await _when_pool_frees(health, "get", partial(client.get, key), None)
+        return MISS if raw is None else raw
+    except Exception as exc:  # every way a client fails is a Redis failure
         health.failed(exc, "get")
         return MISS
     health.succeeded()
@@ -190,6 +221,13 @@ class Caller:
     async def _bounded(self, awaitable: Awaitable[_T]) -> _T:
         async with asyncio.timeout(self._timeout):
             return await awaitable
+
+    def pause(self, seconds: float) -> None:
+        """Sleep: through the event loop for an asyncio client, blocking otherwise."""
+        if self.is_async:
+            await_in_greenlet(asyncio.sleep(seconds))
+        else:
+            time.sleep(seconds)
 
 
 @dataclass(slots=True)

@@ -158,6 +158,7 @@ def install_hooks() -> None:
     event.listen(Session, "before_flush", collector.before_flush)
     event.listen(Session, "after_flush", collector.after_flush)
     event.listen(Session, "do_orm_execute", collector.do_orm_execute)
+    event.listen(Session, "before_commit", invalidator.before_commit)
     event.listen(Session, "after_commit", invalidator.after_commit)
     event.listen(Session, "after_transaction_end", invalidator.after_transaction_end)
     _installed = True

@@ -5,6 +5,10 @@
 the end of a root transaction that did not commit discards what was recorded. Savepoints change
 nothing: what they recorded stays until the root transaction ends.
 
+A root transaction whose ``commit()`` began but never confirmed (cancelled while COMMIT's reply
+was in flight, connection lost during COMMIT) may have committed: its end invalidates anyway,
+since dropping keys is always safe.
+
 Nothing here raises for Redis trouble: the data is already durable, so an invalidation that
 could not be delivered is kept on the client's health record and replayed, and until then that
 process serves nothing from the cache.
@@ -13,33 +17,50 @@ process serves nothing from the cache.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from functools import partial
 from typing import Any
 
 import structlog
+from redis.exceptions import MaxConnectionsError
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
 from fastrdb._compat import greenlet_spawn, in_greenlet
 from fastrdb.cache.health import ClientHealth
-from fastrdb.cache.store import REDIS_ERRORS, Caller, deliver_invalidation
+from fastrdb.cache.store import Caller, deliver_invalidation
 from fastrdb.events.bindings import CHANGES_KEY, Binding, binding_of, refreshers_of
 from fastrdb.events.changes import Changes, Written
 from fastrdb.keys import Namespace
 
-__all__ = ["after_commit", "after_transaction_end", "delivered", "invalidate", "replay"]
+__all__ = [
+    "after_commit",
+    "after_transaction_end",
+    "before_commit",
+    "delivered",
+    "invalidate",
+    "replay",
+]
 
 log = structlog.get_logger("fastrdb")
 
 delivered: Counter[str] = Counter()
 """Invalidations delivered by this process, per table (read by ``FastRDB.stats()``)."""
 
+_COMMITTING_KEY = "fastrdb.committing"
+
+
+def before_commit(session: Session) -> None:
+    if not session.in_nested_transaction():
+        session.info[_COMMITTING_KEY] = True  # until after_commit says how it ended
+
 
 def after_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a savepoint was released: keep collecting until the root commits
+    session.info.pop(_COMMITTING_KEY, None)
     changes: Changes | None = session.info.pop(CHANGES_KEY, None)
     if not changes:
         return
@@ -49,12 +70,24 @@ def after_commit(session: Session) -> None:
 
 
 def after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None:
-        session.info.pop(CHANGES_KEY, None)  # rolled back: nothing became visible
+    if transaction.parent is not None:
+        return
+    changes: Changes | None = session.info.pop(CHANGES_KEY, None)
+    if not session.info.pop(_COMMITTING_KEY, False) or not changes:
+        return  # rolled back: nothing became visible
+    # commit() began and never confirmed: the database may hold the changes. (A flush that
+    # failed inside commit() lands here too; dropping keys is always safe.)
+    binding = binding_of(session)
+    if binding is not None:
+        log.info("cache_commit_unconfirmed", tables=sorted(changes.rows))
+        invalidate(binding, changes, session, refresh=False)
 
 
-def invalidate(binding: Binding, changes: Changes, session: Session) -> None:
-    """Deliver ``changes``, and anything still pending, through ``binding``.
+def invalidate(
+    binding: Binding, changes: Changes, session: Session, *, refresh: bool = True
+) -> None:
+    """Deliver ``changes``, and anything still pending, through ``binding``; then, in refresh
+    mode, fill the written rows' keys again (unless ``refresh`` is False).
 
     Never raises for Redis trouble; a cancellation is re-raised once the changes are kept.
     """
@@ -72,7 +105,7 @@ def invalidate(binding: Binding, changes: Changes, session: Session) -> None:
         batch = _merged(health.pending, changes)
     if _deliver(binding.caller, binding.client, binding.namespace, health, batch):
         health.settle(kept)
-        if binding.refresh and changes.written:
+        if refresh and binding.refresh and changes.written:
             _schedule_refresh(binding, session, changes.written)
     else:
         health.keep(changes)
@@ -114,20 +147,30 @@ def _deliver(
     call: Caller, client: Any, namespace: Namespace, health: ClientHealth, changes: Changes
 ) -> bool:
     tables = sorted(changes.rows)
-    try:
-        dropped = deliver_invalidation(
-            call, client, namespace, tables, partial(changes.plan, namespace=namespace)
-        )
-    except REDIS_ERRORS as exc:
-        health.failed(exc, "invalidate")
-        log.warning("cache_invalidate_failed", tables=tables, error=type(exc).__name__)
-        return False
-    except asyncio.CancelledError:
-        health.keep(changes)
-        raise
-    except Exception:
-        log.exception("cache_invalidate_error", tables=tables)
-        return False
+    deadline = time.monotonic() + health.settings.redis_timeout
+    pause = health.settings.lease_poll
+    while True:
+        try:
+            dropped = deliver_invalidation(
+                call, client, namespace, tables, partial(changes.plan, namespace=namespace)
+            )
+            break
+        except asyncio.CancelledError:
+            health.keep(changes)
+            raise
+        except MaxConnectionsError:
+            # The client's pool is full: back-pressure, not an outage. Wait a little for a
+            # connection (dropping keys twice is harmless), then keep it for replay.
+            if time.monotonic() >= deadline:
+                health.overloads += 1
+                log.warning("cache_invalidate_deferred", tables=tables, reason="pool full")
+                return False
+            call.pause(pause)
+            pause = min(pause * 2, 0.05)
+        except Exception as exc:  # whatever the client raised: keep, replay
+            health.failed(exc, "invalidate")
+            log.warning("cache_invalidate_failed", tables=tables, error=type(exc).__name__)
+            return False
     health.succeeded()
     delivered.update(tables)
     log.debug("cache_invalidate", tables=tables, dropped=dropped)
