@@ -64,6 +64,10 @@ async def rename(maker: async_sessionmaker[AsyncSession], ident: int, name: str)
         await session.commit()
 
 
+def lease_of(key: str) -> str:
+    return f"{{{key}}}:lease"
+
+
 async def cached_name(client: Redis, key: str = KEY) -> str | None:
     raw = await client.get(key)
     return None if raw is None else UserResponse.model_validate_json(raw).name
@@ -88,18 +92,24 @@ async def held_commits(database: Database) -> AsyncIterator[tuple[HoldingProxy, 
     await engine.dispose()
 
 
-@pytest.mark.parametrize("then", ["release", "cut"])
+@pytest.mark.parametrize(
+    ("write", "then"),
+    [("orm", "release"), ("orm", "cut"), ("update", "cut"), ("delete", "release")],
+)
 async def test_a_commit_cancelled_while_its_reply_is_in_flight_still_invalidates(
     held_commits: tuple[HoldingProxy, AsyncEngine],
     maker: async_sessionmaker[AsyncSession],
     redis_client: Redis,
+    write: str,
     then: str,
 ) -> None:
-    """The database commits, its reply is held back, a request timeout cancels commit(): the
-    row's key is dropped anyway (the reply then arrives late, or the connection is lost)."""
+    """The database commits, its reply is held back, a request timeout cancels commit() (plain
+    ORM code, or FastRDB's update/delete): the timeout reaches the caller, the row's key is
+    dropped anyway and no lease is left (the reply then arrives late, or the connection is
+    lost)."""
     proxy, engine = held_commits
     crud = make_crud(Settings())
-    writer = async_sessionmaker(engine)
+    writer = async_sessionmaker(engine, expire_on_commit=False)
     handle = listen(writer, redis_client)
     async with maker() as db:
         await crud.create(db=db, redis=redis_client, obj_in=UserCreate(email="a@x.io", name="Old"))
@@ -110,14 +120,23 @@ async def test_a_commit_cancelled_while_its_reply_is_in_flight_still_invalidates
     async def commit() -> None:
         async with asyncio.timeout(None) as scope:
             scopes.append(scope)
-            await rename(writer, ident, "New")
+            if write == "orm":
+                await rename(writer, ident, "New")
+                return
+            async with writer() as db:
+                if write == "update":
+                    changed = UserUpdate(name="New")
+                    await crud.update(db=db, redis=redis_client, obj_in=changed, email="a@x.io")
+                else:
+                    await crud.delete(db=db, redis=redis_client, email="a@x.io")
 
     proxy.armed = True
     task = asyncio.create_task(commit())
     async with asyncio.timeout(10):
         await proxy.held.wait()  # the database committed; its reply waits in the proxy
     async with maker() as db:
-        assert (await db.get_one(User, ident)).name == "New"
+        committed = await db.get(User, ident)
+        assert committed is None if write == "delete" else committed.name == "New"
     scopes[0].reschedule(asyncio.get_running_loop().time())  # the request timeout fires
     await asyncio.sleep(0)
     if then == "release":
@@ -127,8 +146,12 @@ async def test_a_commit_cancelled_while_its_reply_is_in_flight_still_invalidates
     with pytest.raises(TimeoutError):
         await task
     assert await cached_name(redis_client) is None, "the stale entry survived the commit"
+    assert not await redis_client.exists(lease_of(KEY)), "a lease was left behind"
     async with maker() as db:
-        assert (await crud.get(db=db, redis=redis_client, email="a@x.io")).name == "New"
+        if write == "delete":
+            assert await crud.count(db=db) == 0
+        else:
+            assert (await crud.get(db=db, redis=redis_client, email="a@x.io")).name == "New"
     handle.remove()
 
 
@@ -304,10 +327,6 @@ async def test_an_unknown_policy_is_trusted_with_a_warning(
 
 
 # -- cancellation propagates, and leaves no lease behind --
-
-
-def lease_of(key: str) -> str:
-    return f"{{{key}}}:lease"
 
 
 async def test_a_get_cancelled_during_its_read_raises_cancellation(
