@@ -141,12 +141,14 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     def stats(self) -> dict[str, int]:
         """What this instance's cache did: hits, misses, fills, refused fills, lease waits,
         bypasses and corrupt entries; plus ``invalidations`` (commits of this process that
-        dropped keys of the model's table) and ``redis_errors`` (failed calls on the Redis
-        clients this instance was given)."""
+        dropped keys of the model's table), ``redis_errors`` (failed calls on the Redis
+        clients this instance was given) and ``redis_overloads`` (calls on them that found the
+        connection pool full past ``redis_timeout`` and went without Redis: not failures)."""
         return {
             **self._stats.as_dict(),
             "invalidations": delivered[self.table],
             "redis_errors": sum(health.errors for health in self._healths),
+            "redis_overloads": sum(health.overloads for health in self._healths),
         }
 
     # -- set-up done once, at first use (mappers may not be configured at construction) --

@@ -158,7 +158,6 @@ async def test_a_commit_cancelled_while_its_reply_is_in_flight_still_invalidates
 # -- pending invalidations belong to the server, not to one client object --
 
 
-@pytest.mark.slow
 async def test_a_pending_invalidation_gates_every_client_of_the_server(
     maker: async_sessionmaker[AsyncSession], server: RedisServer
 ) -> None:
@@ -179,7 +178,6 @@ async def test_a_pending_invalidation_gates_every_client_of_the_server(
     async with maker() as db:
         assert (await crud.get(db=db, redis=second, email="a@x.io")).name == "New"
     await pauser.execute_command("CLIENT", "UNPAUSE")
-    await asyncio.sleep(SETTINGS.breaker_cooldown)  # the failed replay opened second's breaker
     async with maker() as db:
         assert (await crud.get(db=db, redis=second, email="a@x.io")).name == "New"
     assert health_of(first).pending is None, "the second client replayed it"
@@ -450,6 +448,7 @@ async def test_256_concurrent_requests_through_default_pools_see_no_error(
     # (A slow event loop may still time calls out: that is a real failure, not asserted on.)
     assert not [entry for entry in logs if entry.get("error") == "MaxConnectionsError"]
     assert health_of(client).pending is None
+    assert health_of(client).pool_waits > 0, "the pool never ran full: nothing was tested"
     assert crud.stats()["hits"] > 0
     await client.aclose()
 

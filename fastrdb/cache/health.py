@@ -68,6 +68,7 @@ class ClientHealth:
         "overloads",
         "own_timeout",
         "policy_checked",
+        "pool_waits",
         "safe",
         "server",
         "settings",
@@ -86,8 +87,10 @@ class ClientHealth:
         self._seen_errors: set[type[BaseException]] = set()
         self.errors = 0
         """Failed calls since the client was first seen (for stats and tests)."""
+        self.pool_waits = 0
+        """Calls that found the client's connection pool full and waited for a connection."""
         self.overloads = 0
-        """Calls given up because the client's connection pool stayed full (not failures)."""
+        """Calls given up because the pool stayed full for ``redis_timeout`` (not failures)."""
         self.policy_checked = False
         self.safe = True
 

@@ -91,6 +91,7 @@ async def _when_pool_frees(
 ) -> _T:
     """The client's pool has no free connection: retry within ``redis_timeout``, then give up
     with ``fallback``. Neither counts as a failure, so the breaker stays closed."""
+    health.pool_waits += 1
     deadline = time.monotonic() + health.settings.redis_timeout
     pause = health.settings.lease_poll
     while time.monotonic() < deadline:

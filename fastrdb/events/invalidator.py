@@ -159,6 +159,7 @@ def _deliver(
             health.keep(changes)
             raise
         except MaxConnectionsError:
+            health.pool_waits += 1
             # The client's pool is full: back-pressure, not an outage. Wait a little for a
             # connection (dropping keys twice is harmless), then keep it for replay.
             if time.monotonic() >= deadline:
