@@ -11,7 +11,7 @@ from functools import cached_property
 from typing import Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel, TypeAdapter
-from sqlalchemy import ColumnElement, bindparam, func, inspect, select
+from sqlalchemy import ColumnElement, Select, bindparam, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, Mapper
 
@@ -27,6 +27,7 @@ from fastrdb.events.collector import changes_of, table_name
 from fastrdb.events.invalidator import delivered, replay
 from fastrdb.keys import KeyPattern, Namespace, deps_key, encode_value, glob_covers, with_digest
 from fastrdb.pagination import PaginatedResponse
+from fastrdb.relations import Embedding, embedding
 from fastrdb.schemes import Scheme
 from fastrdb.settings import DEFAULT_SETTINGS, Settings
 from fastrdb.values import Converter, compares_as_text, convert_filters, converter_for
@@ -126,6 +127,8 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         self._where_cache: dict[tuple[tuple[str, bool], ...], tuple[ColumnElement[bool], ...]] = {}
         self._context = {"model": mapper.class_.__name__, "pattern": pattern}
         register_refresher(mapper.class_, self)
+        if mapper.configured:
+            self._embedding  # noqa: B018 -- refuse an untraceable schema now, if mappers allow
 
     def __repr__(self) -> str:
         return f"FastRDB({self._name}, pattern={self._row.text!r})"
@@ -169,6 +172,23 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
                         argument, f"placeholder {{{field}}} is not a column of {self._name}"
                     )
         return columns
+
+    @cached_property
+    def _embedding(self) -> Embedding:
+        """What entries embed besides the model's own row (nested response schemas)."""
+        return embedding(self._mapper, self.response_schema)
+
+    @cached_property
+    def _embedded(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(the embedded tables' names, the registries an entry joins for them)."""
+        names = tuple(table_name(table) for table in self._embedding.tables)
+        return names, tuple(self._namespace.embeds(name) for name in names)
+
+    def _select(self) -> Select[Any]:
+        """``select(model)``, loading what the response schema embeds in the same read (the
+        read's ``populate_existing`` refreshes those rows too)."""
+        options = self._embedding.options
+        return select(self.model).options(*options) if options else select(self.model)
 
     # -- argument checks --
 
@@ -350,7 +370,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         """Serve ``key`` from the cache, or ``prepare()`` the miss path (only a miss pays it)."""
         health = await self._health(db, redis)
         changes: Changes | None = db.sync_session.info.get(CHANGES_KEY)
-        if health.usable and (changes is None or not changes.touches(self.table)):
+        if health.usable and (changes is None or not self._written_in(changes)):
             value = await cached(redis, health, key, decode, self._stats, self._context)
             if value is not store.MISS:
                 return value
@@ -371,6 +391,10 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
             # Redis can't be used: concurrent misses of this key in the process share one read.
             return await coalesced(key, decode, prepare()[1])
         return (await prepare()[1]()).value
+
+    def _written_in(self, changes: Changes) -> bool:
+        """Whether ``changes`` touch the model's table or a table its entries embed."""
+        return changes.touches(self.table) or any(map(changes.touches, self._embedded[0]))
 
     async def _before_read(self, db: AsyncSession) -> tuple[bool, bool, Mapping[str, Any]]:
         """(may the read about to run be cached, should FastRDB end the transaction after it,
@@ -419,7 +443,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         def prepare() -> tuple[Entry, Callable[[], Awaitable[Loaded[ResponseT]]]]:
             async def read(options: Mapping[str, Any]) -> tuple[ResponseT, bool]:
                 clauses, params = self._where(filters)
-                query = select(self.model).where(*clauses)
+                query = self._select().where(*clauses)
                 obj = (await db.execute(query, params, execution_options=options)).scalar_one()
                 return self._response(obj), self._row_key_of(obj) == base
 
@@ -428,7 +452,9 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
                 cacheable = fresh and same_key
                 return Loaded(response, response.model_dump_json() if cacheable else None)
 
-            registries = (deps_key(base),) if len(filters) > len(self._row.fields) else ()
+            registries: tuple[str, ...] = self._embedded[1]
+            if len(filters) > len(self._row.fields):
+                registries = (deps_key(base), *registries)
             return Entry(key, self._schemes_key, self._row_schemes, registries), load
 
         return await self._read(db, redis, key, self.response_schema.model_validate_json, prepare)
@@ -454,7 +480,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
             async def read(options: Mapping[str, Any]) -> tuple[list[ResponseT], bool]:
                 clauses, params = self._where(filters)
                 query = (
-                    select(self.model)
+                    self._select()
                     .where(*clauses)
                     .order_by(*(o.asc() if ascending else o.desc() for o in ordering))
                     .limit(limit)
@@ -470,12 +496,14 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
                 payload = "[" + ",".join(r.model_dump_json() for r in responses) + "]"
                 return Loaded(responses, payload if fresh and fit else None)
 
+            embeds = self._embedded[1]
             if narrowed is None:
                 registry = self._namespace.lists(self.table)
-                return Entry(key, self._schemes_key, (), (registry,)), load
+                return Entry(key, self._schemes_key, (), (registry, *embeds)), load
             assert self._prefix is not None
             registry = self._namespace.narrowed_lists(self.table, narrowed)
-            return Entry(key, self._schemes_key, self._prefix_schemes, (registry,)), load
+            schemes = self._prefix_schemes
+            return Entry(key, self._schemes_key, schemes, (registry, *embeds)), load
 
         return await self._read(db, redis, key, self._list_decoder.validate_json, prepare)
 
@@ -597,10 +625,16 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         response and single-row key, taken from what the refresh read and before that end
         (which expires the instances under ``expire_on_commit``)."""
 
+        embedded = self._embedding.options
+
         async def read(options: Mapping[str, Any]) -> list[tuple[ResponseT, str | None]]:
             loaded = []
             for obj in objects:
-                await db.refresh(obj)
+                if embedded:  # refresh() would leave nested relationships to lazy loads
+                    identity = inspect(obj).identity
+                    await db.get(self.model, identity, options=embedded, populate_existing=True)
+                else:
+                    await db.refresh(obj)
                 loaded.append((self._response(obj), self._row_key_of(obj)))
             return loaded
 
@@ -624,14 +658,22 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         key = self._row.format(values)
         token = secrets.token_hex(8)
         taken = await store.acquire(
-            redis, health, key, token, schemes_key=self._schemes_key, schemes=self._row_schemes
+            redis,
+            health,
+            key,
+            token,
+            schemes_key=self._schemes_key,
+            schemes=self._row_schemes,
+            registries=self._embedded[1],
         )
         if not taken:
             return  # a reader is filling it already
         filled = False
         try:
             try:
-                obj = await db.get(self.model, identity, populate_existing=True)
+                obj = await db.get(
+                    self.model, identity, options=self._embedding.options, populate_existing=True
+                )
                 response = self._response(obj) if obj is not None else None
                 stored = obj is not None and self._row_key_of(obj) == key
             finally:
@@ -677,6 +719,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
                     token,
                     schemes_key=self._schemes_key,
                     schemes=self._row_schemes,
+                    registries=self._embedded[1],
                 )
                 if taken:
                     changes_of(db.sync_session).own_tokens[key] = token

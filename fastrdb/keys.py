@@ -194,6 +194,11 @@ class Namespace:
         """The registry of list keys that any change of ``table`` makes stale."""
         return f"{self.prefix}:lists:{encode_value(table)}"
 
+    def embeds(self, table: str) -> str:
+        """The registry of entries that embed rows of ``table`` (nested response schemas):
+        any change of ``table`` makes them stale."""
+        return f"{self.prefix}:embeds:{encode_value(table)}"
+
     def narrowed_lists(self, table: str, expanded_prefix: str) -> str:
         """The registry of list keys that only changes matching ``expanded_prefix`` make stale."""
         return f"{self.prefix}:lists:{encode_value(table)}:{encode_value(expanded_prefix)}"

@@ -6,8 +6,14 @@ from __future__ import annotations
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Boolean, DateTime, Integer, String, func
-from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column
+from sqlalchemy import Boolean, Column, DateTime, ForeignKey, Integer, String, Table, func
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    MappedAsDataclass,
+    mapped_column,
+    relationship,
+)
 
 
 class DataclassBase(MappedAsDataclass, DeclarativeBase):
@@ -99,6 +105,75 @@ class ItemUpdate(BaseModel):
     name: str | None = None
     price: int | None = None
     counter: int | None = None
+
+
+class Author(PlainBase):
+    __tablename__ = "authors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(100))
+    books: Mapped[list[Book]] = relationship(back_populates="author")
+
+
+book_tags = Table(
+    "book_tags",
+    PlainBase.metadata,
+    Column("book_id", ForeignKey("books.id"), primary_key=True),
+    Column("tag_id", ForeignKey("tags.id"), primary_key=True),
+)
+
+
+class Book(PlainBase):
+    __tablename__ = "books"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    title: Mapped[str] = mapped_column(String(100))
+    author_id: Mapped[int] = mapped_column(ForeignKey("authors.id"))
+    author: Mapped[Author] = relationship(back_populates="books")
+    tags: Mapped[list[Tag]] = relationship(secondary=book_tags)
+
+
+class Tag(PlainBase):
+    __tablename__ = "tags"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    label: Mapped[str] = mapped_column(String(50))
+
+
+class AuthorOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+
+
+class TagOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    label: str
+
+
+class BookCreate(BaseModel):
+    id: int
+    title: str
+    author_id: int
+
+
+class BookUpdate(BaseModel):
+    title: str | None = None
+    author_id: int | None = None
+
+
+class BookOut(BaseModel):
+    """A book as a FastAPI app returns it: with its author and tags embedded."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    title: str
+    author: AuthorOut
+    tags: list[TagOut] = []
 
 
 ALL_METADATA = (DataclassBase.metadata, PlainBase.metadata)

@@ -73,6 +73,7 @@ class Changes:
         registries: dict[str, None] = {}
         for table, snapshots in self.rows.items():
             registries[namespace.lists(table)] = None
+            registries[namespace.embeds(table)] = None  # entries that embed rows of the table
             table_schemes = schemes.get(table, ())
             for values in snapshots:
                 for scheme in table_schemes:
