@@ -1,0 +1,1 @@
+"""bench/http: FastRDB's example app against its peers over HTTP (``python -m bench.http``)."""

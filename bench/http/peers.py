@@ -1,0 +1,109 @@
+"""The peers bench/http measures the example app against: the same routes, written the way
+users write them without FastRDB.
+
+- ``plain``: SQLAlchemy only, every GET reads PostgreSQL.
+- ``cashews_stale``: cashews ``@cache`` on the read, no invalidation (serves the old row after a
+  PATCH until the entry expires).
+- ``cashews_delete``: the same, plus ``cache.delete`` of the row's key after the commit (the
+  usual fix; a read that missed before the commit can still put the old row back).
+
+Each app reads DATABASE_URL and REDIS_URL, and uses the same session dependency, pool and
+response model as examples/fastapi_app.py, so the difference is the caching.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from cashews import Cache
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+from sqlalchemy.exc import NoResultFound
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from examples.models import User, UserResponse, UserUpdate
+
+Loader = Callable[[str, AsyncSession], Awaitable[UserResponse]]
+
+
+async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.sessions() as session:
+        yield session
+
+
+Db = Annotated[AsyncSession, Depends(get_db)]
+
+
+async def read_row(email: str, db: AsyncSession) -> UserResponse:
+    user = (await db.execute(select(User).where(User.email == email))).scalar_one()
+    return UserResponse.model_validate(user)
+
+
+async def write_row(email: str, patch: UserUpdate, db: AsyncSession) -> UserResponse:
+    user = (await db.execute(select(User).where(User.email == email))).scalar_one()
+    for name, value in patch.model_dump(exclude_unset=True).items():
+        setattr(user, name, value)
+    await db.commit()
+    await db.refresh(user)  # updated_at is set by the database
+    return UserResponse.model_validate(user)
+
+
+def make_app(
+    title: str, load: Loader, after_write: Callable[[str], Awaitable[object]] | None, cache: Cache
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_async_engine(os.environ["DATABASE_URL"])
+        app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        cache.setup(os.environ["REDIS_URL"])
+        yield
+        await cache.close()
+        await engine.dispose()
+
+    app = FastAPI(title=title, lifespan=lifespan)
+
+    @app.exception_handler(NoResultFound)
+    async def not_found(request: Request, exc: NoResultFound) -> JSONResponse:
+        return JSONResponse({"detail": "not found"}, status_code=404)
+
+    @app.get("/users/{email}", response_model=UserResponse)
+    async def read_user(email: str, db: Db) -> UserResponse:
+        return await load(email, db)
+
+    @app.patch("/users/{email}", response_model=UserResponse)
+    async def update_user(email: str, patch: UserUpdate, db: Db) -> UserResponse:
+        written = await write_row(email, patch, db)
+        if after_write is not None:
+            await after_write(email)
+        return written
+
+    return app
+
+
+plain = make_app("plain SQLAlchemy", read_row, None, Cache())
+
+_stale_cache = Cache()
+cashews_stale = make_app(
+    "cashews, no invalidation",
+    _stale_cache(ttl="1h", key="user:{email}")(read_row),
+    None,
+    _stale_cache,
+)
+
+_delete_cache = Cache()
+
+
+async def _drop(email: str) -> object:
+    return await _delete_cache.delete(f"user:{email}")
+
+
+cashews_delete = make_app(
+    "cashews, delete after commit",
+    _delete_cache(ttl="1h", key="user:{email}")(read_row),
+    _drop,
+    _delete_cache,
+)
