@@ -214,7 +214,7 @@ def _address(client: Any) -> tuple[Any, ...]:
 
 def _client_bounds_calls(client: Any, limit: float) -> bool:
     """Whether the client's own socket timeouts already bound every call within ``limit``
-    (then FastRDB need not start a timer per call, which the hit path would pay for)."""
+    (then FastRDB need not watch its calls itself; see :mod:`fastrdb.cache.deadline`)."""
     pool = getattr(client, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", None)
     if not isinstance(kwargs, dict):

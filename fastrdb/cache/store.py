@@ -25,6 +25,7 @@ from redis.exceptions import MaxConnectionsError
 
 from fastrdb._compat import await_in_greenlet
 from fastrdb._types import Raw
+from fastrdb.cache.deadline import watchdog
 from fastrdb.cache.health import REDIS_ERRORS, ClientHealth
 from fastrdb.cache.scripts import DROP, FILL, INVALIDATE, LEASE, RELEASE
 from fastrdb.keys import Namespace, deps_key, lease_key
@@ -64,10 +65,21 @@ def is_cluster(client: Any) -> bool:
 
 
 async def _bounded(health: ClientHealth, call: Callable[[], Awaitable[_T]]) -> _T:
-    if health.own_timeout:
-        async with asyncio.timeout(health.settings.redis_timeout):
-            return await call()
-    return await call()
+    """``call()``, within ``redis_timeout`` when the client does not bound its calls itself
+    (past it: ``TimeoutError``, as ``asyncio.timeout`` would raise, but with no timer per call;
+    see :mod:`fastrdb.cache.deadline`)."""
+    if not health.own_timeout:
+        return await call()
+    dog = watchdog()
+    task = dog.enter(health.settings.redis_timeout)
+    try:
+        return await call()
+    except asyncio.CancelledError:
+        if dog.expired(task):
+            raise TimeoutError from None
+        raise
+    finally:
+        dog.leave(task)
 
 
 async def _guarded(
@@ -118,11 +130,19 @@ async def get(client: Any, health: ClientHealth, key: str) -> Raw | Miss:
         return MISS
     raw: Raw | None
     try:
-        if health.own_timeout:
-            async with asyncio.timeout(health.settings.redis_timeout):
-                raw = await client.get(key)
-        else:
+        if not health.own_timeout:
             raw = await client.get(key)
+        else:  # what _bounded does
+            dog = watchdog()
+            task = dog.enter(health.settings.redis_timeout)
+            try:
+                raw = await client.get(key)
+            except asyncio.CancelledError:
+                if dog.expired(task):
+                    raise TimeoutError from None
+                raise
+            finally:
+                dog.leave(task)
     except MaxConnectionsError:
         raw = await _when_pool_frees(health, "get", partial(client.get, key), None)
         return MISS if raw is None else raw

@@ -1,0 +1,84 @@
+"""Time limits on Redis calls with one timer per event loop instead of one per call.
+
+``asyncio.timeout`` arms a timer handle on entry and cancels it on exit: a few microseconds
+that a cache hit pays on every call when the client has no socket timeouts of its own (the way
+``Redis.from_url(url)`` makes it). A :class:`Watchdog` instead notes each call's deadline in a
+dict and checks them all from one periodic callback, armed only while calls are in flight; a
+call that overruns is cancelled like ``asyncio.timeout`` would, at most one tick late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Final
+
+__all__ = ["Watchdog", "watchdog"]
+
+TICKS_PER_LIMIT: Final = 4
+"""A call is cancelled between its limit and 1.25 times its limit."""
+
+
+class Watchdog:
+    """Cancels the tasks whose current call overran its deadline."""
+
+    __slots__ = ("__weakref__", "_armed", "_calls", "_expired", "_loop", "_tick")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._calls: dict[asyncio.Task[object], float] = {}
+        self._expired: dict[asyncio.Task[object], int] = {}
+        """Tasks this watchdog cancelled, with their ``cancelling()`` count from before."""
+        self._armed = False
+        self._tick = 1.0
+
+    def enter(self, limit: float) -> asyncio.Task[object]:
+        """Start watching the current task's call; pass the task to :meth:`leave`."""
+        task: asyncio.Task[object] | None = asyncio.current_task(self._loop)
+        if task is None:
+            raise RuntimeError("a watched call must run inside an asyncio task")
+        self._calls[task] = self._loop.time() + limit
+        if limit / TICKS_PER_LIMIT < self._tick:
+            self._tick = limit / TICKS_PER_LIMIT
+        if not self._armed:
+            self._armed = True
+            self._loop.call_later(self._tick, self._check)
+        return task
+
+    def expired(self, task: asyncio.Task[object]) -> bool:
+        """After a ``CancelledError`` in the watched call: whether it was this watchdog's
+        doing alone (then the cancellation is withdrawn and the caller treats it as a
+        timeout), or someone else's too (then it must propagate)."""
+        before = self._expired.pop(task, None)
+        return before is not None and task.uncancel() <= before
+
+    def leave(self, task: asyncio.Task[object]) -> None:
+        del self._calls[task]
+        before = self._expired.pop(task, None)
+        if before is not None:  # cancelled as the call ended, and the call swallowed it
+            task.uncancel()
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        for task, deadline in self._calls.items():
+            if deadline <= now and task not in self._expired and not task.done():
+                self._expired[task] = task.cancelling()
+                task.cancel()
+        if self._calls:
+            self._loop.call_later(self._tick, self._check)
+        else:
+            self._armed = False
+
+
+_watchdogs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Watchdog] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def watchdog() -> Watchdog:
+    """The watchdog of the running event loop."""
+    loop = asyncio.get_running_loop()
+    found = _watchdogs.get(loop)
+    if found is None:
+        found = _watchdogs[loop] = Watchdog(loop)
+    return found
