@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import event
 
 from tests.conftest import REDIS_URL
 from tests.processes import ROOT, finish, run_script
@@ -56,6 +58,30 @@ async def test_the_users_api(api: httpx.AsyncClient) -> None:
     assert (await api.get("/users/a@x.io")).status_code == 404
     stats = (await api.get("/stats")).json()
     assert stats["hits"] >= 1
+
+
+async def test_the_app_wiring_costs_a_hit_no_thread_and_no_connection(
+    api: httpx.AsyncClient,
+) -> None:
+    """The example's dependencies run on the event loop (no threadpool hop); a cached GET
+    checks out no database connection; requests that used the database give theirs back."""
+    from examples.fastapi_app import app, get_db, get_redis
+
+    assert inspect.isasyncgenfunction(get_db)
+    assert inspect.iscoroutinefunction(get_redis)
+    engine = app.state.sessions.kw["bind"]
+    checkouts: list[object] = []
+    event.listen(engine.sync_engine, "checkout", lambda *args: checkouts.append(args))
+    assert (await api.post("/users", json={"email": "h@x.io", "name": "H"})).status_code == 201
+    assert (await api.get("/users/h@x.io")).status_code == 200  # a miss: fills
+    assert engine.pool.checkedout() == 0
+    used = len(checkouts)
+    for _ in range(3):
+        assert (await api.get("/users/h@x.io")).json()["name"] == "H"
+    assert len(checkouts) == used
+    assert (await api.patch("/users/h@x.io", json={"name": "I"})).json()["name"] == "I"
+    assert (await api.get("/users/h@x.io")).json()["name"] == "I"
+    assert engine.pool.checkedout() == 0
 
 
 @pytest.mark.slow
