@@ -700,15 +700,20 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     async def _commit_and_cache(self, db: AsyncSession, redis: AsyncRedis, obj: Any) -> ResponseT:
         """Commit the session and write the row through to its key.
 
-        The lease on the row's key is taken before the commit and recorded with the session's
-        changes, so the commit's own invalidation keeps it; any other writer's invalidation
-        deletes it, and then this (older) value can no longer land.
+        The row is read back after the flush and before the commit, in the writer's own
+        transaction: under the lock the write holds, the values the database set (server
+        defaults, ``onupdate``) are the ones about to commit, and no transaction is opened
+        after the commit. The lease on the row's key is taken before the commit and recorded
+        with the session's changes, so the commit's own invalidation keeps it; any other
+        writer's invalidation deletes it, and then this (older) value can no longer land.
         """
         health = await self._health(db, redis)
         key: str | None = None
         token = ""
         try:
             await db.flush()
+            await db.refresh(obj)  # under the write's lock: the values about to commit
+            response = self._response(obj)
             key = self._row_key_of(obj) if self._row.fields else None  # "todo": no row of its own
             if key is not None and health.usable:
                 token = secrets.token_hex(8)
@@ -734,15 +739,14 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
             raise
         filled = False
         try:
-            ((response, stored_key),) = await self._reload(db, [obj])
-            if key is not None and token and stored_key == key:
+            if key is not None and token:
                 payload = response.model_dump_json()
                 filled = await store.fill(redis, health, key, token, payload, self.exp)
         finally:
             if key is not None and token:
                 if filled:
                     self._stats.fills += 1
-                else:  # also when cancelled during the reload: leave no lease behind
+                else:  # also when cancelled during the fill: leave no lease behind
                     self._stats.fills_refused += 1
                     await store.release(redis, health, key, token)
         return response

@@ -11,8 +11,10 @@ import pytest
 import redis.asyncio
 from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from fastrdb import FastRDB, Settings
+from fastrdb._compat import await_in_greenlet
 from fastrdb.events import listen
 from tests.conftest import Database, async_redis_client
 from tests.interleave import CountSelects, PauseAfterSelect
@@ -95,31 +97,35 @@ async def test_a_list_read_before_a_commit_cannot_fill_after_it(
 
 
 async def test_a_writer_racing_a_write_through(
-    engine: AsyncEngine,
     maker: async_sessionmaker[AsyncSession],
     redis_client: Redis,
     writer: async_sessionmaker[AsyncSession],
 ) -> None:
-    """Writer A (FastRDB update) reads its row back after its commit and pauses before its
-    write-through; writer B (plain ORM) commits a newer value; A resumes. The cache ends up
-    with B's value or nothing, never A's older one."""
+    """Writer A (FastRDB update) commits and pauses before its write-through; writer B (plain
+    ORM) commits a newer value; A resumes. The cache ends up with B's value or nothing, never
+    A's older one."""
     async with maker() as db:
         await add_user(db, redis_client, "a@x.io", "Zero")
-    with PauseAfterSelect(engine, "users", armed=False) as pause:
+    committed, resume = asyncio.Event(), asyncio.Event()
 
-        async def update_a() -> str:
-            async with maker() as db:
-                event.listen(db.sync_session, "after_commit", lambda session: pause.arm())
-                updated = await users.update(
-                    db=db, redis=redis_client, obj_in=UserUpdate(name="A"), email="a@x.io"
-                )
-                return updated.name
+    def hold(session: Session) -> None:
+        committed.set()
+        await_in_greenlet(resume.wait())  # inside A's commit(), after the database commit
 
-        task = asyncio.create_task(update_a())
-        await pause.wait_selected()
-        await rename(writer, "a@x.io", "B")
-        pause.resume()
-        assert await task == "A"
+    async def update_a() -> str:
+        async with maker() as db:
+            event.listen(db.sync_session, "after_commit", hold)
+            updated = await users.update(
+                db=db, redis=redis_client, obj_in=UserUpdate(name="A"), email="a@x.io"
+            )
+            return updated.name
+
+    task = asyncio.create_task(update_a())
+    async with asyncio.timeout(10):
+        await committed.wait()
+    await rename(writer, "a@x.io", "B")
+    resume.set()
+    assert await task == "A"
     raw = await redis_client.get("user:email:a@x.io")
     assert raw is None or b'"B"' in raw
     async with maker() as db:
