@@ -18,6 +18,7 @@ from fastrdb.cache.health import ClientHealth
 from tests.conftest import REDIS_URL
 from tests.models import User, UserCreate, UserResponse, UserUpdate
 from tests.servers import free_port
+from tests.test_crud import add_user
 
 
 class Freezer:
@@ -133,10 +134,7 @@ async def test_get_answers_from_the_database_when_redis_hangs(
     crud = FastRDB[User, UserCreate, UserUpdate, UserResponse](
         User, UserResponse, pattern="user:email:{email}", settings=Settings(redis_timeout=0.05)
     )
-    await crud.create(
-        db=db, redis=redis_client, obj_in=UserCreate(email="h@x.io", name="H"), email="h@x.io"
-    )
-    await db.commit()
+    await add_user(db, redis_client, "h@x.io", "H")  # default settings for the real Redis
     got = await asyncio.wait_for(crud.get(db=db, redis=hung, email="h@x.io"), 30)
     assert got.name == "H"
     assert crud.stats()["redis_errors"] >= 1
