@@ -36,6 +36,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fastrdb import FastRDB, Settings
+from fastrdb.cache import store
+from fastrdb.cache.health import ClientHealth
 from fastrdb.events import listen
 
 REDIS_HOST = os.environ.get("BENCH_REDIS_HOST", "127.0.0.1")
@@ -261,6 +263,9 @@ async def bench_database(name: str, url: str, args: argparse.Namespace) -> list[
             )
         )
 
+    # 1t. what bounding a call in time costs
+    results.extend(await bench_timers(name, client, key, args))
+
     # 3. / 4. ORM update + commit
     plain = async_sessionmaker(engine, expire_on_commit=False)
     listened = async_sessionmaker(engine, expire_on_commit=False)
@@ -414,6 +419,46 @@ async def bench_database(name: str, url: str, args: argparse.Namespace) -> list[
     await client.aclose()
     await full_client.aclose()
     await engine.dispose()
+    return results
+
+
+async def bench_timers(
+    name: str, client: redis.asyncio.Redis, key: str, args: argparse.Namespace
+) -> list[Result]:
+    """A bare GET, bounded three ways: FastRDB's watchdog (a client without socket timeouts),
+    one ``asyncio.timeout`` per call, and redis-py's own ``socket_timeout``."""
+    progress(f"{name}: 1t bounding a GET in time: watchdog, asyncio.timeout, socket_timeout")
+    health = ClientHealth(Settings(), own_timeout=True)
+    bounded = redis.asyncio.Redis.from_url(
+        f"redis://{REDIS_HOST}:{REDIS_PORT}/{DB_EMPTY}",
+        socket_timeout=0.25,
+        socket_connect_timeout=0.25,
+    )
+
+    async def bare() -> Any:
+        return await client.get(key)
+
+    async def watched() -> Any:
+        return await store.get(client, health, key)
+
+    async def timed() -> Any:
+        async with asyncio.timeout(0.25):
+            return await client.get(key)
+
+    async def socket_bound() -> Any:
+        return await bounded.get(key)
+
+    results = []
+    for subject, label in (
+        (watched, "GET under FastRDB's watchdog"),
+        (timed, "GET in asyncio.timeout"),
+        (socket_bound, "GET, client with socket_timeout"),
+    ):
+        measured = await compare(subject, bare, n=args.n, rounds=args.rounds)
+        results.append(
+            ratio_result("1t timers", name, label, "bare GET", measured, None, note="reference")
+        )
+    await bounded.aclose()
     return results
 
 

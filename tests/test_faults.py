@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
 
 from fastrdb import FastRDB, Settings
+from fastrdb._compat import await_in_greenlet
 from fastrdb.cache.health import health_of
 from fastrdb.events import listen
 from tests.conftest import Database
@@ -354,29 +355,35 @@ async def test_a_get_cancelled_during_its_read_raises_cancellation(
     assert await cached_name(redis_client) == "A"
 
 
-async def test_an_update_cancelled_during_its_reload_leaves_no_lease(
-    engine: AsyncEngine, maker: async_sessionmaker[AsyncSession], redis_client: Redis
+async def test_an_update_cancelled_before_its_write_through_leaves_no_lease(
+    maker: async_sessionmaker[AsyncSession], redis_client: Redis
 ) -> None:
-    """update() cancelled while it reads the committed row back raises CancelledError and
-    gives back the write-through lease it took before the commit."""
+    """update() cancelled after the database committed, before its write-through (here in
+    its commit's after_commit hooks), raises CancelledError and gives back the write-through
+    lease it took before the commit."""
     crud = make_crud(Settings())
     async with maker() as db:
         await crud.create(db=db, redis=redis_client, obj_in=UserCreate(email="a@x.io", name="A"))
-    with PauseAfterSelect(engine, "users", armed=False) as pause:
+    committed = asyncio.Event()
 
-        async def write() -> None:
-            async with maker() as db:
-                event.listen(db.sync_session, "after_commit", lambda session: pause.arm())
-                await crud.update(
-                    db=db, redis=redis_client, obj_in=UserUpdate(name="B"), email="a@x.io"
-                )
+    def hold(session: Session) -> None:
+        committed.set()
+        await_in_greenlet(asyncio.Event().wait())  # until cancelled
 
-        task = asyncio.create_task(write())
-        await pause.wait_selected()
-        assert await redis_client.exists(lease_of(KEY))
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    async def write() -> None:
+        async with maker() as db:
+            event.listen(db.sync_session, "after_commit", hold)
+            await crud.update(
+                db=db, redis=redis_client, obj_in=UserUpdate(name="B"), email="a@x.io"
+            )
+
+    task = asyncio.create_task(write())
+    async with asyncio.timeout(10):
+        await committed.wait()
+    assert await redis_client.exists(lease_of(KEY))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
     assert not await redis_client.exists(lease_of(KEY)), "the lease was left behind"
     async with maker() as db:
         assert (await crud.get(db=db, redis=redis_client, email="a@x.io")).name == "B"
