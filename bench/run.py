@@ -45,8 +45,10 @@ REDIS_PORT = int(os.environ.get("BENCH_REDIS_PORT", "6379"))
 DB_EMPTY, DB_FULL, DB_CASHEWS = 13, 12, 11
 URLS = {
     "sqlite": "sqlite+aiosqlite:///{tmp}/bench.db",
-    "postgresql": "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
-    "mariadb": "mysql+asyncmy://root@127.0.0.1:3306/test",
+    "postgresql": os.environ.get(
+        "BENCH_POSTGRESQL_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+    ),
+    "mariadb": os.environ.get("BENCH_MARIADB_URL", "mysql+asyncmy://root@127.0.0.1:3306/test"),
 }
 
 
