@@ -617,6 +617,17 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         _check_positive_int("page", page)
         return PaginatedResponse[T](data=data, total=len(data), limit=limit, page=page)
 
+    async def _read_back(self, db: AsyncSession, obj: Any) -> tuple[ResponseT, str | None]:
+        """The row's response and single-row key as the database holds it now, with what the
+        response schema embeds (``refresh()`` would leave nested relationships to lazy loads)."""
+        embedded = self._embedding.options
+        if embedded:
+            identity = inspect(obj).identity
+            await db.get(self.model, identity, options=embedded, populate_existing=True)
+        else:
+            await db.refresh(obj)
+        return self._response(obj), self._row_key_of(obj)
+
     async def _reload(
         self, db: AsyncSession, objects: Sequence[Any]
     ) -> list[tuple[ResponseT, str | None]]:
@@ -625,18 +636,8 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         response and single-row key, taken from what the refresh read and before that end
         (which expires the instances under ``expire_on_commit``)."""
 
-        embedded = self._embedding.options
-
         async def read(options: Mapping[str, Any]) -> list[tuple[ResponseT, str | None]]:
-            loaded = []
-            for obj in objects:
-                if embedded:  # refresh() would leave nested relationships to lazy loads
-                    identity = inspect(obj).identity
-                    await db.get(self.model, identity, options=embedded, populate_existing=True)
-                else:
-                    await db.refresh(obj)
-                loaded.append((self._response(obj), self._row_key_of(obj)))
-            return loaded
+            return [await self._read_back(db, obj) for obj in objects]
 
         return (await self._run_read(db, read))[0]
 
@@ -700,20 +701,19 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     async def _commit_and_cache(self, db: AsyncSession, redis: AsyncRedis, obj: Any) -> ResponseT:
         """Commit the session and write the row through to its key.
 
-        The row is read back after the flush and before the commit, in the writer's own
-        transaction: under the lock the write holds, the values the database set (server
+        The lease on the row's key is taken before the commit and recorded with the session's
+        changes, so the commit's own invalidation keeps it; any other writer's invalidation
+        deletes it, and then this (older) value can no longer land. After the lease (and its
+        registration for embedded tables) the row is read back in the writer's own transaction,
+        before the commit: under the lock the write holds, the values the database set (server
         defaults, ``onupdate``) are the ones about to commit, and no transaction is opened
-        after the commit. The lease on the row's key is taken before the commit and recorded
-        with the session's changes, so the commit's own invalidation keeps it; any other
-        writer's invalidation deletes it, and then this (older) value can no longer land.
+        after the commit.
         """
         health = await self._health(db, redis)
         key: str | None = None
         token = ""
         try:
             await db.flush()
-            await db.refresh(obj)  # under the write's lock: the values about to commit
-            response = self._response(obj)
             key = self._row_key_of(obj) if self._row.fields else None  # "todo": no row of its own
             if key is not None and health.usable:
                 token = secrets.token_hex(8)
@@ -730,6 +730,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
                     changes_of(db.sync_session).own_tokens[key] = token
                 else:
                     token = ""
+            response, stored_key = await self._read_back(db, obj)
             await db.commit()
         except BaseException:
             with contextlib.suppress(Exception):  # the commit's own exception is the one to raise
@@ -739,7 +740,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
             raise
         filled = False
         try:
-            if key is not None and token:
+            if key is not None and token and stored_key == key:
                 payload = response.model_dump_json()
                 filled = await store.fill(redis, health, key, token, payload, self.exp)
         finally:
