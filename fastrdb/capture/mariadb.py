@@ -1,0 +1,390 @@
+"""MariaDB's row-based binlog, read as a replica with the ``mysql-replication`` package.
+
+A reader thread follows the binlog (the package's client is blocking) and hands whole
+transactions, each ending at its ``XID`` (or ``COMMIT`` for non-transactional tables) with the
+binlog position after it, to the asyncio side through a bounded queue. The position is kept in
+Redis under ``{namespace}:capture:{name}:position`` and written only after the transactions
+before it were delivered; a restart resumes there (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from fastrdb.capture.rows import RowChange, Transaction
+from fastrdb.capture.source import Batch, CaptureSetupError
+
+__all__ = ["MariaDBSource", "ServerAddress"]
+
+log = structlog.get_logger("fastrdb")
+
+_REQUIRED = {
+    "log_bin": "ON",
+    "binlog_format": "ROW",
+    "binlog_row_image": "FULL",
+    "binlog_row_metadata": "FULL",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerAddress:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+
+Position = tuple[str, int]
+
+Cascades = dict[tuple[str, str], list[tuple[str, str, list[tuple[str, str]], str, str]]]
+"""Per referenced table: (child schema, child table, [(child column, parent column)],
+delete rule, update rule) of each foreign key that changes children in the database."""
+
+_CASCADES = (
+    "SELECT r.UNIQUE_CONSTRAINT_SCHEMA, r.REFERENCED_TABLE_NAME, k.TABLE_SCHEMA, k.TABLE_NAME,"
+    " k.COLUMN_NAME, k.REFERENCED_COLUMN_NAME, r.DELETE_RULE, r.UPDATE_RULE"
+    " FROM information_schema.REFERENTIAL_CONSTRAINTS r"
+    " JOIN information_schema.KEY_COLUMN_USAGE k"
+    " ON k.CONSTRAINT_SCHEMA = r.CONSTRAINT_SCHEMA AND k.CONSTRAINT_NAME = r.CONSTRAINT_NAME"
+    " AND k.TABLE_NAME = r.TABLE_NAME"
+    " WHERE r.DELETE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT')"
+    " OR r.UPDATE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT')"
+    " ORDER BY k.CONSTRAINT_SCHEMA, k.CONSTRAINT_NAME, k.ORDINAL_POSITION"
+)
+
+
+def _later_or_equal(a: Position, b: Position) -> bool:
+    """Binlog positions compare by file sequence number, then offset."""
+    return (a[0].rsplit(".", 1)[-1].zfill(12), a[1]) >= (b[0].rsplit(".", 1)[-1].zfill(12), b[1])
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class MariaDBSource:
+    """The binlog of the server at ``address``, its position kept in Redis as ``name``."""
+
+    def __init__(
+        self,
+        address: ServerAddress,
+        name: str,
+        redis: Any,
+        *,
+        namespace: str = "fastrdb",
+        server_id: int = 0,
+        batch_rows: int = 20_000,
+        heartbeat: float = 0.5,
+    ) -> None:
+        self.address = address
+        self.name = name
+        self.redis = redis
+        self.position_key = f"{namespace}:capture:{name}:position"
+        self.server_id = server_id or (0x5FA5_0000 | (zlib.crc32(name.encode()) & 0xFFFF))
+        self.batch_rows = batch_rows
+        self.heartbeat = heartbeat
+        self.default_schema = address.database
+        self._queue: queue.Queue[Transaction | _Failed] = queue.Queue(maxsize=10_000)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._seen: Position = ("", 0)
+        self._cascades: Cascades = {}
+
+    def _connect(self) -> Any:
+        import pymysql
+
+        a = self.address
+        return pymysql.connect(
+            host=a.host, port=a.port, user=a.user, password=a.password, autocommit=True
+        )
+
+    def _check(self) -> Position:
+        connection = self._connect()
+        try:
+            with connection.cursor() as cursor:
+                for name, wanted in _REQUIRED.items():
+                    cursor.execute("SHOW GLOBAL VARIABLES LIKE %s", (name,))
+                    row = cursor.fetchone()
+                    value = str(row[1]).upper() if row else "(missing)"
+                    if value != wanted:
+                        raise CaptureSetupError(
+                            name,
+                            f"is {value}; capture needs {wanted} (my.cnf [mariadbd] "
+                            f"{name.replace('_', '-')}={wanted}; RDS: the parameter group's"
+                            f" {name})",
+                        )
+                self._cascades = _load_cascades(cursor)
+                return self._master_position(cursor)
+        finally:
+            connection.close()
+
+    @staticmethod
+    def _master_position(cursor: Any) -> Position:
+        import pymysql
+
+        try:
+            cursor.execute("SHOW MASTER STATUS")
+        except pymysql.err.OperationalError as exc:
+            raise CaptureSetupError(
+                "privileges",
+                f"SHOW MASTER STATUS refused ({exc}); the capture user needs"
+                " GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.*",
+            ) from None
+        row = cursor.fetchone()
+        if row is None:
+            raise CaptureSetupError("log_bin", "the binary log is off; capture needs log_bin")
+        return str(row[0]), int(row[1])
+
+    async def open(self) -> None:
+        current = await asyncio.to_thread(self._check)
+        stored = await self.redis.get(self.position_key)
+        if stored is None:
+            position = current
+            await self.redis.set(self.position_key, json.dumps(list(position)), nx=True)
+            log.info("capture_position_created", name=self.name, file=position[0])
+        else:
+            file, offset = json.loads(stored)
+            position = (str(file), int(offset))
+        self._seen = position
+        self._stop.clear()
+        self._queue = queue.Queue(maxsize=10_000)
+        self._thread = threading.Thread(
+            target=self._follow, args=(position,), name="fastrdb-capture-binlog", daemon=True
+        )
+        self._thread.start()
+
+    def _follow(self, position: Position) -> None:
+        try:
+            self._stream(position)
+        except BaseException as exc:
+            self._put(_Failed(exc))
+
+    def _put(self, item: Transaction | _Failed) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _stream(self, position: Position) -> None:
+        from pymysqlreplication import BinLogStreamReader
+        from pymysqlreplication.event import HeartbeatLogEvent, QueryEvent, XidEvent
+        from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+
+        a = self.address
+        stream = BinLogStreamReader(
+            connection_settings={
+                "host": a.host,
+                "port": a.port,
+                "user": a.user,
+                "password": a.password,
+            },
+            server_id=self.server_id,
+            log_file=position[0],
+            log_pos=position[1],
+            resume_stream=True,
+            blocking=True,
+            is_mariadb=True,
+            slave_heartbeat=self.heartbeat,
+            pymysql_wrapper=_connect,
+            only_events=[
+                WriteRowsEvent,
+                UpdateRowsEvent,
+                DeleteRowsEvent,
+                XidEvent,
+                QueryEvent,
+                HeartbeatLogEvent,
+            ],
+        )
+        rows: list[RowChange] = []
+        try:
+            while not self._stop.is_set():
+                event = stream.fetchone()
+                if event is None:
+                    continue
+                if isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
+                    rows.extend(_with_cascades(_row_changes(event), self._cascades))
+                    continue
+                here = (stream.log_file, int(event.packet.log_pos))
+                if isinstance(event, XidEvent):
+                    self._put(_transaction(rows, here, event.timestamp))
+                    rows = []
+                elif isinstance(event, QueryEvent):
+                    query = event.query.strip().upper()
+                    if query == "COMMIT":
+                        self._put(_transaction(rows, here, event.timestamp))
+                        rows = []
+                    elif query.startswith("TRUNCATE") and not rows:
+                        schema = _text(event.schema)
+                        table = query.split()[-1].strip("`").split("`.`")[-1].lower()
+                        truncated = RowChange(schema, table, "truncate")
+                        self._put(_transaction([truncated], here, event.timestamp))
+                    elif query != "BEGIN" and not rows:
+                        self._put(_transaction([], here, event.timestamp))  # DDL: a safe point
+                if not rows and here[1]:
+                    self._seen = here
+        finally:
+            stream.close()
+
+    async def read(self) -> Batch:
+        try:
+            first = await asyncio.to_thread(self._queue.get, True, 0.05)
+        except queue.Empty:
+            return Batch(drained=self._queue.empty())
+        batch = Batch()
+        item: Transaction | _Failed = first
+        count = 0
+        while True:
+            if isinstance(item, _Failed):
+                if batch.transactions:
+                    self._queue.queue.appendleft(item)  # report it after this batch
+                    break
+                raise item.error
+            batch.transactions.append(item)
+            batch.position = item.position
+            count += len(item.rows)
+            if count >= self.batch_rows:
+                break
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+        batch.drained = self._queue.empty()
+        return batch
+
+    async def confirm(self, batch: Batch) -> None:
+        if batch.position is not None:
+            await self.redis.set(self.position_key, json.dumps(list(batch.position)))
+
+    async def backlog(self) -> dict[str, Any]:
+        end = await self.end()
+        seen = self._seen
+        behind = end[1] - seen[1] if end[0] == seen[0] else None
+        return {"binlog_file": seen[0], "behind_bytes": behind}
+
+    async def end(self) -> Any:
+        def current() -> Position:
+            connection = self._connect()
+            try:
+                with connection.cursor() as cursor:
+                    return self._master_position(cursor)
+            finally:
+                connection.close()
+
+        return await asyncio.to_thread(current)
+
+    def reached(self, end: Any) -> bool:
+        return _later_or_equal(self._seen, end) and self._queue.empty()
+
+    async def close(self) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            await asyncio.to_thread(thread.join, 10 * self.heartbeat + 5)
+
+
+def _connect(**settings: Any) -> Any:
+    """``pymysql.connect`` with the keyword names PyMySQL no longer deprecates (the package
+    passes ``db=`` for its control connection)."""
+    import pymysql
+
+    if "db" in settings:
+        settings["database"] = settings.pop("db")
+    if "passwd" in settings:
+        settings["password"] = settings.pop("passwd")
+    return pymysql.connect(**settings)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _transaction(rows: list[RowChange], position: Position, timestamp: int) -> Transaction:
+    return Transaction(rows, float(timestamp) if timestamp else None, position)
+
+
+def _load_cascades(cursor: Any) -> Cascades:
+    cursor.execute(_CASCADES)
+    found: dict[tuple[str, ...], tuple[str, str, list[tuple[str, str]], str, str]] = {}
+    for (
+        parent_schema,
+        parent,
+        schema,
+        table,
+        column,
+        referenced,
+        on_delete,
+        on_update,
+    ) in cursor.fetchall():
+        key = (parent_schema, parent, schema, table, on_delete, on_update)
+        found.setdefault(key, (schema, table, [], on_delete, on_update))[2].append(
+            (column, referenced)
+        )
+    cascades: Cascades = {}
+    for (parent_schema, parent, *_), child in found.items():
+        cascades.setdefault((parent_schema, parent), []).append(child)
+    return cascades
+
+
+_CHANGING = ("CASCADE", "SET NULL", "SET DEFAULT")
+
+
+def _with_cascades(changes: list[RowChange], cascades: Cascades) -> list[RowChange]:
+    """``changes``, plus what InnoDB's foreign key actions did to child rows.
+
+    MariaDB does not write those to the binlog. The children's own values are unknown; what is
+    known is the foreign key they matched, so each affected child table gets a change holding
+    only its foreign key columns, marked incomplete (its pages are dropped, and keys made of
+    those columns alone are named).
+    """
+    if not cascades:
+        return changes
+    result = list(changes)
+    todo = list(changes)
+    depth = 0
+    while todo and depth < 16:
+        depth += 1
+        derived: list[RowChange] = []
+        for change in todo:
+            for schema, table, columns, on_delete, on_update in cascades.get(
+                (change.schema, change.table), ()
+            ):
+                old = change.before or {}
+                if change.operation == "delete" and on_delete in _CHANGING:
+                    before = {c: old.get(p) for c, p in columns}
+                    derived.append(RowChange(schema, table, "delete", before, None, False))
+                elif change.operation == "update" and on_update in _CHANGING:
+                    new = change.after or {}
+                    if all(old.get(p) == new.get(p) for _, p in columns):
+                        continue
+                    before = {c: old.get(p) for c, p in columns}
+                    after = {c: new.get(p) for c, p in columns}
+                    derived.append(RowChange(schema, table, "update", before, after, False))
+        result.extend(derived)
+        todo = derived
+    return result
+
+
+def _row_changes(event: Any) -> list[RowChange]:
+    from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent
+
+    schema, table = _text(event.schema), _text(event.table)
+    if isinstance(event, UpdateRowsEvent):
+        return [
+            RowChange(schema, table, "update", row["before_values"], row["after_values"])
+            for row in event.rows
+        ]
+    if isinstance(event, DeleteRowsEvent):
+        return [RowChange(schema, table, "delete", row["values"], None) for row in event.rows]
+    return [RowChange(schema, table, "insert", None, row["values"]) for row in event.rows]

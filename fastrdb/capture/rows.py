@@ -1,0 +1,94 @@
+"""One committed row change read from a database log, and how a transaction of them becomes
+the same :class:`~fastrdb.events.changes.Changes` the session hooks produce (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fastrdb.events.changes import Changes
+
+__all__ = ["RowChange", "TableNames", "Transaction", "to_changes"]
+
+Operation = Literal["insert", "update", "delete", "truncate"]
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """A row a committed transaction changed, with the values the log gives.
+
+    ``before`` is the pre-image (``None`` for an insert); ``before_complete`` says whether it
+    holds every column (PostgreSQL's ``REPLICA IDENTITY FULL``, MariaDB's full row image) or
+    only some (the primary key). ``after`` is the post-image (``None`` for a delete).
+    """
+
+    schema: str
+    table: str
+    operation: Operation
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    before_complete: bool = True
+
+
+@dataclass(slots=True)
+class Transaction:
+    """The row changes of one committed transaction, in log order."""
+
+    rows: list[RowChange] = field(default_factory=list)
+    committed_at: float | None = None
+    """The commit's wall-clock time (seconds since the epoch) when the log gives it."""
+    position: Any = None
+    """Where the log resumes after this transaction, for sources that track it per
+    transaction."""
+
+
+class TableNames:
+    """The names under which FastRDB knows a logged table.
+
+    SQLAlchemy names a table of the connection's default schema by its bare name and any other
+    by ``schema.name``; a row of the default schema counts under both, so a model declared with
+    an explicit ``schema=`` meets one declared without. ``only`` keeps the named tables alone.
+    """
+
+    __slots__ = ("_cache", "default_schema", "only")
+
+    def __init__(self, default_schema: str, only: Iterable[str] | None = None) -> None:
+        self.default_schema = default_schema
+        self.only = frozenset(only) if only is not None else None
+        self._cache: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    def __call__(self, schema: str, table: str) -> tuple[str, ...]:
+        names = self._cache.get((schema, table))
+        if names is None:
+            qualified = f"{schema}.{table}"
+            names = (table, qualified) if schema == self.default_schema else (qualified,)
+            if self.only is not None and not self.only.intersection(names):
+                names = ()
+            self._cache[(schema, table)] = names
+        return names
+
+
+def to_changes(transactions: Sequence[Transaction], names: TableNames) -> Changes:
+    """One :class:`Changes` for whole transactions, applied together.
+
+    Each row contributes its pre-image and post-image. A pre-image without every column (the
+    table's replica identity is not FULL) still names the keys it can; the table is then
+    touched, so plans drop what depends on values it cannot name (the table's pages).
+    """
+    changes = Changes()
+    for transaction in transactions:
+        for row in transaction.rows:
+            tables = names(row.schema, row.table)
+            if not tables:
+                continue
+            if row.operation == "truncate":
+                changes.touch(tables)
+                continue
+            if row.before is not None:
+                changes.add(tables, row.before)
+            if row.after is not None:
+                changes.add(tables, row.after)
+            if not row.before_complete:
+                changes.touch(tables)
+    return changes

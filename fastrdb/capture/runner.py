@@ -1,0 +1,204 @@
+"""The capture loop: read whole transactions from a database log, invalidate, then confirm.
+
+The position is confirmed only after Redis took the invalidation. A Redis outage holds the
+position and retries with backoff; a database outage reconnects with backoff and reads again
+from the confirmed position. Either way a change is delivered at least once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import structlog
+
+from fastrdb._compat import greenlet_spawn
+from fastrdb.cache.store import REDIS_ERRORS, Caller, deliver_invalidation
+from fastrdb.capture.rows import TableNames, to_changes
+from fastrdb.capture.source import Batch, CaptureSetupError, Source
+from fastrdb.events.changes import Changes
+from fastrdb.keys import Namespace
+from fastrdb.settings import DEFAULT_SETTINGS, Settings
+
+__all__ = ["CaptureStats", "Runner"]
+
+log = structlog.get_logger("fastrdb")
+
+
+@dataclass(slots=True)
+class CaptureStats:
+    """Counters of one capture, since it started."""
+
+    transactions: int = 0
+    rows: int = 0
+    deliveries: int = 0
+    redis_failures: int = 0
+    database_failures: int = 0
+    last_lag: float | None = None
+    """Seconds from the last delivered transaction's commit to its delivery (when the log
+    gives commit times)."""
+
+
+class Runner:
+    """Runs one :class:`Source` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        source: Source,
+        redis: Any,
+        *,
+        tables: Iterable[str] | None = None,
+        settings: Settings = DEFAULT_SETTINGS,
+        poll_interval: float = 0.005,
+        delivery_timeout: float = 5.0,
+        backoff: tuple[float, float] = (0.05, 5.0),
+        lag_interval: float = 10.0,
+    ) -> None:
+        self.source = source
+        self.redis = redis
+        self.tables = list(tables) if tables is not None else None
+        self.namespace = Namespace(settings.namespace)
+        self.poll_interval = poll_interval
+        self.backoff = backoff
+        self.lag_interval = lag_interval
+        self.stats = CaptureStats()
+        self._call = Caller(True, delivery_timeout)
+        self._stopping = asyncio.Event()
+        self._round = 0
+        self._drained_round = -1
+        self._progress = asyncio.Condition()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the batch in hand (safe from a signal handler)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Capture until :meth:`stop`; raises :class:`CaptureSetupError` for a database that
+        is not set up for capture."""
+        delay = self.backoff[0]
+        while not self._stopping.is_set():
+            try:
+                await self.source.open()
+                log.info("capture_started", source=type(self.source).__name__)
+                delay = self.backoff[0]
+                await self._follow()
+            except CaptureSetupError:
+                raise
+            except Exception as exc:
+                if not isinstance(exc, REDIS_ERRORS) and not _is_database_error(exc):
+                    raise
+                await self._unavailable(exc, delay)
+                delay = min(delay * 2, self.backoff[1])
+            finally:
+                await self.source.close()
+        log.info("capture_stopped")
+
+    async def _unavailable(self, exc: BaseException, delay: float) -> None:
+        """The database (or, while opening, Redis) failed: start over after ``delay``."""
+        self.stats.database_failures += 1
+        log.warning("capture_source_unavailable", error=type(exc).__name__, retry_in=delay)
+        await self._sleep(delay)
+
+    async def _follow(self) -> None:
+        names = TableNames(self.source.default_schema, self.tables)
+        next_lag = time.monotonic() + self.lag_interval
+        while not self._stopping.is_set():
+            self._round += 1
+            number = self._round
+            batch = await self.source.read()
+            if batch.transactions:
+                changes = to_changes(batch.transactions, names)
+                if changes and not await self._deliver(changes):
+                    return  # stopping: nothing confirmed, the next run reads it again
+                self._count(batch)
+            if not await self._confirm(batch):
+                return
+            if batch.drained:
+                async with self._progress:
+                    self._drained_round = number
+                    self._progress.notify_all()
+            if time.monotonic() >= next_lag:
+                next_lag = time.monotonic() + self.lag_interval
+                await self._log_lag()
+            if not batch.transactions:
+                await self._sleep(self.poll_interval)
+
+    def _count(self, batch: Batch) -> None:
+        self.stats.transactions += len(batch.transactions)
+        self.stats.rows += sum(len(t.rows) for t in batch.transactions)
+        committed = [t.committed_at for t in batch.transactions if t.committed_at is not None]
+        if committed:
+            self.stats.last_lag = max(0.0, time.time() - max(committed))
+
+    async def _deliver(self, changes: Changes) -> bool:
+        """Deliver ``changes``, retrying with backoff until Redis takes them or capture stops."""
+        tables = sorted(changes.rows)
+        plan = partial(changes.plan, namespace=self.namespace)
+        delay = self.backoff[0]
+        while True:
+            try:
+                dropped = await greenlet_spawn(
+                    deliver_invalidation, self._call, self.redis, self.namespace, tables, plan
+                )
+            except REDIS_ERRORS as exc:
+                self._redis_failed(exc, delay)
+            else:
+                if self.stats.redis_failures and delay > self.backoff[0]:
+                    log.info("capture_redis_recovered")
+                self.stats.deliveries += 1
+                log.debug("capture_invalidate", tables=tables, dropped=dropped)
+                return True
+            if await self._sleep(delay):
+                return False
+            delay = min(delay * 2, self.backoff[1])
+
+    async def _confirm(self, batch: Batch) -> bool:
+        """Confirm ``batch``'s position (a source that keeps it in Redis may need retries)."""
+        delay = self.backoff[0]
+        while True:
+            try:
+                await self.source.confirm(batch)
+                return True
+            except REDIS_ERRORS as exc:
+                self._redis_failed(exc, delay)
+            if await self._sleep(delay):
+                return False
+            delay = min(delay * 2, self.backoff[1])
+
+    def _redis_failed(self, exc: BaseException, delay: float) -> None:
+        self.stats.redis_failures += 1
+        if delay == self.backoff[0]:
+            log.warning("capture_redis_unavailable", error=type(exc).__name__, retry_in=delay)
+
+    async def _log_lag(self) -> None:
+        backlog = await self.source.backlog()
+        log.info("capture_lag", lag_seconds=self.stats.last_lag, **backlog)
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` or until stopped; True if stopping."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def sync(self) -> None:
+        """Wait until every transaction committed before this call has been delivered."""
+        end = await self.source.end()
+        async with self._progress:
+            started = self._round
+            await self._progress.wait_for(
+                lambda: self._drained_round > started and self.source.reached(end)
+            )
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """Errors of the database drivers capture uses (checked by module, so neither driver
+    has to be installed)."""
+    module = type(exc).__module__
+    return module.startswith(("asyncpg", "pymysql", "pymysqlreplication"))

@@ -1,0 +1,559 @@
+"""fastrdb capture: writes no session sees drop their keys, on PostgreSQL and MariaDB servers
+that the tests start with logical decoding / the row binlog on. No ``listen()`` here unless a
+test says so: every invalidation comes from the database's log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis.asyncio
+from pydantic import BaseModel
+from sqlalchemy import ForeignKey, String, create_engine, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from fastrdb import FastRDB
+from fastrdb.capture import Capture, CaptureSetupError
+from tests.conftest import DATABASES, REDIS_URL
+from tests.dbservers import MariaDBServer, PostgresServer
+from tests.interleave import PauseAfterSelect
+from tests.processes import finish, start_interpreter, start_python
+from tests.servers import RedisServer
+
+Redis = redis.asyncio.Redis
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Author(Base):
+    __tablename__ = "cap_authors"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(100))
+    books: Mapped[int] = mapped_column(default=0)
+
+
+class Book(Base):
+    __tablename__ = "cap_books"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    author_id: Mapped[int] = mapped_column(ForeignKey("cap_authors.id", ondelete="CASCADE"))
+    title: Mapped[str] = mapped_column(String(100))
+
+
+class AuthorOut(BaseModel):
+    id: int
+    name: str
+    books: int
+
+
+class BookOut(BaseModel):
+    id: int
+    author_id: int
+    title: str
+
+
+authors = FastRDB[Author, AuthorOut, AuthorOut, AuthorOut](
+    Author, AuthorOut, pattern="author:{id}", list_pattern="authors:{page}:{limit}"
+)
+books = FastRDB[Book, BookOut, BookOut, BookOut](
+    Book, BookOut, pattern="book:{title}", list_pattern="books:{page}:{limit}"
+)
+
+KINDS = [kind for kind in ("postgresql", "mariadb") if kind in DATABASES]
+
+TRIGGERS = {
+    "postgresql": [
+        "ALTER TABLE cap_authors REPLICA IDENTITY FULL",
+        "ALTER TABLE cap_books REPLICA IDENTITY FULL",
+        "CREATE FUNCTION count_book() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " UPDATE cap_authors SET books = books + 1 WHERE id = NEW.author_id; RETURN NEW; END $$",
+        "CREATE TRIGGER count_book AFTER INSERT ON cap_books FOR EACH ROW"
+        " EXECUTE FUNCTION count_book()",
+    ],
+    "mariadb": [
+        "CREATE TRIGGER count_book AFTER INSERT ON cap_books FOR EACH ROW"
+        " UPDATE cap_authors SET books = books + 1 WHERE id = NEW.author_id",
+    ],
+}
+
+
+@dataclass
+class Served:
+    """A database server set up for capture, and how each kind of client reaches it."""
+
+    kind: str
+    server: PostgresServer | MariaDBServer
+    url: str
+    async_url: str
+    sync_url: str
+
+
+@pytest.fixture(scope="session")
+def postgresql_server() -> Iterator[Served]:
+    server = PostgresServer().start()
+    url = server.url
+    served = Served(
+        "postgresql",
+        server,
+        url,
+        url.replace("postgresql://", "postgresql+asyncpg://"),
+        url.replace("postgresql://", "postgresql+psycopg://"),
+    )
+    _create_schema(served)
+    yield served
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[Served]:
+    server = MariaDBServer().start()
+    url = server.url
+    served = Served(
+        "mariadb",
+        server,
+        url,
+        url.replace("mysql://", "mysql+asyncmy://"),
+        url.replace("mysql://", "mysql+pymysql://"),
+    )
+    _create_schema(served)
+    yield served
+    server.stop()
+
+
+def _create_schema(served: Served) -> None:
+    engine = create_engine(served.sync_url)
+    Base.metadata.create_all(engine)
+    with engine.begin() as connection:
+        for statement in TRIGGERS[served.kind]:
+            connection.execute(text(statement))
+    engine.dispose()
+
+
+@pytest.fixture(params=KINDS)
+def served(request: pytest.FixtureRequest) -> Served:
+    """One capture-ready database, its tables emptied and its slot dropped before each test."""
+    served: Served = request.getfixturevalue(f"{request.param}_server")
+    engine = create_engine(served.sync_url)
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM cap_books"))
+        connection.execute(text("DELETE FROM cap_authors"))
+        if served.kind == "postgresql":
+            connection.execute(
+                text(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                    " WHERE slot_name = 'fastrdb'"
+                )
+            )
+    engine.dispose()
+    return served
+
+
+@pytest.fixture
+async def cap_engine(served: Served) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(served.async_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def sessions(cap_engine: AsyncEngine) -> async_sessionmaker[Any]:
+    """Plain sessions: nothing is listened in these tests."""
+    return async_sessionmaker(cap_engine, expire_on_commit=False)
+
+
+@contextlib.asynccontextmanager
+async def capturing(served: Served, client: Any) -> AsyncIterator[Capture]:
+    """A capture running as a task, as an app runs it in its lifespan."""
+    capture = Capture(served.url, client, poll_interval=0.002, max_backoff=0.2)
+    task = asyncio.create_task(capture.run())
+    ready = asyncio.create_task(capture.sync())
+    try:
+        async with asyncio.timeout(30):
+            await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            ready.cancel()
+            task.result()
+        yield capture
+    finally:
+        capture.stop()
+        async with asyncio.timeout(30):
+            await task
+
+
+@pytest.fixture
+async def capture(served: Served, redis_client: Redis) -> AsyncIterator[Capture]:
+    async with capturing(served, redis_client) as running:
+        yield running
+
+
+async def synced(capture: Capture) -> None:
+    async with asyncio.timeout(30):
+        await capture.sync()
+
+
+async def seed(
+    sessions: async_sessionmaker[Any], redis: Redis, capture: Capture | None, count: int = 2
+) -> None:
+    """Authors 1..count with a book each (``t1``…), every key and the first pages cached
+    (after ``capture`` delivered the inserts, which would refuse fills racing them)."""
+    async with sessions() as db:
+        for n in range(1, count + 1):
+            db.add(Author(id=n, name=f"a{n}", books=0))
+        await db.flush()
+        for n in range(1, count + 1):
+            db.add(Book(id=n, author_id=n, title=f"t{n}"))
+        await db.commit()
+    if capture is not None:
+        await synced(capture)
+    async with sessions() as db:
+        for n in range(1, count + 1):
+            await authors.get(db=db, redis=redis, id=n)
+            await books.get(db=db, redis=redis, title=f"t{n}")
+        await authors.get_multi(db=db, redis=redis, limit=10, page=1)
+        await books.get_multi(db=db, redis=redis, limit=10, page=1)
+    assert await redis.exists("author:1", "book:t1", "authors:1:10", "books:1:10") == 4
+
+
+async def cached(redis: Redis, *keys: str) -> list[str]:
+    """Which of ``keys`` Redis still holds."""
+    return [key for key in keys if await redis.exists(key)]
+
+
+async def test_a_command_line_client_update_drops_keys_and_pages(
+    served: Served, sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """An UPDATE typed into psql / mariadb drops the old and new keys and the pages."""
+    await seed(sessions, redis_client, capture)
+    await redis_client.set("book:T1", "stale")  # a key the new value names
+    sql = "UPDATE cap_books SET title = 'T1' WHERE id = 1"
+    database = served.url.rsplit("/", 1)[1]
+    flag = "-c" if served.kind == "postgresql" else "-e"
+    done = await asyncio.create_subprocess_exec(*served.server.client(), database, flag, sql)
+    assert await done.wait() == 0
+    await synced(capture)
+    assert await cached(redis_client, "book:t1", "book:T1", "books:1:10") == []
+    assert await cached(redis_client, "book:t2", "author:1") == ["book:t2", "author:1"]
+
+
+async def test_a_text_update_in_a_session_drops_keys(
+    sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """text() SQL in a plain session is seen through the log."""
+    await seed(sessions, redis_client, capture)
+    async with sessions() as db:
+        await db.execute(text("UPDATE cap_authors SET name = 'renamed' WHERE id = 2"))
+        await db.commit()
+    await synced(capture)
+    assert await cached(redis_client, "author:2", "authors:1:10", "author:1") == ["author:1"]
+    async with sessions() as db:
+        assert (await authors.get(db=db, redis=redis_client, id=2)).name == "renamed"
+
+
+async def test_a_core_connection_drops_keys(
+    cap_engine: AsyncEngine,
+    sessions: async_sessionmaker[Any],
+    redis_client: Redis,
+    capture: Capture,
+) -> None:
+    """A Core update() on engine.begin(), outside any session."""
+    await seed(sessions, redis_client, capture)
+    async with cap_engine.begin() as connection:
+        await connection.execute(update(Book).where(Book.id == 2).values(title="core"))
+    await synced(capture)
+    assert await cached(redis_client, "book:t2", "books:1:10", "book:t1") == ["book:t1"]
+
+
+RAW_WRITER = {
+    "postgresql": """
+import sys, psycopg
+with psycopg.connect(sys.argv[1]) as connection:
+    connection.execute("UPDATE cap_authors SET name = 'raw' WHERE id = 1")
+""",
+    "mariadb": """
+import sys, pymysql
+from urllib.parse import urlsplit
+url = urlsplit(sys.argv[1])
+connection = pymysql.connect(host=url.hostname, port=url.port, user=url.username,
+                             database=url.path.strip('/'))
+with connection.cursor() as cursor:
+    cursor.execute("UPDATE cap_authors SET name = 'raw' WHERE id = 1")
+connection.commit()
+connection.close()
+""",
+}
+
+
+async def test_a_process_with_the_raw_driver_drops_keys(
+    served: Served, sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """Another program (psycopg / PyMySQL, no SQLAlchemy) writes; its keys go."""
+    await seed(sessions, redis_client, capture)
+    done = await finish(await start_python(textwrap.dedent(RAW_WRITER[served.kind]), served.url))
+    assert done.returncode == 0, done.stderr
+    await synced(capture)
+    assert await cached(redis_client, "author:1", "authors:1:10", "author:2") == ["author:2"]
+
+
+async def test_on_delete_cascade_drops_the_children(
+    served: Served, sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """Deleting an author deletes its books in the database; their pages go, and on
+    PostgreSQL (which logs the cascaded rows) their keys too."""
+    await seed(sessions, redis_client, capture)
+    async with sessions() as db:
+        await db.execute(text("DELETE FROM cap_authors WHERE id = 1"))
+        await db.commit()
+    await synced(capture)
+    assert await cached(redis_client, "author:1", "books:1:10", "book:t2") == ["book:t2"]
+    if served.kind == "postgresql":
+        assert await cached(redis_client, "book:t1") == []
+    else:  # InnoDB's cascades are not in the binlog: the child's own values are unknown
+        assert await cached(redis_client, "book:t1") == ["book:t1"]
+
+
+async def test_a_trigger_that_updates_a_cached_table_drops_its_keys(
+    sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """Inserting a book bumps its author's count through a trigger; the author key goes."""
+    await seed(sessions, redis_client, capture)
+    async with sessions() as db:
+        await db.execute(text("INSERT INTO cap_books (id, author_id, title) VALUES (9, 2, 'n')"))
+        await db.commit()
+    await synced(capture)
+    assert await cached(redis_client, "author:2", "author:1") == ["author:1"]
+    async with sessions() as db:
+        assert (await authors.get(db=db, redis=redis_client, id=2)).books == 2
+
+
+@pytest.mark.slow
+async def test_an_update_of_10000_rows_drops_every_old_key(
+    sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """UPDATE … SET title = upper(title) over 10,000 rows: every old key goes."""
+    await seed(sessions, redis_client, capture, count=1)
+    rows = 10_000
+    async with sessions() as db:
+        await db.execute(
+            Book.__table__.insert(),
+            [{"id": 100 + n, "author_id": 1, "title": f"bulk{n}"} for n in range(rows)],
+        )
+        await db.commit()
+    await synced(capture)
+    await redis_client.mset({f"book:bulk{n}": "stale" for n in range(rows)})
+    async with sessions() as db:
+        await db.execute(text("UPDATE cap_books SET title = upper(title)"))
+        await db.commit()
+    await synced(capture)
+    left = await redis_client.exists(*(f"book:bulk{n}" for n in range(rows)))
+    assert left == 0
+    assert capture.stats.rows >= 2 * rows
+
+
+@pytest.fixture
+def sync_served_url(served: Served) -> str:
+    return served.sync_url
+
+
+WRITER_KILLED_AFTER_COMMIT = """
+import sys, time
+import redis
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+from fastrdb.events import listen
+
+maker = sessionmaker(create_engine(sys.argv[1]))
+handle = listen(maker, redis.Redis.from_url(sys.argv[2]))
+
+def paused(session):  # runs before FastRDB's after_commit: the COMMIT is durable already
+    print("committed", flush=True)
+    time.sleep(600)
+
+event.listen(Session, "after_commit", paused, insert=True)
+with maker() as session:
+    session.execute(text("UPDATE cap_authors SET name = 'killed' WHERE id = 1"))
+    session.commit()
+"""
+
+
+@pytest.mark.slow
+async def test_a_writer_killed_between_commit_and_after_commit_is_covered(
+    served: Served,
+    sessions: async_sessionmaker[Any],
+    redis_client: Redis,
+    capture: Capture,
+) -> None:
+    """A listened writer SIGKILLed after COMMIT, before its after_commit hook: capture still
+    drops the key the writer never got to drop."""
+    await seed(sessions, redis_client, capture)
+    writer = await start_python(WRITER_KILLED_AFTER_COMMIT, served.sync_url, REDIS_URL)
+    assert writer.stdout is not None
+    async with asyncio.timeout(60):
+        assert await writer.stdout.readline() == b"committed\n"
+    writer.kill()
+    await finish(writer)
+    await synced(capture)
+    assert await cached(redis_client, "author:1", "authors:1:10") == []
+    async with sessions() as db:
+        assert (await authors.get(db=db, redis=redis_client, id=1)).name == "killed"
+
+
+async def wait_gone(redis: Redis, *keys: str) -> None:
+    """Wait (bounded) until Redis holds none of ``keys``: for a capture in another process."""
+    async with asyncio.timeout(30):
+        while await redis.exists(*keys):  # noqa: ASYNC110 - another process: nothing to await
+            await asyncio.sleep(0.01)
+
+
+async def start_cli(served: Served, redis_url: str) -> asyncio.subprocess.Process:
+    """``fastrdb capture`` in its own process, once it logged that it follows the log."""
+    process = await start_interpreter(
+        "-m", "fastrdb", "capture", "--database", served.url, "--redis", redis_url
+    )
+    assert process.stderr is not None
+    async with asyncio.timeout(60):
+        while b"capture_started" not in (line := await process.stderr.readline()):
+            assert line, "fastrdb capture exited before it started"
+    return process
+
+
+@pytest.mark.slow
+async def test_capture_killed_mid_stream_resumes_where_it_stopped(
+    served: Served, sessions: async_sessionmaker[Any], redis_client: Redis
+) -> None:
+    """The CLI is SIGKILLed while changes stream in; changes made while it is down are
+    delivered after a restart, and SIGTERM stops it cleanly."""
+    await seed(sessions, redis_client, None, count=1)
+    cli = await start_cli(served, REDIS_URL)
+    async with sessions() as db:
+        await db.execute(text("UPDATE cap_authors SET name = 'first' WHERE id = 1"))
+        await db.commit()
+    await wait_gone(redis_client, "author:1")
+    stream = [f"s{n}" for n in range(50)]
+    await redis_client.mset({f"book:{title}": "stale" for title in stream})
+    async with sessions() as db:
+        for n, title in enumerate(stream):
+            await db.execute(
+                text("INSERT INTO cap_books (id, author_id, title) VALUES (:id, 1, :t)"),
+                {"id": 1000 + n, "t": title},
+            )
+            await db.commit()
+            if n == 10:
+                cli.kill()  # mid-stream: some of these are delivered, some not
+    await finish(cli)
+    cli = await start_cli(served, REDIS_URL)
+    await wait_gone(redis_client, *(f"book:{title}" for title in stream))
+    cli.send_signal(signal.SIGTERM)
+    done = await finish(cli)
+    assert done.returncode == 0, done.stderr
+    assert "capture_stopped" in done.stderr
+
+
+@pytest.mark.slow
+async def test_redis_down_holds_the_position_and_delivers_after_it_returns(
+    served: Served, sessions: async_sessionmaker[Any]
+) -> None:
+    """Redis is killed while capture runs: nothing is confirmed, and the change is delivered
+    once Redis is back (it keeps its data across the kill: appendfsync always)."""
+    server = RedisServer()
+    server.extra = ["--appendonly", "yes", "--appendfsync", "always"]
+    server.start()
+    client = redis.asyncio.Redis(port=server.port, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        async with capturing(served, client) as running:
+            await seed(sessions, client, running)
+            delivered = running.stats.deliveries
+            server.kill()
+            async with sessions() as db:
+                await db.execute(text("UPDATE cap_authors SET name = 'later' WHERE id = 1"))
+                await db.commit()
+            async with asyncio.timeout(30):
+                while running.stats.redis_failures < 2:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            assert running.stats.deliveries == delivered
+            if served.kind == "postgresql":
+                assert await _slot_holds_changes(served)
+            server.start()
+            await synced(running)
+            assert await cached(client, "author:1", "author:2") == ["author:2"]
+    finally:
+        await client.aclose()
+        server.kill()
+
+
+async def _slot_holds_changes(served: Served) -> bool:
+    engine = create_async_engine(served.async_url)
+    async with engine.connect() as connection:
+        found = await connection.scalar(
+            text("SELECT count(*) FROM pg_logical_slot_peek_changes('fastrdb', NULL, NULL)")
+        )
+    await engine.dispose()
+    return bool(found)
+
+
+async def test_a_slow_reader_cannot_fill_after_a_capture_only_write(
+    cap_engine: AsyncEngine,
+    sessions: async_sessionmaker[Any],
+    redis_client: Redis,
+    capture: Capture,
+) -> None:
+    """Reader leases and selects the old row; a text() UPDATE commits and capture delivers;
+    the reader's fill is then refused and no stale value survives."""
+    await seed(sessions, redis_client, capture)
+    await redis_client.delete("author:1")
+    with PauseAfterSelect(cap_engine, "cap_authors") as pause:
+
+        async def read() -> str:
+            async with sessions() as db:
+                return (await authors.get(db=db, redis=redis_client, id=1)).name
+
+        reader = asyncio.create_task(read())
+        await pause.wait_selected()
+        async with cap_engine.begin() as connection:
+            await connection.execute(text("UPDATE cap_authors SET name = 'new' WHERE id = 1"))
+        await synced(capture)
+        pause.resume()
+        assert await reader == "a1"  # it read before the commit: a fair answer
+    raw = await redis_client.get("author:1")
+    assert raw is None or b'"new"' in raw
+    async with sessions() as db:
+        assert (await authors.get(db=db, redis=redis_client, id=1)).name == "new"
+
+
+async def test_a_database_without_the_log_settings_is_named() -> None:
+    """Against the machine's servers (log settings off), capture refuses and names what to
+    change; nothing is created on them."""
+    db_name = os.environ.get("FASTRDB_TEST_DB", "test")
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    try:
+        if "postgresql" in KINDS:
+            with pytest.raises(CaptureSetupError) as raised:
+                await Capture(f"postgresql://postgres@127.0.0.1:5432/{db_name}", client).run()
+            assert raised.value.setting == "wal_level"
+        if "mariadb" in KINDS:
+            with pytest.raises(CaptureSetupError) as raised:
+                await Capture(f"mysql+asyncmy://root@127.0.0.1:3306/{db_name}", client).run()
+            assert raised.value.setting in ("log_bin", "binlog_format")
+    finally:
+        await client.aclose()
+
+
+async def test_the_cli_exits_2_naming_the_setting() -> None:
+    """`fastrdb capture` on a database without the log exits with status 2 and the setting."""
+    done = await finish(
+        await start_interpreter(
+            "-m", "fastrdb", "capture", "--database", "sqlite:///x.db", "--redis", REDIS_URL
+        )
+    )
+    assert done.returncode == 2
+    assert "database:" in done.stderr and "SQLite" in done.stderr
