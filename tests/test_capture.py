@@ -557,3 +557,24 @@ async def test_the_cli_exits_2_naming_the_setting() -> None:
     )
     assert done.returncode == 2
     assert "database:" in done.stderr and "SQLite" in done.stderr
+
+
+async def test_the_example_app_runs_capture_in_its_lifespan(
+    served: Served,
+    sessions: async_sessionmaker[Any],
+    redis_client: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """examples/capture_app.py: capture starts with the app, drops keys, stops with it."""
+    from examples.capture_app import app
+
+    monkeypatch.setenv("DATABASE_URL", served.url)
+    monkeypatch.setenv("REDIS_URL", REDIS_URL)
+    async with app.router.lifespan_context(app):
+        capture: Capture = app.state.capture
+        await seed(sessions, redis_client, capture, count=1)
+        async with sessions() as db:
+            await db.execute(text("UPDATE cap_authors SET name = 'app' WHERE id = 1"))
+            await db.commit()
+        await synced(capture)
+        assert await cached(redis_client, "author:1") == []
