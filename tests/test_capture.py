@@ -578,3 +578,19 @@ async def test_the_example_app_runs_capture_in_its_lifespan(
             await db.commit()
         await synced(capture)
         assert await cached(redis_client, "author:1") == []
+
+
+async def test_a_restart_resumes_at_the_confirmed_position(
+    served: Served, sessions: async_sessionmaker[Any], redis_client: Redis
+) -> None:
+    """A second run reads only what was committed after the first run's last confirmation."""
+    async with capturing(served, redis_client) as first:
+        await seed(sessions, redis_client, first, count=1)
+        assert first.stats.transactions >= 1
+    async with sessions() as db:
+        await db.execute(text("UPDATE cap_authors SET name = 'between' WHERE id = 1"))
+        await db.commit()
+    async with capturing(served, redis_client) as second:
+        await synced(second)
+        assert second.stats.transactions == 1
+    assert await cached(redis_client, "author:1") == []

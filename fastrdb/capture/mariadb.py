@@ -195,7 +195,10 @@ class MariaDBSource:
             log_pos=position[1],
             resume_stream=True,
             blocking=True,
-            is_mariadb=True,
+            # The package's MariaDB mode ignores log_file/log_pos (it dumps from the first
+            # binlog unless given a GTID state); the classic file/offset dump that MariaDB
+            # also serves starts exactly at the stored position.
+            is_mariadb=False,
             slave_heartbeat=self.heartbeat,
             pymysql_wrapper=_connect,
             only_events=[

@@ -1,0 +1,277 @@
+"""Capture benchmarks: lag from COMMIT to the key gone, writer throughput with capture running
+vs not, and catch-up of a queued backlog.
+
+    python -m bench.capture [--databases postgresql,mariadb] [--seconds 4]
+
+Starts its own PostgreSQL (wal_level=logical), MariaDB (row binlog) and Redis on free loopback
+ports, and runs ``fastrdb capture`` as a separate process, as in production. Key deletions
+are observed through Redis keyspace notifications (on the benchmark's own Redis), timestamped
+on arrival, against the moment the writer's COMMIT returned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from tests.dbservers import MariaDBServer, PostgresServer
+from tests.servers import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+ROWS = 10_000
+SCHEME = '["row","bc:{id}"]'
+
+
+def progress(message: str) -> None:
+    print(f"[capture bench] {message}", file=sys.stderr, flush=True)
+
+
+async def start_capture(database: str, redis_url: str) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "fastrdb",
+        "capture",
+        "--database",
+        database,
+        "--redis",
+        redis_url,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    async with asyncio.timeout(60):  # its slot / position exists once it logged this
+        while b"capture_started" not in (line := await process.stderr.readline()):
+            if not line:
+                raise RuntimeError("fastrdb capture exited before it started")
+    _drains.add(asyncio.create_task(_drain(process.stderr)))
+    return process
+
+
+_drains: set[asyncio.Task[None]] = set()
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    """Keep reading the capture's log so its pipe never fills; show warnings."""
+    while line := await stream.readline():
+        if b'"warning"' in line or b'"error"' in line:
+            sys.stderr.write(line.decode())
+
+
+async def stop_capture(process: asyncio.subprocess.Process) -> None:
+    process.send_signal(signal.SIGTERM)
+    await process.wait()
+
+
+class Deletions:
+    """Arrival time of each ``del`` keyspace event, per key."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self.seen: dict[str, float] = {}
+        self._waiters: dict[str, asyncio.Future[float]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        pubsub = self.client.pubsub()
+        await pubsub.psubscribe("__keyevent@0__:del")
+        self._task = asyncio.create_task(self._listen(pubsub))
+
+    async def _listen(self, pubsub: Any) -> None:
+        async for message in pubsub.listen():
+            if message["type"] != "pmessage":
+                continue
+            now = time.perf_counter()
+            key = message["data"].decode()
+            self.seen[key] = now
+            waiter = self._waiters.pop(key, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(now)
+
+    async def wait(self, key: str, within: float = 120) -> float:
+        if key in self.seen:
+            return self.seen[key]
+        future = self._waiters[key] = asyncio.get_running_loop().create_future()
+        async with asyncio.timeout(within):
+            return await future
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def prepare(engine: AsyncEngine, kind: str, client: redis.asyncio.Redis) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(text("DROP TABLE IF EXISTS bench_capture"))
+        await connection.execute(
+            text("CREATE TABLE bench_capture (id INTEGER PRIMARY KEY, name VARCHAR(100))")
+        )
+        if kind == "postgresql":
+            await connection.execute(text("ALTER TABLE bench_capture REPLICA IDENTITY FULL"))
+        await connection.execute(
+            text("INSERT INTO bench_capture (id, name) VALUES (:id, 'n')"),
+            [{"id": n} for n in range(ROWS)],
+        )
+    await client.sadd("fastrdb:schemes:bench_capture", SCHEME)  # as FastRDB publishes it
+
+
+async def write_at(
+    engine: AsyncEngine, client: redis.asyncio.Redis, rate: int, seconds: float, first: int
+) -> list[tuple[str, float]]:
+    """Update one cached row per tick at ``rate`` rows/s; (key, commit returned) per row."""
+    commits: list[tuple[str, float]] = []
+    count = int(rate * seconds)
+    await client.mset({f"bc:{(first + n) % ROWS}": "cached" for n in range(count)})
+    interval = 1 / rate
+    async with engine.connect() as connection:
+        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        start = time.perf_counter()
+        for n in range(count):
+            due = start + n * interval
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            row = (first + n) % ROWS
+            await autocommit.execute(
+                text("UPDATE bench_capture SET name = :name WHERE id = :id"),
+                {"name": f"v{first + n}", "id": row},
+            )
+            commits.append((f"bc:{row}", time.perf_counter()))
+    return commits
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def lag_case(
+    engine: AsyncEngine, client: redis.asyncio.Redis, rate: int, seconds: float, first: int
+) -> dict[str, Any]:
+    deletions = Deletions(client)
+    await deletions.start()
+    commits = await write_at(engine, client, rate, seconds, first)
+    lags = [(await deletions.wait(key)) - committed for key, committed in commits]
+    deletions.stop()
+    return {
+        "case": f"lag COMMIT→key gone at {rate} rows/s",
+        "p50_ms": round(statistics.median(lags) * 1000, 2),
+        "p99_ms": round(percentile(lags, 0.99) * 1000, 2),
+        "samples": len(lags),
+        "achieved_rows_per_s": round(len(commits) / (commits[-1][1] - commits[0][1] + 1e-9)),
+    }
+
+
+async def writer_ops(engine: AsyncEngine, count: int, first: int) -> float:
+    """Row updates per second, each its own autocommit transaction, as fast as possible."""
+    async with engine.connect() as connection:
+        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        start = time.perf_counter()
+        for n in range(count):
+            await autocommit.execute(
+                text("UPDATE bench_capture SET name = :name WHERE id = :id"),
+                {"name": f"w{first + n}", "id": (first + n) % ROWS},
+            )
+        return count / (time.perf_counter() - start)
+
+
+async def bench(kind: str, seconds: float) -> list[dict[str, Any]]:
+    server: PostgresServer | MariaDBServer = (
+        PostgresServer() if kind == "postgresql" else MariaDBServer()
+    )
+    server.start()
+    redis_server = RedisServer()
+    redis_server.extra = ["--notify-keyspace-events", "Eg"]
+    redis_server.start()
+    redis_url = f"redis://127.0.0.1:{redis_server.port}/0"
+    client = redis.asyncio.Redis.from_url(redis_url)
+    driver = "postgresql+asyncpg" if kind == "postgresql" else "mysql+asyncmy"
+    engine = create_async_engine(server.url.replace(server.url.split("://")[0], driver, 1))
+    results: list[dict[str, Any]] = []
+    try:
+        await prepare(engine, kind, client)
+        capture = await start_capture(server.url, redis_url)
+        for rate in (100, 1000):
+            progress(f"{kind}: lag at {rate} rows/s")
+            results.append(await lag_case(engine, client, rate, seconds, rate * 7))
+
+        progress(f"{kind}: writer throughput with capture vs without")
+        ratios = []
+        for round_ in range(3):
+            capture.send_signal(signal.SIGSTOP)
+            without = await writer_ops(engine, 1000, round_ * 2000)
+            capture.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.5)
+            with_capture = await writer_ops(engine, 1000, round_ * 2000 + 1000)
+            ratios.append(with_capture / without)
+        results.append(
+            {
+                "case": "writer throughput, capture running vs not",
+                "ratio": round(statistics.median(ratios), 2),
+                "spread": [round(min(ratios), 2), round(max(ratios), 2)],
+            }
+        )
+
+        progress(f"{kind}: catch-up of 100,000 queued changes")
+        await stop_capture(capture)
+        async with engine.begin() as connection:
+            for _ in range(10):  # 100,000 row changes in 10 transactions of 10,000 rows
+                await connection.execute(text("UPDATE bench_capture SET name = concat(name, 'x')"))
+        await client.set("bc:0", "cached")
+        async with engine.begin() as connection:  # the sentinel, committed last
+            await connection.execute(text("UPDATE bench_capture SET name = 'end' WHERE id = 0"))
+        deletions = Deletions(client)
+        await deletions.start()
+        start = time.perf_counter()
+        capture = await start_capture(server.url, redis_url)
+        gone = await deletions.wait("bc:0")
+        deletions.stop()
+        results.append(
+            {
+                "case": "catch-up: 100,000 queued row changes applied",
+                "seconds": round(gone - start, 2),
+                "note": "from starting the capture process (its start-up included)",
+            }
+        )
+        await stop_capture(capture)
+    finally:
+        await engine.dispose()
+        await client.aclose()
+        redis_server.kill()
+        server.stop()
+    for result in results:
+        result["database"] = kind
+    return results
+
+
+async def amain(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    for kind in args.databases.split(","):
+        results.extend(await bench(kind.strip(), args.seconds))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--databases", default="postgresql,mariadb")
+    parser.add_argument("--seconds", type=float, default=4.0, help="per lag case")
+    args = parser.parse_args()
+    for result in asyncio.run(amain(args)):
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
