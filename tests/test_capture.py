@@ -41,6 +41,7 @@ class Author(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     name: Mapped[str] = mapped_column(String(100))
     books: Mapped[int] = mapped_column(default=0)
+    active: Mapped[bool] = mapped_column(default=True)
 
 
 class Book(Base):
@@ -55,6 +56,7 @@ class AuthorOut(BaseModel):
     id: int
     name: str
     books: int
+    active: bool = True
 
 
 class BookOut(BaseModel):
@@ -65,6 +67,9 @@ class BookOut(BaseModel):
 
 authors = FastRDB[Author, AuthorOut, AuthorOut, AuthorOut](
     Author, AuthorOut, pattern="author:{id}", list_pattern="authors:{page}:{limit}"
+)
+authors_by_flag = FastRDB[Author, AuthorOut, AuthorOut, AuthorOut](
+    Author, AuthorOut, pattern="author:{active}:{id}"
 )
 books = FastRDB[Book, BookOut, BookOut, BookOut](
     Book, BookOut, pattern="book:{title}", list_pattern="books:{page}:{limit}"
@@ -594,3 +599,18 @@ async def test_a_restart_resumes_at_the_confirmed_position(
         await synced(second)
         assert second.stats.transactions == 1
     assert await cached(redis_client, "author:1") == []
+
+
+async def test_a_boolean_in_a_pattern_names_the_key_readers_use(
+    sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """A BOOLEAN column (tinyint(1) on MariaDB) arrives as a bool, as SQLAlchemy reads it."""
+    await seed(sessions, redis_client, capture, count=1)
+    async with sessions() as db:
+        await authors_by_flag.get(db=db, redis=redis_client, active=True, id=1)
+    assert len(await redis_client.keys("author:*:1")) == 1
+    async with sessions() as db:
+        await db.execute(text("UPDATE cap_authors SET name = 'flagged' WHERE id = 1"))
+        await db.commit()
+    await synced(capture)
+    assert await redis_client.keys("author:*:1") == []

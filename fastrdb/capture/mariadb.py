@@ -49,6 +49,15 @@ Cascades = dict[tuple[str, str], list[tuple[str, str, list[tuple[str, str]], str
 """Per referenced table: (child schema, child table, [(child column, parent column)],
 delete rule, update rule) of each foreign key that changes children in the database."""
 
+Booleans = dict[tuple[str, str], frozenset[str]]
+"""Per table: its ``tinyint(1)`` columns, which SQLAlchemy's ``Boolean`` reads as bool."""
+
+_BOOLEANS = (
+    "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS"
+    " WHERE COLUMN_TYPE = 'tinyint(1)'"
+    " AND TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')"
+)
+
 _CASCADES = (
     "SELECT r.UNIQUE_CONSTRAINT_SCHEMA, r.REFERENCED_TABLE_NAME, k.TABLE_SCHEMA, k.TABLE_NAME,"
     " k.COLUMN_NAME, k.REFERENCED_COLUMN_NAME, r.DELETE_RULE, r.UPDATE_RULE"
@@ -99,6 +108,7 @@ class MariaDBSource:
         self._stop = threading.Event()
         self._seen: Position = ("", 0)
         self._cascades: Cascades = {}
+        self._booleans: Booleans = {}
 
     def _connect(self) -> Any:
         import pymysql
@@ -124,7 +134,17 @@ class MariaDBSource:
                             f" {name})",
                         )
                 self._cascades = _load_cascades(cursor)
+                self._booleans = _load_booleans(cursor)
                 return self._master_position(cursor)
+        finally:
+            connection.close()
+
+    def _reload_schema(self) -> None:
+        connection = self._connect()
+        try:
+            with connection.cursor() as cursor:
+                self._cascades = _load_cascades(cursor)
+                self._booleans = _load_booleans(cursor)
         finally:
             connection.close()
 
@@ -217,7 +237,8 @@ class MariaDBSource:
                 if event is None:
                     continue
                 if isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
-                    rows.extend(_with_cascades(_row_changes(event), self._cascades))
+                    changes = _row_changes(event, self._booleans)
+                    rows.extend(_with_cascades(changes, self._cascades))
                     continue
                 here = (stream.log_file, int(event.packet.log_pos))
                 if isinstance(event, XidEvent):
@@ -234,7 +255,8 @@ class MariaDBSource:
                         truncated = RowChange(schema, table, "truncate")
                         self._put(_transaction([truncated], here, event.timestamp))
                     elif query != "BEGIN" and not rows:
-                        self._put(_transaction([], here, event.timestamp))  # DDL: a safe point
+                        self._reload_schema()  # DDL: new boolean columns, foreign keys
+                        self._put(_transaction([], here, event.timestamp))  # a safe point
                 if not rows and here[1]:
                     self._seen = here
         finally:
@@ -317,6 +339,14 @@ def _transaction(rows: list[RowChange], position: Position, timestamp: int) -> T
     return Transaction(rows, float(timestamp) if timestamp else None, position)
 
 
+def _load_booleans(cursor: Any) -> Booleans:
+    cursor.execute(_BOOLEANS)
+    found: dict[tuple[str, str], set[str]] = {}
+    for schema, table, column in cursor.fetchall():
+        found.setdefault((schema, table), set()).add(column)
+    return {key: frozenset(columns) for key, columns in found.items()}
+
+
 def _load_cascades(cursor: Any) -> Cascades:
     cursor.execute(_CASCADES)
     found: dict[tuple[str, ...], tuple[str, str, list[tuple[str, str]], str, str]] = {}
@@ -379,15 +409,28 @@ def _with_cascades(changes: list[RowChange], cascades: Cascades) -> list[RowChan
     return result
 
 
-def _row_changes(event: Any) -> list[RowChange]:
+def _row_changes(event: Any, booleans: Booleans) -> list[RowChange]:
     from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent
 
     schema, table = _text(event.schema), _text(event.table)
+    flags = booleans.get((schema, table))
+
+    def typed(values: dict[str, Any]) -> dict[str, Any]:
+        if flags:
+            for column in flags & values.keys():
+                if values[column] is not None:
+                    values[column] = bool(values[column])
+        return values
+
     if isinstance(event, UpdateRowsEvent):
         return [
-            RowChange(schema, table, "update", row["before_values"], row["after_values"])
+            RowChange(
+                schema, table, "update", typed(row["before_values"]), typed(row["after_values"])
+            )
             for row in event.rows
         ]
     if isinstance(event, DeleteRowsEvent):
-        return [RowChange(schema, table, "delete", row["values"], None) for row in event.rows]
-    return [RowChange(schema, table, "insert", None, row["values"]) for row in event.rows]
+        return [
+            RowChange(schema, table, "delete", typed(row["values"]), None) for row in event.rows
+        ]
+    return [RowChange(schema, table, "insert", None, typed(row["values"])) for row in event.rows]

@@ -124,7 +124,7 @@ class Runner:
             if time.monotonic() >= next_lag:
                 next_lag = time.monotonic() + self.lag_interval
                 await self._log_lag()
-            if not batch.transactions:
+            if batch.drained:  # else more is waiting: read on at once
                 await self._sleep(self.poll_interval)
 
     def _count(self, batch: Batch) -> None:
