@@ -28,7 +28,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     task = asyncio.create_task(capture.run())  # one running capture per slot
     app.state.capture = capture
     yield
-    capture.stop()  # returns once the batch in hand is delivered (or left for the next run)
+    capture.stop()  # run() ends once the batch in hand is delivered (or left for the next run)
     await task
     await client.aclose()
 
