@@ -614,3 +614,36 @@ async def test_a_boolean_in_a_pattern_names_the_key_readers_use(
         await db.commit()
     await synced(capture)
     assert await redis_client.keys("author:*:1") == []
+
+
+@pytest.fixture(scope="module")
+def cluster_port() -> Iterator[int]:
+    """A 3-master Redis Cluster of the module's own."""
+    from tests.servers import RedisClusterServers
+
+    servers = RedisClusterServers().start()
+    yield servers.ports[0]
+    servers.stop()
+
+
+@pytest.mark.slow
+async def test_capture_delivers_to_a_redis_cluster(
+    served: Served, sessions: async_sessionmaker[Any], cluster_port: int
+) -> None:
+    """A redis+cluster:// URL: keys, leases and pages on other slots are all dropped."""
+    from fastrdb.capture.urls import redis_from_url
+
+    client = redis_from_url(f"redis+cluster://127.0.0.1:{cluster_port}")
+    try:
+        async with capturing(served, client) as running:
+            await seed(sessions, client, running)
+            async with sessions() as db:
+                await db.execute(text("UPDATE cap_authors SET name = 'c' WHERE id = 1"))
+                await db.execute(text("UPDATE cap_books SET title = 'moved' WHERE id = 2"))
+                await db.commit()
+            await synced(running)
+            assert await cached(
+                client, "author:1", "book:t2", "authors:1:10", "books:1:10", "author:2"
+            ) == ["author:2"]
+    finally:
+        await client.aclose()
