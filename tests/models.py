@@ -225,7 +225,7 @@ class GenUser(GenBase):
     name: Mapped[str] = mapped_column(String(40))
     code: Mapped[str | None] = mapped_column(String(20), nullable=True)
     cat: Mapped[str] = mapped_column(String(10))
-    color: Mapped[Color] = mapped_column(SQLEnum(Color))
+    color: Mapped[Color] = mapped_column(SQLEnum(Color, name="gen_color"))
     token: Mapped[uuid.UUID] = mapped_column(Uuid)
     amount: Mapped[Decimal] = mapped_column(Numeric(10, 2))
     flag: Mapped[bool] = mapped_column(Boolean)
