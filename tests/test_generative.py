@@ -113,10 +113,16 @@ def on(family: int) -> bool:
 _U = "gu"
 CRUDS: dict[str, FastRDB[Any, Any, Any, Any]] = {
     "id": FastRDB(
-        GenUser, GenUserOut, pattern=_U + ":id:{id}", list_pattern=_U + ":p{page}:{limit}"
+        GenUser,
+        GenUserOut,
+        pattern=_U + ":id:{id}",
+        list_pattern=_U + ":p{page}:{limit}",
     ),
     "email": FastRDB(
-        GenUser, GenUserOut, pattern=_U + ":email:{email}", list_pattern=_U + ":e{page}:{limit}"
+        GenUser,
+        GenUserOut,
+        pattern=_U + ":email:{email}",
+        list_pattern=_U + ":e{page}:{limit}",
     ),
     "code": FastRDB(GenUser, GenUserOut, pattern=_U + ":code:{code}"),  # 7
     "token": FastRDB(GenUser, GenUserOut, pattern=_U + ":token:{token}"),  # 11
@@ -140,7 +146,10 @@ CRUDS: dict[str, FastRDB[Any, Any, Any, Any]] = {
         invalidate_pattern_prefix=_U + ":col:{color}:*",
     ),
     "employee": FastRDB(
-        GenEmployee, GenEmployeeOut, pattern="ge:{id}", list_pattern="ge:p{page}:{limit}"
+        GenEmployee,
+        GenEmployeeOut,
+        pattern="ge:{id}",
+        list_pattern="ge:p{page}:{limit}",
     ),
     "manager": FastRDB(
         GenManager, GenManagerOut, pattern="gm:{id}", list_pattern="gm:p{page}:{limit}"
@@ -155,12 +164,20 @@ CRUDS: dict[str, FastRDB[Any, Any, Any, Any]] = {
     ),  # 16
 }
 
+SLOTS = st.integers(0, 3)
+"""Which long-lived session a step uses (asyncio, asyncio keeping copies, sync, and on
+PostgreSQL and MariaDB asyncio on another isolation level); FastRDB calls in the sync slot
+use a new asyncio session."""
 USER_IDS = (1, 2, 3, 4, 5)
 EMAILS = ("a@x.io", "b@x.io", "c@x.io", "d@x.io", "e@x.io")
 NAMES = ("n1", "n2", "n3")
-CODES = (None, "x", "None") if on(7) else (None, "x")
+CODES = (None, "x", "y", "None") if on(7) else (None, "x", "y")
 CATS = ("a", "b", "A", "B") if on(8) else ("a", "b")
-TOKENS = (uuid.UUID("5f1d8c2e-0c4b-4f0e-9a55-1b2c3d4e5f60"), uuid.UUID(int=7))
+TOKENS = (
+    uuid.UUID("5f1d8c2e-0c4b-4f0e-9a55-1b2c3d4e5f60"),
+    uuid.UUID(int=7),
+    uuid.UUID(int=8),
+)
 AMOUNTS = (Decimal("9.50"), Decimal("1.00"))
 MAILS = ("m1@x.io", "m2@x.io", "m3@x.io")
 
@@ -168,13 +185,13 @@ MAILS = ("m1@x.io", "m2@x.io", "m3@x.io")
 def _assigned(name: str, value: Any) -> st.SearchStrategy[Any]:
     """``value`` as it is stored, or (family 11) in a form that stores as it."""
     forms: list[Any] = [value]
+    if name == "color" and (on(8) or on(11)):
+        forms += [value.name]  # family 8: an Enum page and a value assigned by name
     if on(11):
         if name == "token":
             forms += [str(value).upper(), value.hex]
         elif name == "amount":
             forms += [value.normalize()]
-        elif name == "color":
-            forms += [value.name]
         elif name == "flag":
             forms += [int(value)]
     return st.sampled_from(forms)
@@ -195,7 +212,31 @@ def _field(name: str) -> st.SearchStrategy[Any]:
     return st.sampled_from(pools[name]).flatmap(lambda value: _assigned(name, value))
 
 
-USER_FIELDS = ("email", "name", "code", "cat", "color", "token", "amount", "flag", "mail")
+ROW_NAMES = (
+    "id",
+    "email",
+    "code",
+    "token",
+    "amount",
+    "flag",
+    "color",
+    "cat",
+    "colors",
+    "mail",
+    "seq",
+)
+"""The FastRDB instances on users, by name (their row patterns)."""
+USER_FIELDS = (
+    "email",
+    "name",
+    "code",
+    "cat",
+    "color",
+    "token",
+    "amount",
+    "flag",
+    "mail",
+)
 WRITABLE = USER_FIELDS if on(6) else tuple(f for f in USER_FIELDS if f != "mail")
 
 
@@ -337,6 +378,10 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         def __init__(self) -> None:
             super().__init__()
             self.registry: dict[str, set[Query]] = {}
+            self.seen: dict[str, bytes] = {}
+            """What the last check compared, per key."""
+            self.wrote = True
+            """A step may have written the database since the last check (reads only fill)."""
             self.handles: list[ListenHandle] = []
             self.slots: list[Slot] = []
             world.examples += 1
@@ -367,7 +412,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             for kind, maker in self.makers.items():
                 client = self.sync_redis if kind == "sync" else self.redis
                 self.handles.append(listen(maker, client))
-            for kind in ("async", "async", "async_keep", "async_keep", "sync", "async_iso"):
+            for kind in ("async", "async_keep", "sync", "async_iso"):
                 if kind in self.makers:
                     self.slots.append(Slot(kind, self.makers[kind], self.makers[kind]()))
             async with self.plain() as s:
@@ -377,13 +422,13 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                             id=i,
                             email=EMAILS[i - 1],
                             name=NAMES[0],
-                            code=CODES[i % len(CODES)],
+                            code=CODES[i - 1],
                             cat=CATS[i % 2],
                             color=Color.RED,
-                            token=TOKENS[i % 2],
+                            token=TOKENS[i - 1],
                             amount=AMOUNTS[0],
                             flag=True,
-                            mail=MAILS[i % 2],
+                            mail=MAILS[i - 1],
                         )
                     )
                 s.add_all(
@@ -432,6 +477,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         def in_slot(self, index: int, work: Callable[[Session], Any]) -> Any:
             """Run sync ORM code in slot ``index``'s session (through ``run_sync`` if async);
             a refused write is rolled back."""
+            self.wrote = True
             slot = self.slots[index % len(self.slots)]
             try:
                 if slot.is_async:
@@ -448,18 +494,23 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                 slot.session.rollback()
 
         @contextmanager
-        def crud_session(self, index: int) -> Iterator[AsyncSession]:
-            """An asyncio session for a FastRDB call: the long-lived one of an asyncio slot, or
-            (family 1 off) a new one from the same factory."""
-            slots = [s for s in self.slots if s.is_async]
-            if dialect == "mariadb" and not on(2):
-                slots = [s for s in slots if s.kind != "async"]
-            slot = slots[index % len(slots)]
-            held = on(1) and (on(2) or dialect != "mariadb" or slot.kind != "async")
-            if held or (slot.kind == "async_iso" and dialect == "postgresql" and on(9)):
+        def crud_session(self, index: int, *, write: bool = False) -> Iterator[AsyncSession]:
+            """An asyncio session for a FastRDB call: the long-lived session of the slot, or a
+            new one (the slot is the worker's sync session, or family 1 — 3 too for a write —
+            is off and the slot holds copies)."""
+            slot = self.slots[index % len(self.slots)]
+            maker = slot.maker if slot.is_async else self.makers["async"]
+            if dialect == "mariadb" and not on(2) and maker is self.makers["async"]:
+                maker = self.makers["async_keep"]
+            held = slot.is_async and on(1) and (on(3) or not write)
+            if dialect == "mariadb" and not on(2) and slot.kind == "async":
+                held = False
+            if slot.kind == "async_iso" and dialect == "postgresql" and on(9) and not write:
+                held = True  # expire_on_commit: outside a transaction it holds nothing
+            if held:
                 yield slot.session
                 return
-            session = slot.maker()
+            session = maker()
             try:
                 yield session
             finally:
@@ -473,7 +524,10 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             }
 
         def read(
-            self, index: int, query: Query, call: Callable[[AsyncSession], Awaitable[Any]]
+            self,
+            index: int,
+            query: Query,
+            call: Callable[[AsyncSession], Awaitable[Any]],
         ) -> None:
             """Run a FastRDB read, register the keys it produced, and check what it served if
             the session could not have an older view than the database."""
@@ -487,6 +541,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                 after = world.run(self._keys())
                 for key in after - before:
                     self.registry.setdefault(key, set()).add(query)
+                    self.seen.pop(key, None)  # a new query for it: compare again
             if fresh_session:
                 if isinstance(served, list):
                     served = [item.model_dump(mode="json") for item in served]
@@ -505,8 +560,9 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         def write_through(self, index: int, name: str, call: Callable[[AsyncSession], Any]) -> None:
             """Run a FastRDB create or update; register the key its write-through filled as
             the ``get`` of the written row's pattern values."""
+            self.wrote = True
             crud = CRUDS[name]
-            with self._crud_write_session(index) as db:
+            with self.crud_session(index, write=True) as db:
                 before = world.run(self._keys())
                 try:
                     out = world.run(call(db))
@@ -517,6 +573,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             query = Query(name, tuple((f, getattr(out, f)) for f in fields))
             for key in after - before:
                 self.registry.setdefault(key, set()).add(query)
+                self.seen.pop(key, None)  # a new query for it: compare again
 
         # -- the check --
 
@@ -525,13 +582,18 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             world.run(self._check())
 
         async def _check(self) -> None:
+            """Compare every registered entry with the database; after a step that only read,
+            only the entries it filled or changed (the database is as the last check saw it)."""
             keys = sorted(k for k in await self._keys() if self.registry.get(k))
-            if not keys:
-                return
-            raws = await self.redis.mget(keys)
+            raws = await self.redis.mget(keys) if keys else []
+            seen, self.seen = self.seen, {}
+            wrote, self.wrote = self.wrote, False
             async with self.plain() as session:  # one snapshot for the whole check
                 for key, raw in zip(keys, raws, strict=True):
                     if raw is None:
+                        continue
+                    self.seen[key] = raw
+                    if not wrote and seen.get(key) == raw:
                         continue
                     for query in sorted(self.registry[key], key=str):
                         cached = decode(query, raw)
@@ -544,23 +606,22 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
 
         # -- sessions: hold copies, end transactions ---------------------------------------
 
-        @rule(slot=st.integers(0, 5), uid=st.sampled_from(USER_IDS))
-        def hold_user(self, slot: int, uid: int) -> None:
-            """A session loads a user and keeps it (an app's current_user; a stale copy later)."""
-            self.in_slot(slot, lambda s: s.get(GenUser, uid))
-
-        @rule(slot=st.integers(0, 5))
-        def hold_everything(self, slot: int) -> None:
-            """A session loads every row it can reach (all copies held)."""
+        @rule(slot=SLOTS, uid=st.none() | st.sampled_from(USER_IDS))
+        def hold(self, slot: int, uid: int | None) -> None:
+            """A session loads a user and keeps it (an app's current_user; a stale copy later),
+            or every row it can reach."""
 
             def work(s: Session) -> None:
+                if uid is not None:
+                    s.get(GenUser, uid)
+                    return
                 for model in (GenUser, GenEmployee, GenAnimal, GenParent, GenBook):
                     s.execute(select(model)).scalars().all()
 
             self.in_slot(slot, work)
 
         @rule(
-            slot=st.integers(0, 5),
+            slot=SLOTS,
             how=st.sampled_from(["commit", "rollback", "close", "expire_all"]),
         )
         def end(self, slot: int, how: str) -> None:
@@ -576,41 +637,55 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
 
         # -- FastRDB reads ------------------------------------------------------------------
 
-        def _row_names(self) -> list[str]:
-            names = ["id", "email", "code", "token", "amount", "flag", "color", "cat", "colors"]
-            return names + (["mail"] if on(6) else []) + (["seq"] if on(12) else [])
+        @rule(
+            slot=SLOTS,
+            uid=st.none() | st.sampled_from(USER_IDS),
+            names=st.none() | st.lists(st.sampled_from(ROW_NAMES), min_size=1, unique=True),
+        )
+        def warm_users(self, slot: int, uid: int | None, names: list[str] | None) -> None:
+            """Read every user (or one) through every pattern (or some), with its values as
+            stored, and its pages: hot rows, so an entry a missed invalidation leaves behind is
+            there to be found; a subset publishes a partial pattern set (family 15)."""
+            with world.sync_engine.connect() as connection:
+                ids = [uid] if uid is not None else list(connection.scalars(select(GenUser.id)))
+            enabled = [n for n in (names or ROW_NAMES) if (n != "mail" or on(6))]
+            enabled = [n for n in enabled if n != "seq" or on(12)]
+            for user_id in ids:
+                user = world.run(self._fresh(Query("id", (("id", user_id),))))
+                if user == ABSENT:
+                    continue
+                for name in enabled:
+                    crud = CRUDS[name]
+                    filters = {f: _stored(f, user[f]) for f in KeyPattern(crud.pattern).fields}
+                    self.read(
+                        slot,
+                        Query(name, tuple(filters.items())),
+                        lambda db, crud=crud, filters=filters: crud.get(
+                            db=db, redis=self.redis, **filters
+                        ),
+                    )
+                pages: list[tuple[str, dict[str, Any]]] = [("cat", {"cat": user["cat"]})]
+                if on(8):
+                    pages.append(("colors", {"color": Color(user["color"])}))
+                for name, filters in pages:
+                    if names is not None and name not in names:
+                        continue
+                    crud = CRUDS[name]
+                    self.read(
+                        slot,
+                        Query(name, tuple(filters.items()), (3, 1, None, True)),
+                        lambda db, crud=crud, filters=filters: crud.get_multi(
+                            db=db, redis=self.redis, limit=3, **filters
+                        ),
+                    )
+            crud = CRUDS["id"]
+            self.read(
+                slot,
+                Query("id", (), (3, 1, None, True)),
+                lambda db: crud.get_multi(db=db, redis=self.redis, limit=3),
+            )
 
-        @rule(slot=st.integers(0, 5), uid=st.sampled_from(USER_IDS))
-        def warm_user(self, slot: int, uid: int) -> None:
-            """Read a user through every pattern, with its values as stored, and its pages (a
-            hot row: every entry a missed invalidation could leave behind is there)."""
-            user = world.run(self._fresh(Query("id", (("id", uid),))))
-            if user == ABSENT:
-                return
-            for name in self._row_names():
-                crud = CRUDS[name]
-                filters = {f: _stored(f, user[f]) for f in KeyPattern(crud.pattern).fields}
-                self.read(
-                    slot,
-                    Query(name, tuple(filters.items())),
-                    lambda db, crud=crud, filters=filters: crud.get(
-                        db=db, redis=self.redis, **filters
-                    ),
-                )
-            pages: list[tuple[str, dict[str, Any]]] = [("id", {}), ("cat", {"cat": user["cat"]})]
-            if on(8):
-                pages.append(("colors", {"color": Color(user["color"])}))
-            for name, filters in pages:
-                crud = CRUDS[name]
-                self.read(
-                    slot,
-                    Query(name, tuple(filters.items()), (3, 1, None, True)),
-                    lambda db, crud=crud, filters=filters: crud.get_multi(
-                        db=db, redis=self.redis, limit=3, **filters
-                    ),
-                )
-
-        @rule(slot=st.integers(0, 5))
+        @rule(slot=SLOTS)
         def warm_others(self, slot: int) -> None:
             """Read every row of the hierarchies, the kids and the books, and a page of each."""
             for name in ("employee", "manager", "animal", "dog", "kid", "book"):
@@ -630,9 +705,19 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                 )
 
         @rule(
-            slot=st.integers(0, 5),
+            slot=SLOTS,
             name=st.sampled_from(
-                ["id", "email", "code", "token", "amount", "flag", "color", "mail", "seq"]
+                [
+                    "id",
+                    "email",
+                    "code",
+                    "token",
+                    "amount",
+                    "flag",
+                    "color",
+                    "mail",
+                    "seq",
+                ]
             ),
             uid=st.sampled_from(USER_IDS),
             extra=st.sampled_from([None, ("name", "n1"), ("flag", True), ("cat", "a")]),
@@ -663,7 +748,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                 return sorted({r[0] for r in c.execute(select(GenUser.seq))})
 
         @rule(
-            slot=st.integers(0, 5),
+            slot=SLOTS,
             name=st.sampled_from(["id", "email", "cat", "colors"]),
             limit=st.integers(1, 3),
             page=st.integers(1, 2),
@@ -671,7 +756,13 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             data=st.data(),
         )
         def list_users(
-            self, slot: int, name: str, limit: int, page: int, order: Any, data: st.DataObject
+            self,
+            slot: int,
+            name: str,
+            limit: int,
+            page: int,
+            order: Any,
+            data: st.DataObject,
         ) -> None:
             """FastRDB get_multi, plain or narrowed by invalidate_pattern_prefix (family 8)."""
             filters: dict[str, Any] = {}
@@ -700,69 +791,41 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                 ),
             )
 
-        @rule(slot=st.integers(0, 5), flag=st.booleans())
+        @rule(slot=SLOTS, flag=st.booleans())
         def count_users(self, slot: int, flag: bool) -> None:
             """FastRDB count (with a filter)."""
             with self.crud_session(slot) as db:
                 world.run(CRUDS["id"].count(db=db, redis=self.redis, flag=flag))
 
-        @rule(
-            slot=st.integers(0, 5),
-            name=st.sampled_from(["employee", "manager", "animal", "dog", "kid", "book"]),
-            rid=st.integers(1, 4),
-            many=st.booleans(),
-        )
-        def read_other(self, slot: int, name: str, rid: int, many: bool) -> None:
-            """FastRDB get / get_multi on the hierarchies, the orphans and the books (16)."""
-            if name == "book" and not on(16):
-                return
-            crud = CRUDS[name]
-            if many:
-                query = Query(name, (), (2, 1, None, True))
-                self.read(slot, query, lambda db: crud.get_multi(db=db, redis=self.redis, limit=2))
-            else:
-                query = Query(name, (("id", rid),))
-                self.read(slot, query, lambda db: crud.get(db=db, redis=self.redis, id=rid))
-
         # -- FastRDB writes -----------------------------------------------------------------
 
-        @rule(slot=st.integers(0, 5), name=st.sampled_from(["id", "email"]), row=user_rows())
+        @rule(slot=SLOTS, name=st.sampled_from(["id", "email"]), row=user_rows())
         def crud_create(self, slot: int, name: str, row: dict[str, Any]) -> None:
             """FastRDB create (write-through)."""
             crud = CRUDS[name]
             obj_in = GenUserCreate(**canonical(row))
             self.write_through(
-                slot, name, lambda db: crud.create(db=db, redis=self.redis, obj_in=obj_in)
+                slot,
+                name,
+                lambda db: crud.create(db=db, redis=self.redis, obj_in=obj_in),
             )
 
-        @rule(slot=st.integers(0, 5), uid=st.sampled_from(USER_IDS), changes=user_changes())
+        @rule(slot=SLOTS, uid=st.sampled_from(USER_IDS), changes=user_changes())
         def crud_update(self, slot: int, uid: int, changes: dict[str, Any]) -> None:
             """FastRDB update by id (write-through; a held session if 1 and 3 are on)."""
             crud = CRUDS["id"]
             obj_in = GenUserUpdate(**canonical(changes))
             self.write_through(
-                slot, "id", lambda db: crud.update(db=db, redis=self.redis, obj_in=obj_in, id=uid)
+                slot,
+                "id",
+                lambda db: crud.update(db=db, redis=self.redis, obj_in=obj_in, id=uid),
             )
 
-        @contextmanager
-        def _crud_write_session(self, index: int) -> Iterator[AsyncSession]:
-            if on(1) and on(3):
-                with self.crud_session(index) as db:
-                    yield db
-                return
-            slots = [s for s in self.slots if s.is_async]
-            if dialect == "mariadb" and not on(2):
-                slots = [s for s in slots if s.kind != "async"]
-            session = slots[index % len(slots)].maker()
-            try:
-                yield session
-            finally:
-                world.run(session.close())
-
-        @rule(slot=st.integers(0, 5), uid=st.sampled_from(USER_IDS))
+        @rule(slot=SLOTS, uid=st.sampled_from(USER_IDS))
         def crud_delete(self, slot: int, uid: int) -> None:
             """FastRDB delete by id."""
-            with self._crud_write_session(slot) as db, suppress(NoResultFound):
+            self.wrote = True
+            with self.crud_session(slot, write=True) as db, suppress(NoResultFound):
                 world.run(CRUDS["id"].delete(db=db, redis=self.redis, id=uid))
 
         # -- plain ORM writes -------------------------------------------------------------
@@ -782,7 +845,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             return user
 
         @rule(
-            slot=st.integers(0, 5),
+            slot=SLOTS,
             uid=st.sampled_from(USER_IDS),
             how=st.sampled_from(["held", "expire", "commit_first"]),
             changes=user_changes(),
@@ -814,7 +877,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                 self._rollback(s)
 
         @rule(
-            slot=st.integers(0, 5),
+            slot=SLOTS,
             uid=st.sampled_from(USER_IDS),
             how=st.sampled_from(["held", "expire", "commit_first"]),
         )
@@ -830,7 +893,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
 
             self.in_slot(slot, work)
 
-        @rule(slot=st.integers(0, 5), row=user_rows(), merge=st.booleans())
+        @rule(slot=SLOTS, row=user_rows(), merge=st.booleans())
         def orm_insert(self, slot: int, row: dict[str, Any], merge: bool) -> None:
             """Add (or merge) a whole user and commit."""
 
@@ -849,15 +912,21 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             self._assigned(slot, work, row)
 
         @rule(
-            slot=st.integers(0, 5),
+            slot=SLOTS,
             where=st.sampled_from(["id", "cat", "email", "all"]),
-            arg=st.integers(0, 5),
+            arg=SLOTS,
             changes=user_changes(),
             sync=st.sampled_from([False, "fetch"]),
             kind=st.sampled_from(["update", "delete"]),
         )
         def bulk(
-            self, slot: int, where: str, arg: int, changes: dict[str, Any], sync: Any, kind: str
+            self,
+            slot: int,
+            where: str,
+            arg: int,
+            changes: dict[str, Any],
+            sync: Any,
+            kind: str,
         ) -> None:
             """Bulk ORM update() / delete() with a WHERE."""
             clause: Any
@@ -879,7 +948,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             self._assigned(slot, work, changes if kind == "update" else {})
 
         @precondition(lambda self: on(6))
-        @rule(slot=st.integers(0, 5), uid=st.sampled_from(USER_IDS), mail=st.sampled_from(MAILS))
+        @rule(slot=SLOTS, uid=st.sampled_from(USER_IDS), mail=st.sampled_from(MAILS))
         def core_update(self, slot: int, uid: int, mail: str) -> None:
             """Family 6: a Core update() of the table (renamed column) through the session."""
             table = GenUser.__table__
@@ -891,7 +960,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             self.in_slot(slot, work)
 
         @precondition(lambda self: on(4))
-        @rule(slot=st.integers(0, 5), row=user_rows())
+        @rule(slot=SLOTS, row=user_rows())
         def insert_values(self, slot: int, row: dict[str, Any]) -> None:
             """Family 4: insert(User).values(...)."""
 
@@ -903,7 +972,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
 
         @precondition(lambda self: on(4))
         @rule(
-            slot=st.integers(0, 5),
+            slot=SLOTS,
             rows=st.lists(user_rows(), min_size=1, max_size=2, unique_by=lambda r: r["id"]),
             fields=st.lists(
                 st.sampled_from(WRITABLE[:-1] if "mail" in WRITABLE else WRITABLE),
@@ -946,7 +1015,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             self._assigned(slot, work, rows[0])
 
         @precondition(lambda self: on(13))
-        @rule(slot=st.integers(0, 5), old=st.sampled_from(USER_IDS), new=st.sampled_from(USER_IDS))
+        @rule(slot=SLOTS, old=st.sampled_from(USER_IDS), new=st.sampled_from(USER_IDS))
         def change_primary_key(self, slot: int, old: int, new: int) -> None:
             """Family 13: a bulk UPDATE that changes the primary key."""
 
@@ -962,14 +1031,19 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             self.in_slot(slot, work)
 
         @rule(
-            slot=st.integers(0, 5),
+            slot=SLOTS,
             uid=st.sampled_from(USER_IDS),
             changes=user_changes(),
             release=st.booleans(),
             commit=st.booleans(),
         )
         def savepoint(
-            self, slot: int, uid: int, changes: dict[str, Any], release: bool, commit: bool
+            self,
+            slot: int,
+            uid: int,
+            changes: dict[str, Any],
+            release: bool,
+            commit: bool,
         ) -> None:
             """An ORM write in a savepoint, released or rolled back, then commit or rollback.
 
@@ -1001,7 +1075,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         # -- hierarchies, orphans, books ----------------------------------------------------
 
         @rule(
-            slot=st.integers(0, 5),
+            slot=SLOTS,
             rid=st.integers(1, 3),
             through=st.sampled_from(["base", "sub"]),
             name=st.sampled_from(["e1", "e2", "e3"]),
@@ -1035,7 +1109,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             self.in_slot(slot, work)
 
         @rule(
-            slot=st.integers(0, 5),
+            slot=SLOTS,
             rid=st.integers(1, 2),
             through=st.sampled_from(["base", "sub"]),
             name=st.sampled_from(["a1", "a2", "a3"]),
@@ -1067,7 +1141,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             self.in_slot(slot, work)
 
         @precondition(lambda self: on(10))
-        @rule(slot=st.integers(0, 5), pid=st.integers(1, 2))
+        @rule(slot=SLOTS, pid=st.integers(1, 2))
         def remove_orphan(self, slot: int, pid: int) -> None:
             """Family 10: parent.kids.remove(kid) deletes the kid (delete-orphan, no backref)."""
 
@@ -1080,9 +1154,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
 
             self.in_slot(slot, work)
 
-        @rule(
-            slot=st.integers(0, 5), kid=st.integers(1, 3), label=st.sampled_from(["k1", "k2", "k9"])
-        )
+        @rule(slot=SLOTS, kid=st.integers(1, 3), label=st.sampled_from(["k1", "k2", "k9"]))
         def write_kid(self, slot: int, kid: int, label: str) -> None:
             """Rename a kid through the ORM."""
 
@@ -1097,7 +1169,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             self.in_slot(slot, work)
 
         @rule(
-            slot=st.integers(0, 5),
+            slot=SLOTS,
             aid=st.integers(1, 2),
             name=st.sampled_from(["au1", "au2", "au3"]),
             bulk=st.booleans(),
@@ -1122,7 +1194,10 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         # -- the listener and Redis themselves -----------------------------------------------
 
         @precondition(lambda self: on(14))
-        @rule(kind=st.sampled_from(["async", "async_keep", "sync"]), remove_first=st.booleans())
+        @rule(
+            kind=st.sampled_from(["async", "async_keep", "sync"]),
+            remove_first=st.booleans(),
+        )
         def listen_again(self, kind: str, remove_first: bool) -> None:
             """Family 14: listen() again on a factory whose sessions are open (or remove()
             then listen()): sessions made before keep invalidating."""
