@@ -429,6 +429,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                             amount=AMOUNTS[0],
                             flag=True,
                             mail=MAILS[i - 1],
+                            seq=i,  # distinct: a pattern names one row
                         )
                     )
                 s.add_all(
