@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 from pydantic import AliasPath, BaseModel, ConfigDict, Field
-from sqlalchemy import ForeignKey, Integer, String, func, insert, inspect, select, update
+from sqlalchemy import Engine, ForeignKey, Integer, String, func, insert, inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import (
@@ -22,6 +22,7 @@ from sqlalchemy.orm import (
     mapped_column,
     relationship,
     selectinload,
+    sessionmaker,
 )
 
 from fastrdb import FastRDB, FastRDBError, Settings
@@ -136,6 +137,54 @@ async def test_every_change_of_an_embedded_table_drops_the_entries(
         expected = BookOut.model_validate(fresh)
         assert await books.get(db=db, redis=redis_client, id=1) == expected
         assert await books.get_multi(db=db, redis=redis_client) == [expected]
+
+
+async def test_a_worker_rename_drops_the_books_that_embed_it(
+    maker: async_sessionmaker[AsyncSession],
+    redis_client: Redis,
+    sync_engine: Engine,
+    sync_redis: redis.Redis,
+) -> None:
+    """The same through a background worker: a listened sync Session with the blocking client."""
+    await seed(maker)
+    async with maker() as db:
+        await cache_both(db, redis_client)
+    worker = sessionmaker(sync_engine)
+    handle = listen(worker, sync_redis)
+    with worker() as session:
+        author = session.get(Author, 1)
+        assert author is not None
+        author.name = "New"
+        session.commit()
+    handle.remove()
+    assert await redis_client.exists("book:1", "books:1:10") == 0
+
+
+async def test_refresh_mode_refills_a_book_with_its_author(
+    engine: AsyncEngine, maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """With on_write="refresh", a retitled book's key is filled again after the commit, its
+    author loaded in the refresh's own read (no lazy load in the background task)."""
+    await seed(maker)
+    refreshing = async_sessionmaker(engine)
+    handle = listen(refreshing, redis_client, on_write="refresh")
+    try:
+        async with refreshing() as session:
+            book = await session.get(Book, 1)
+            assert book is not None
+            book.title = "Dune Messiah"
+            await session.commit()
+        await handle.refreshed()
+    finally:
+        handle.remove()
+    raw = await redis_client.get("book:1")
+    assert raw is not None
+    cached = BookOut.model_validate_json(raw)
+    assert (cached.title, cached.author.name, [t.label for t in cached.tags]) == (
+        "Dune Messiah",
+        "Old",
+        ["sf"],
+    )
 
 
 @pytest.mark.parametrize("kind", ["row", "page"])
