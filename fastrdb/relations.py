@@ -116,6 +116,12 @@ def _relationship(
             f"is filled from the relationship {mapper.class_.__name__}.{prop.key}: give it a "
             "pydantic model type (or a list of one) so FastRDB can trace what it embeds",
         )
+    if prop.lazy in ("dynamic", "write_only"):
+        raise FastRDBError(
+            where,
+            f"is filled from {mapper.class_.__name__}.{prop.key}, a {prop.lazy} relationship, "
+            "which cannot be loaded with the row",
+        )
     target = prop.mapper
     parent_tables = {m.local_table for m in mapper.iterate_to_root()}
     tables.update(dict.fromkeys(_tables_in(m.local_table for m in target.iterate_to_root())))

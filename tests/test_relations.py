@@ -17,6 +17,7 @@ from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
+    WriteOnlyMapped,
     column_property,
     configure_mappers,
     mapped_column,
@@ -453,6 +454,16 @@ class Box(OtherBase):
     shelf: Mapped[Shelf] = relationship(back_populates="boxes")
 
 
+class Crate(OtherBase):
+    __tablename__ = "crates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shelf_id: Mapped[int] = mapped_column(ForeignKey("shelves.id"))
+    boxes: WriteOnlyMapped[Box] = relationship(
+        primaryjoin="Crate.shelf_id == foreign(Box.shelf_id)", viewonly=True
+    )
+
+
 Shelf.box_count = column_property(
     select(func.count(Box.id)).where(Box.shelf_id == Shelf.id).scalar_subquery()
 )
@@ -504,6 +515,12 @@ class BoxOnAliasedShelf(BaseModel):
     where: ShelfWithShout = Field(validation_alias="shelf")
 
 
+class CrateOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    boxes: list[BoxOut]
+
+
 class ShelfWithCount(ShelfOut):
     box_count: int
 
@@ -517,8 +534,17 @@ class ShelfWithCount(ShelfOut):
         (Shelf, ShelfWithPath, "first"),
         (Box, BoxInShelf, "shelf.boxes"),
         (Box, BoxOnAliasedShelf, "where.shout"),
+        (Crate, CrateOut, "boxes"),
     ],
-    ids=["property", "hybrid", "relationship as ints", "alias path", "recursion", "nested"],
+    ids=[
+        "property",
+        "hybrid",
+        "relationship as ints",
+        "alias path",
+        "recursion",
+        "nested",
+        "write-only relationship",
+    ],
 )
 def test_an_untraceable_field_is_refused_at_construction(
     model: type, schema: type[BaseModel], field: str
