@@ -698,6 +698,17 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         obj: ModelT = (await db.execute(query, params)).scalar_one()
         return obj
 
+    async def _embeds_current(self, db: AsyncSession) -> bool:
+        """Whether what the writer's read-back embeds is as new as its lease. Always for a
+        schema that embeds nothing (the writer's own row is under its lock) and on SQLite (one
+        writer: nothing commits while a transaction holds writes); elsewhere only when each
+        statement reads the latest commit, since a REPEATABLE READ snapshot may predate the
+        lease, and a rename committed before it would be embedded in its old form."""
+        if not self._embedding.options:
+            return True
+        connection = await db.connection()
+        return connection.dialect.name == "sqlite" or await _statement_fresh(connection)
+
     async def _commit_and_cache(self, db: AsyncSession, redis: AsyncRedis, obj: Any) -> ResponseT:
         """Commit the session and write the row through to its key.
 
@@ -731,6 +742,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
                 else:
                     token = ""
             response, stored_key = await self._read_back(db, obj)
+            current = await self._embeds_current(db)
             await db.commit()
         except BaseException:
             with contextlib.suppress(Exception):  # the commit's own exception is the one to raise
@@ -740,7 +752,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
             raise
         filled = False
         try:
-            if key is not None and token and stored_key == key:
+            if key is not None and token and stored_key == key and current:
                 payload = response.model_dump_json()
                 filled = await store.fill(redis, health, key, token, payload, self.exp)
         finally:
