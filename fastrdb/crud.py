@@ -694,7 +694,10 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         kwargs = self._convert(kwargs)
         self._require(self._row, kwargs)
         clauses, params = self._where(kwargs)
+        # The row as the database holds it under the write lock, not a copy the session
+        # held already (its pattern values may be out of date).
         query = select(self.model).where(*clauses).with_for_update()
+        query = query.execution_options(populate_existing=True)
         obj: ModelT = (await db.execute(query, params)).scalar_one()
         return obj
 

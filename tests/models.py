@@ -398,4 +398,6 @@ class GenBookOut(BaseModel):
     author: GenAuthorOut
 
 
-ALL_METADATA = (DataclassBase.metadata, PlainBase.metadata, GenBase.metadata)
+from tests.models_writes import WritesBase  # noqa: E402
+
+ALL_METADATA = (DataclassBase.metadata, PlainBase.metadata, GenBase.metadata, WritesBase.metadata)

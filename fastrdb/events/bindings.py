@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Mapper, Session
 
 from fastrdb.cache.health import ClientHealth, health_of
 from fastrdb.cache.store import Caller
@@ -159,6 +159,10 @@ def install_hooks() -> None:
     event.listen(Session, "after_flush", collector.after_flush)
     event.listen(Session, "do_orm_execute", collector.do_orm_execute)
     event.listen(Session, "before_commit", invalidator.before_commit)
+    event.listen(Mapper, "before_update", collector.before_update)
+    event.listen(Mapper, "before_delete", collector.before_delete)
+    event.listen(Mapper, "after_insert", collector.after_write)
+    event.listen(Mapper, "after_update", collector.after_write)
     event.listen(Session, "after_commit", invalidator.after_commit)
     event.listen(Session, "after_transaction_end", invalidator.after_transaction_end)
     _installed = True

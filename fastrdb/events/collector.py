@@ -1,23 +1,24 @@
-"""Session hooks that record what each flush and bulk statement changes (nothing is sent here).
+"""Hooks that record what each flush and DML statement changes, from what the DATABASE holds
+(nothing is sent here; the invalidator acts on it at commit).
 
-- ``after_flush``: inserted, updated and deleted instances, with the OLD values of changed
-  attributes (still visible in attribute history at this point) and the NEW values.
-- ``before_flush``: loads the values of instances about to be deleted whose attributes are
-  expired, since after the flush their rows are gone.
-- ``do_orm_execute``: bulk ``update()`` / ``delete()``: the matching rows are selected with the
-  statement's WHERE in the same transaction before it runs, and read again by primary key
-  after it, since its SET may hold SQL expressions. Bulk ``insert()`` records its parameters.
+The session's state is not evidence: attributes may be expired, a copy out of date, and the
+unit of work writes rows that are in none of ``session.new/dirty/deleted`` (delete-orphan,
+cascades). So, per row the flush writes:
 
-Values land in ``session.info`` as :class:`Changes`; the invalidator acts on them at commit.
+- pre-image (UPDATE, DELETE): the row as the database holds it, read under the write lock
+  (``SELECT … FOR UPDATE`` by primary key): in one SELECT per hierarchy in ``before_flush``
+  for the modified and deleted instances, and in ``before_update``/``before_delete`` (mapper
+  events, which fire for every row the flush writes) for any row not read yet;
+- post-image (INSERT, UPDATE): read back by primary key in ``after_flush``, one SELECT per
+  hierarchy, so server defaults, ``onupdate`` columns and SQL expressions are seen as stored.
+
+DML statements run through the session are handled in :mod:`fastrdb.events.statements`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Table, and_, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import (
     InstanceState,
@@ -26,78 +27,41 @@ from sqlalchemy.orm import (
     Session,
     UOWTransaction,
     attributes,
+    object_session,
 )
 from sqlalchemy.sql.dml import Delete, Insert, Update
 
 from fastrdb.events.bindings import CHANGES_KEY, binding_of
 from fastrdb.events.changes import Changes
+from fastrdb.events.images import Row, read_by_identity
+from fastrdb.events.shapes import Shape, mapper_shape, table_name, table_shape
+from fastrdb.events.statements import Statement, param_sets, statement_table
 
-__all__ = ["after_flush", "before_flush", "changes_of", "do_orm_execute"]
+__all__ = [
+    "after_flush",
+    "after_write",
+    "before_flush",
+    "before_delete",
+    "before_update",
+    "changes_of",
+    "do_orm_execute",
+    "table_name",
+]
 
-_PRELOADED_KEY = "fastrdb.preloaded"
+_FLUSH_KEY = "fastrdb.flush"
 
-
-@dataclass(frozen=True, slots=True)
-class Shape:
-    """What the collector needs of a mapped class or table, computed once."""
-
-    tables: tuple[str, ...]
-    columns: tuple[tuple[str, Column[Any]], ...]
-    """(attribute key, table column) for every plain column attribute."""
-    primary_key: tuple[str, ...]
-    """Attribute keys of the primary key columns."""
-
-    def select_values(self) -> Any:
-        return select(*(column.label(key) for key, column in self.columns))
-
-    def identity(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(values[key] for key in self.primary_key)
-
-    def by_primary_key(self, identities: Sequence[Sequence[Any]]) -> ColumnElement[bool]:
-        columns = dict(self.columns)
-        pk = [columns[key] for key in self.primary_key]
-        if len(pk) == 1:
-            return pk[0].in_([identity[0] for identity in identities])
-        return or_(
-            *(
-                and_(*(column == value for column, value in zip(pk, identity, strict=True)))
-                for identity in identities
-            )
-        )
+Identity = tuple[Any, ...]
 
 
-_shapes: dict[Any, Shape] = {}
+class _Flush:
+    """Images gathered during one flush, per hierarchy shape and identity."""
 
+    __slots__ = ("connection", "before", "after")
 
-def mapper_shape(mapper: Mapper[Any]) -> Shape:
-    """The shape of a mapped class (its own and its parents' tables)."""
-    shape = _shapes.get(mapper)
-    if shape is None:
-        tables = tuple(dict.fromkeys(table_name(m.local_table) for m in mapper.iterate_to_root()))
-        columns = tuple(
-            (prop.key, prop.columns[0])
-            for prop in mapper.column_attrs
-            if isinstance(prop.columns[0], Column)
-        )
-        pk = tuple(mapper.get_property_by_column(column).key for column in mapper.primary_key)
-        shape = _shapes[mapper] = Shape(tables, columns, pk)
-    return shape
-
-
-def table_shape(table: Table) -> Shape:
-    """The shape of a table reached without a mapper (Core statements through a Session)."""
-    shape = _shapes.get(table)
-    if shape is None:
-        shape = _shapes[table] = Shape(
-            (table_name(table),),
-            tuple((column.key, column) for column in table.columns),
-            tuple(column.key for column in table.primary_key.columns),
-        )
-    return shape
-
-
-def table_name(table: Any) -> str:
-    return str(getattr(table, "fullname", None) or table.name)
+    def __init__(self) -> None:
+        self.connection: Connection | None = None
+        self.before: dict[Shape, dict[Identity, Row]] = {}
+        self.after: dict[Shape, dict[Identity, type]] = {}
 
 
 def changes_of(session: Session) -> Changes:
@@ -108,72 +72,108 @@ def changes_of(session: Session) -> Changes:
     return changes
 
 
-def _identity(state: InstanceState[Any], mapper: Mapper[Any]) -> tuple[Any, ...]:
+def _flush_of(session: Session) -> _Flush:
+    flush: _Flush | None = session.info.get(_FLUSH_KEY)
+    if flush is None:
+        flush = session.info[_FLUSH_KEY] = _Flush()
+    return flush
+
+
+def _identity(state: InstanceState[Any]) -> Identity:
+    """The row's primary key as the database holds it (before this flush changes it)."""
     if state.key is not None:
         return tuple(state.key[1])
-    return tuple(mapper.primary_key_from_instance(state.obj()))
+    return tuple(state.mapper.primary_key_from_instance(state.obj()))
 
 
-def _load(connection: Connection, shape: Shape, identity: Sequence[Any]) -> dict[str, Any]:
-    row = connection.execute(shape.select_values().where(shape.by_primary_key([identity]))).first()
-    return dict(row._mapping) if row is not None else {}
+def _written(session: Session, state: InstanceState[Any]) -> bool:
+    return session.is_modified(state.obj(), include_collections=False)
 
 
 def before_flush(session: Session, flush_context: UOWTransaction, instances: object) -> None:
-    if binding_of(session) is None or not session.deleted:
+    """Lock and read, in one SELECT per hierarchy, the rows this flush will update or delete."""
+    if binding_of(session) is None:
         return
-    preloaded: dict[InstanceState[Any], dict[str, Any]] = {}
+    flush = _flush_of(session)
+    wanted: dict[Shape, list[Identity]] = {}
     for obj in session.deleted:
         state = attributes.instance_state(obj)
-        shape = mapper_shape(state.mapper)
-        if any(key not in state.dict for key, _ in shape.columns):
-            preloaded[state] = _load(session.connection(), shape, _identity(state, state.mapper))
-    if preloaded:
-        session.info[_PRELOADED_KEY] = preloaded
+        if state.key is not None:
+            wanted.setdefault(mapper_shape(state.mapper), []).append(_identity(state))
+    for obj in session.dirty:
+        state = attributes.instance_state(obj)
+        if state.key is not None and _written(session, state):
+            wanted.setdefault(mapper_shape(state.mapper), []).append(_identity(state))
+    if not wanted:
+        return
+    connection = session.connection()
+    for shape, identities in wanted.items():
+        flush.before.setdefault(shape, {}).update(
+            read_by_identity(connection, shape, identities, lock=True)
+        )
+
+
+def before_update(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
+    """Read the row's pre-image if ``before_flush`` did not (rows modified during the flush)."""
+    session = object_session(target)
+    if (
+        session is not None
+        and binding_of(session) is not None
+        and _written(session, attributes.instance_state(target))
+    ):
+        _read_before(session, mapper, connection, target)
+
+
+def before_delete(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
+    """Read the row's pre-image if ``before_flush`` did not (orphans, cascades)."""
+    session = object_session(target)
+    if session is not None:
+        _read_before(session, mapper, connection, target)
+
+
+def _read_before(session: Session, mapper: Mapper[Any], connection: Connection, target: Any) -> None:
+    state = attributes.instance_state(target)
+    if state.key is None or binding_of(session) is None:
+        return
+    known = _flush_of(session).before.setdefault(mapper_shape(mapper), {})
+    identity = _identity(state)
+    if identity not in known:
+        known.update(read_by_identity(connection, mapper_shape(mapper), [identity], lock=True))
+
+
+def after_write(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
+    """``after_insert``/``after_update``: remember the row, read back after the flush."""
+    session = object_session(target)
+    if session is None or binding_of(session) is None:
+        return
+    state = attributes.instance_state(target)
+    if state.key is not None and not _written(session, state):
+        return
+    flush = _flush_of(session)
+    flush.connection = connection
+    identity = tuple(mapper.primary_key_from_instance(target))
+    flush.after.setdefault(mapper_shape(mapper), {})[identity] = state.class_
 
 
 def after_flush(session: Session, flush_context: UOWTransaction) -> None:
-    preloaded: dict[InstanceState[Any], dict[str, Any]] = session.info.pop(_PRELOADED_KEY, {})
+    flush: _Flush | None = session.info.pop(_FLUSH_KEY, None)
     binding = binding_of(session)
-    if binding is None:
+    if binding is None or flush is None:
         return
     changes = changes_of(session)
-    refresh = binding.refresh
-    for obj in session.new:
-        _record_state(session, changes, attributes.instance_state(obj), preloaded, refresh)
-    for obj in session.dirty:
-        state = attributes.instance_state(obj)
-        if state.committed_state:
-            _record_state(session, changes, state, preloaded, refresh)
-    for obj in session.deleted:
-        _record_state(session, changes, attributes.instance_state(obj), preloaded, False)
-
-
-def _record_state(
-    session: Session,
-    changes: Changes,
-    state: InstanceState[Any],
-    preloaded: Mapping[InstanceState[Any], Mapping[str, Any]],
-    refresh: bool,
-) -> None:
-    shape = mapper_shape(state.mapper)
-    current: dict[str, Any] = dict(preloaded.get(state, {}))
-    for key, _ in shape.columns:
-        if key in state.dict:
-            current[key] = state.dict[key]
-    if len(current) < len(shape.columns):
-        current = {**_load(session.connection(), shape, _identity(state, state.mapper)), **current}
-    previous = dict(current)
-    for key in state.committed_state:
-        if key in current:
-            deleted = state.attrs[key].history.deleted
-            if deleted:
-                previous[key] = deleted[0]
-    changes.add(shape.tables, current)
-    if previous != current:
-        changes.add(shape.tables, previous)
-    if refresh:
-        changes.note_written(state.class_, shape.identity(current), current)
+    for shape, rows in flush.before.items():
+        for row in rows.values():
+            changes.add(shape.tables, row)
+    if not flush.after:
+        return
+    connection = flush.connection or session.connection()
+    for shape, written in flush.after.items():
+        rows = read_by_identity(connection, shape, written, lock=False)
+        for identity, row in rows.items():
+            if row != flush.before.get(shape, {}).get(identity):
+                changes.add(shape.tables, row)
+            if binding.refresh and identity in written:
+                changes.note_written(written[identity], identity, row)
 
 
 def do_orm_execute(execute_state: ORMExecuteState) -> Any:
@@ -187,70 +187,19 @@ def do_orm_execute(execute_state: ORMExecuteState) -> Any:
     if not isinstance(statement, Update | Delete | Insert):
         return None
     mapper = execute_state.bind_mapper
-    shape = mapper_shape(mapper) if mapper is not None else table_shape(_table_of(statement))
+    shape = mapper_shape(mapper) if mapper is not None else table_shape(statement_table(statement))
     changes = changes_of(session)
-    params = execute_state.parameters
-    param_sets: list[Mapping[str, Any]]
-    if isinstance(params, Mapping):
-        param_sets = [params] if params else []
-    else:
-        param_sets = list(params or ())
-    if isinstance(statement, Insert):
-        changes.touch(shape.tables)
-        for values in param_sets:
-            changes.add(shape.tables, values)
-        return None
-
+    dml = Statement(shape, statement, param_sets(execute_state.parameters))
     connection = session.connection()
-    before = _rows_matching(connection, shape, statement, param_sets)
+    dml.read_before(connection)
     result = execute_state.invoke_statement()
     changes.touch(shape.tables)
-    for row in before:
+    for row in dml.before:
         changes.add(shape.tables, row)
-    if isinstance(statement, Update) and before:
-        identities = [shape.identity(row) for row in before]
-        after = connection.execute(shape.select_values().where(shape.by_primary_key(identities)))
-        for new in after:
-            values = dict(new._mapping)
-            changes.add(shape.tables, values)
-            if binding.refresh and mapper is not None:
-                changes.note_written(mapper.class_, shape.identity(values), values)
+    for values in dml.hints():
+        changes.add(shape.tables, values)
+    for row in dml.read_after(connection, result):
+        changes.add(shape.tables, row)
+        if binding.refresh and mapper is not None:
+            changes.note_written(mapper.class_, shape.identity(row), row)
     return result
-
-
-def _table_of(statement: Update | Delete | Insert) -> Table:
-    table = statement.table
-    if not isinstance(table, Table):
-        raise TypeError(f"FastRDB cannot tell which table {statement} changes")
-    return table
-
-
-def _rows_matching(
-    connection: Connection,
-    shape: Shape,
-    statement: Update | Delete,
-    param_sets: Iterable[Mapping[str, Any]],
-) -> list[dict[str, Any]]:
-    """The rows ``statement`` is about to change, with every column's current value."""
-    where = statement.whereclause
-    param_sets = list(param_sets)
-    by_primary_key = (
-        isinstance(statement, Update)
-        and where is None
-        and param_sets
-        and all(all(key in values for key in shape.primary_key) for values in param_sets)
-    )
-    if by_primary_key:
-        # ORM bulk UPDATE by primary key: one parameter set per row.
-        identities = [shape.identity(values) for values in param_sets]
-        query = shape.select_values().where(shape.by_primary_key(identities))
-        return [dict(row._mapping) for row in connection.execute(query.with_for_update())]
-    query = shape.select_values().select_from(statement.table)
-    if where is not None:
-        query = query.where(where)
-    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for values in param_sets or [{}]:
-        for row in connection.execute(query.with_for_update(), dict(values)):
-            mapping = dict(row._mapping)
-            rows[shape.identity(mapping)] = mapping
-    return list(rows.values())

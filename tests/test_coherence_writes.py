@@ -1,0 +1,387 @@
+"""Which keys a commit drops comes from the database's pre- and post-images, not from the
+writer's session state (issue 11, the write side), on every test database."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import redis.asyncio
+from pydantic import BaseModel
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import NoResultFound
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
+
+from fastrdb import FastRDB
+from fastrdb.events import listen
+from tests.conftest import Database
+from tests.models import User, UserCreate, UserResponse, UserUpdate, Verse
+from tests.models_writes import (
+    Acct,
+    AcctOut,
+    Employee,
+    EmployeeOut,
+    Engineer,
+    Kid,
+    KidOut,
+    Manager,
+    ManagerOut,
+    Parent,
+    Priced,
+    PricedOut,
+    Stamped,
+    StampedOut,
+)
+from tests.test_crud import add_user, users, verses
+
+Redis = redis.asyncio.Redis
+Maker = async_sessionmaker[AsyncSession]
+
+users_by_id = FastRDB[User, UserCreate, UserUpdate, UserResponse](
+    User, UserResponse, pattern="user:id:{id}"
+)
+employees = FastRDB[Employee, BaseModel, BaseModel, EmployeeOut](
+    Employee, EmployeeOut, pattern="employee:{id}"
+)
+managers = FastRDB[Manager, BaseModel, BaseModel, ManagerOut](
+    Manager, ManagerOut, pattern="manager:{id}"
+)
+managers_by_dept = FastRDB[Manager, BaseModel, BaseModel, ManagerOut](
+    Manager, ManagerOut, pattern="manager:dept:{dept}"
+)
+accts = FastRDB[Acct, BaseModel, BaseModel, AcctOut](Acct, AcctOut, pattern="acct:{email_addr}")
+kids = FastRDB[Kid, BaseModel, BaseModel, KidOut](Kid, KidOut, pattern="kid:{id}")
+stamps_by_rev = FastRDB[Stamped, BaseModel, BaseModel, StampedOut](
+    Stamped, StampedOut, pattern="stamped:rev:{rev}"
+)
+stamps_by_seq = FastRDB[Stamped, BaseModel, BaseModel, StampedOut](
+    Stamped, StampedOut, pattern="stamped:seq:{seq}"
+)
+priced = FastRDB[Priced, BaseModel, BaseModel, PricedOut](
+    Priced,
+    PricedOut,
+    pattern="priced:{id}",
+    list_pattern="priced:price:{price}:page:{page}:limit:{limit}",
+    invalidate_pattern_prefix="priced:price:{price}:*",
+)
+
+
+async def read(crud: FastRDB[Any, Any, Any, Any], maker: Maker, redis: Redis, **kw: Any) -> Any:
+    """A get in a session of its own (cached after it when it missed)."""
+    async with maker() as db:
+        return await crud.get(db=db, redis=redis, **kw)
+
+
+async def cached(crud: FastRDB[Any, Any, Any, Any], maker: Maker, redis: Redis, **kw: Any) -> Any:
+    value = await read(crud, maker, redis, **kw)
+    assert await read(crud, maker, redis, **kw) == value
+    return value
+
+
+async def add(maker: Maker, *rows: Any) -> None:
+    async with maker() as session:
+        session.add_all(rows)
+        await session.commit()
+
+
+# -- family 3: expired attributes, out-of-date copies --
+
+
+async def test_pattern_field_set_on_an_expired_instance(
+    maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """An email set on an instance expired by a commit drops the OLD email's key."""
+    async with maker() as db:
+        await add_user(db, redis_client, "a@x.io", "Ann")
+    await cached(users, maker, redis_client, email="a@x.io")
+    async with writer() as session:
+        user = (await session.execute(select(User).where(User.email == "a@x.io"))).scalar_one()
+        await session.commit()  # expires every attribute: no old email in history
+        user.email = "b@x.io"
+        await session.commit()
+    with pytest.raises(NoResultFound):
+        await read(users, maker, redis_client, email="a@x.io")
+
+
+async def test_pattern_field_set_after_expire_in_a_sync_worker(
+    maker: Maker, redis_client: Redis, sync_maker: sessionmaker[Session], sync_redis: Any
+) -> None:
+    """A worker's session.expire(obj) then a pattern field change drops the old key."""
+    async with maker() as db:
+        await add_user(db, redis_client, "a@x.io", "Ann")
+    await cached(users, maker, redis_client, email="a@x.io")
+    handle = listen(sync_maker, sync_redis)
+    try:
+        with sync_maker() as session:
+            user = session.execute(select(User)).scalar_one()
+            session.expire(user)
+            user.email = "b@x.io"
+            session.commit()
+    finally:
+        handle.remove()
+    with pytest.raises(NoResultFound):
+        await read(users, maker, redis_client, email="a@x.io")
+
+
+async def _change_email_elsewhere(writer: Maker, user_id: int, email: str) -> None:
+    async with writer() as other:
+        (await other.get_one(User, user_id)).email = email
+        await other.commit()
+
+
+async def test_out_of_date_copy_updates_another_field(
+    maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """A copy loaded before another session changed the email still drops the NEW email's key
+    when it updates the name."""
+    async with maker() as db:
+        user_id = (await add_user(db, redis_client, "a@x.io", "Ann")).id
+    async with writer() as session:
+        user = await session.get_one(User, user_id)  # email a@x.io, held
+        await _change_email_elsewhere(writer, user_id, "b@x.io")
+        await cached(users, maker, redis_client, email="b@x.io")
+        user.name = "Renamed"
+        await session.commit()
+    assert (await read(users, maker, redis_client, email="b@x.io")).name == "Renamed"
+
+
+async def test_out_of_date_copy_deletes_the_row(
+    maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """Deleting through an out-of-date copy drops the key of the row as the database held it."""
+    async with maker() as db:
+        user_id = (await add_user(db, redis_client, "a@x.io", "Ann")).id
+    async with writer() as session:
+        user = await session.get_one(User, user_id)
+        await _change_email_elsewhere(writer, user_id, "b@x.io")
+        await cached(users, maker, redis_client, email="b@x.io")
+        await session.delete(user)
+        await session.commit()
+    with pytest.raises(NoResultFound):
+        await read(users, maker, redis_client, email="b@x.io")
+
+
+async def test_fastrdb_update_in_a_session_holding_an_out_of_date_copy(
+    maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """FastRDB's own update() refreshes the copy it writes: the key it fills and the keys it
+    drops are the row's as the database holds it."""
+    async with maker() as db:
+        user_id = (await add_user(db, redis_client, "a@x.io", "Ann")).id
+    async with maker() as db:
+        held = await db.get_one(User, user_id)  # the session now holds a copy
+        assert held.email == "a@x.io"
+        await _change_email_elsewhere(writer, user_id, "b@x.io")
+        await cached(users, maker, redis_client, email="b@x.io")
+        response = await users.update(
+            db=db, redis=redis_client, obj_in=UserUpdate(name="New"), email="b@x.io"
+        )
+        assert response.email == "b@x.io" and response.name == "New"
+        raw = await redis_client.get("user:email:b@x.io")
+        assert raw is None or UserResponse.model_validate_json(raw).name == "New"
+    assert (await read(users, maker, redis_client, email="b@x.io")).name == "New"
+
+
+# -- family 4: inserts and upserts --
+
+
+def _upsert(database: Database, values: dict[str, Any]) -> Any:
+    """The dialect's INSERT … ON CONFLICT / ON DUPLICATE KEY that sets the inserted name."""
+    if database.name in ("postgresql", "sqlite"):
+        if database.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        statement = dialect_insert(User).values(**values) if values else dialect_insert(User)
+        return statement.on_conflict_do_update(
+            index_elements=["email"], set_={"name": statement.excluded.name}
+        )
+    from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+    statement = mysql_insert(User).values(**values) if values else mysql_insert(User)
+    return statement.on_duplicate_key_update(name=statement.inserted.name)
+
+
+async def test_upsert_with_values_drops_the_existing_rows_keys(
+    database: Database, maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """An upsert hitting an existing row drops its keys by every pattern (email and id)."""
+    async with maker() as db:
+        user_id = (await add_user(db, redis_client, "a@x.io", "Ann")).id
+    await cached(users, maker, redis_client, email="a@x.io")
+    await cached(users_by_id, maker, redis_client, id=user_id)
+    async with writer() as session:
+        await session.execute(_upsert(database, {"email": "a@x.io", "name": "Upserted"}))
+        await session.commit()
+    assert (await read(users, maker, redis_client, email="a@x.io")).name == "Upserted"
+    assert (await read(users_by_id, maker, redis_client, id=user_id)).name == "Upserted"
+
+
+async def test_upsert_with_a_parameter_list(
+    database: Database, maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """An upsert run with a list of parameter sets drops every existing row's keys."""
+    async with maker() as db:
+        first = (await add_user(db, redis_client, "a@x.io", "Ann")).id
+        second = (await add_user(db, redis_client, "b@x.io", "Bob")).id
+    for user_id in (first, second):
+        await cached(users_by_id, maker, redis_client, id=user_id)
+    async with writer() as session:
+        await session.execute(
+            _upsert(database, {}),
+            [{"email": "a@x.io", "name": "X"}, {"email": "b@x.io", "name": "Y"}],
+        )
+        await session.commit()
+    assert (await read(users_by_id, maker, redis_client, id=first)).name == "X"
+    assert (await read(users_by_id, maker, redis_client, id=second)).name == "Y"
+
+
+async def test_insert_values_into_a_narrowed_page(
+    maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """insert(Model).values(...) drops the narrowed pages the new row enters."""
+    await add(maker, Verse(chapter_id=3, verse_id=1, text="one"))
+    async with maker() as db:
+        assert len(await verses.get_multi(db=db, redis=redis_client, chapter_id=3)) == 1
+    async with writer() as session:
+        await session.execute(insert(Verse).values(chapter_id=3, verse_id=2, text="two"))
+        await session.commit()
+    async with maker() as db:
+        assert len(await verses.get_multi(db=db, redis=redis_client, chapter_id=3)) == 2
+
+
+# -- family 5: inheritance --
+
+
+async def test_update_through_the_base_drops_the_subclass_key(
+    maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """update(Employee) on a row that is a Manager drops FastRDB(Manager)'s keys, including
+    a pattern on a subclass column; no cartesian-product warning (warnings are errors)."""
+    await add(maker, Manager(id=1, name="Mia", dept="ops"))
+    await cached(managers, maker, redis_client, id=1)
+    await cached(managers_by_dept, maker, redis_client, dept="ops")
+    async with writer() as session:
+        await session.execute(update(Employee).where(Employee.id == 1).values(name="Max"))
+        await session.commit()
+    assert (await read(managers, maker, redis_client, id=1)).name == "Max"
+    assert (await read(managers_by_dept, maker, redis_client, dept="ops")).name == "Max"
+
+
+async def test_orm_write_through_the_subclass_drops_the_base_key(
+    maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """An ORM change of a Manager drops FastRDB(Employee)'s key of the same row."""
+    await add(maker, Manager(id=1, name="Mia", dept="ops"), Engineer(id=2, name="Eve"))
+    await cached(employees, maker, redis_client, id=1)
+    await cached(employees, maker, redis_client, id=2)
+    async with writer() as session:
+        (await session.get_one(Manager, 1)).name = "Max"
+        (await session.get_one(Engineer, 2)).name = "Eli"
+        await session.commit()
+    assert (await read(employees, maker, redis_client, id=1)).name == "Max"
+    assert (await read(employees, maker, redis_client, id=2)).name == "Eli"
+
+
+# -- family 6: renamed columns --
+
+
+async def test_core_table_update_of_a_renamed_column(
+    maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """update(Model.__table__) through the session names the column ``mail``; the pattern's
+    ``email_addr`` still gets the old and new values."""
+    await add(maker, Acct(id=1, email_addr="a@x.io", name="A"))
+    await cached(accts, maker, redis_client, email_addr="a@x.io")
+    table = Acct.__table__
+    async with writer() as session:
+        await session.execute(update(table).where(table.c.id == 1).values(mail="b@x.io"))
+        await session.commit()
+    with pytest.raises(NoResultFound):
+        await read(accts, maker, redis_client, email_addr="a@x.io")
+
+
+# -- family 10: delete-orphan --
+
+
+async def test_delete_orphan_without_a_backref(
+    maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """A child removed from its parent's collection is deleted by the flush: its key drops."""
+    await add(maker, Parent(id=1, kids=[Kid(id=1, name="k")]))
+    await cached(kids, maker, redis_client, id=1)
+    async with writer() as session:
+        parent = (
+            await session.execute(select(Parent).where(Parent.id == 1))
+        ).scalar_one()
+        await session.refresh(parent, ["kids"])
+        parent.kids.remove(parent.kids[0])
+        await session.commit()
+    with pytest.raises(NoResultFound):
+        await read(kids, maker, redis_client, id=1)
+
+
+# -- family 11 (write side): values as stored, not as assigned --
+
+
+async def test_insert_enters_a_narrowed_page_in_its_stored_form(
+    maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """Decimal("9.5") into Numeric(10,2) is stored as 9.50: the page narrowed on 9.50 drops."""
+    await add(maker, Priced(id=1, price=Decimal("9.50"), name="a"))
+    async with maker() as db:
+        page = await priced.get_multi(db=db, redis=redis_client, price=Decimal("9.50"))
+        assert len(page) == 1
+    async with writer() as session:
+        session.add(Priced(id=2, price=Decimal("9.5"), name="b"))
+        await session.commit()
+    async with maker() as db:
+        page = await priced.get_multi(db=db, redis=redis_client, price=Decimal("9.50"))
+        assert len(page) == 2
+
+
+# -- family 12: onupdate columns --
+
+
+@pytest.mark.parametrize("crud,field", [(stamps_by_rev, "rev"), (stamps_by_seq, "seq")])
+async def test_pattern_on_an_onupdate_column(
+    maker: Maker,
+    redis_client: Redis,
+    writer: Maker,
+    crud: FastRDB[Any, Any, Any, Any],
+    field: str,
+) -> None:
+    """A pattern on an ``onupdate`` column (Python callable, SQL expression): the old value's
+    key drops although the column has no attribute history."""
+    await add(maker, Stamped(id=1, name="a"))
+    await cached(crud, maker, redis_client, **{field: 1})
+    async with writer() as session:
+        (await session.get_one(Stamped, 1)).name = "b"
+        await session.commit()
+    with pytest.raises(NoResultFound):
+        await read(crud, maker, redis_client, **{field: 1})
+
+
+# -- family 13: bulk UPDATE of a primary key --
+
+
+async def test_bulk_update_moving_rows_to_another_primary_key(
+    maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """update() that changes a primary key column drops the pages the rows move into."""
+    await add(
+        maker,
+        Verse(chapter_id=1, verse_id=5, text="moving"),
+        Verse(chapter_id=2, verse_id=1, text="there"),
+    )
+    async with maker() as db:
+        assert len(await verses.get_multi(db=db, redis=redis_client, chapter_id=2)) == 1
+    async with writer() as session:
+        await session.execute(
+            update(Verse).where(Verse.chapter_id == 1).values(chapter_id=Verse.chapter_id + 1)
+        )
+        await session.commit()
+    async with maker() as db:
+        assert len(await verses.get_multi(db=db, redis=redis_client, chapter_id=2)) == 2
