@@ -385,3 +385,71 @@ async def test_bulk_update_moving_rows_to_another_primary_key(
         await session.commit()
     async with maker() as db:
         assert len(await verses.get_multi(db=db, redis=redis_client, chapter_id=2)) == 2
+
+
+# -- family 14: listen() again, remove() then listen() --
+
+
+@pytest.mark.parametrize("how", ["again", "after_remove"])
+async def test_listen_again_covers_sessions_already_open(
+    engine: Any, maker: Maker, redis_client: Redis, how: str
+) -> None:
+    """A session made after the first listen() keeps invalidating when the factory is
+    listen()ed again (or removed and listened again) while it is open."""
+    factory = async_sessionmaker(engine)
+    first = listen(factory, redis_client)
+    async with maker() as db:
+        user_id = (await add_user(db, redis_client, "a@x.io", "Ann")).id
+    async with factory() as session:
+        if how == "after_remove":
+            first.remove()
+        second = listen(factory, redis_client)
+        try:
+            await cached(users, maker, redis_client, email="a@x.io")
+            (await session.get_one(User, user_id)).name = "New"
+            await session.commit()
+        finally:
+            second.remove()
+    assert (await read(users, maker, redis_client, email="a@x.io")).name == "New"
+
+
+async def test_removed_listener_leaves_open_sessions_silent(
+    engine: Any, maker: Maker, redis_client: Redis
+) -> None:
+    """After remove(), sessions of the target, open ones included, invalidate nothing (as the
+    README says); the entry keeps its old value until it expires."""
+    factory = async_sessionmaker(engine)
+    handle = listen(factory, redis_client)
+    async with maker() as db:
+        user_id = (await add_user(db, redis_client, "a@x.io", "Ann")).id
+    async with factory() as session:
+        handle.remove()
+        await cached(users, maker, redis_client, email="a@x.io")
+        (await session.get_one(User, user_id)).name = "New"
+        await session.commit()
+    assert (await read(users, maker, redis_client, email="a@x.io")).name == "Ann"
+
+
+# -- family 15: published patterns checked by content --
+
+
+async def test_pattern_set_rebuilt_after_flushdb_with_other_patterns(
+    maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """A process's cached copy of a table's patterns is checked by content: after FLUSHDB the
+    set is rebuilt with another pattern of the same size, and the next commit uses it."""
+    async with maker() as db:
+        user_id = (await add_user(db, redis_client, "a@x.io", "Ann")).id
+    async with writer() as session:  # this client now has the users patterns cached
+        (await session.get_one(User, user_id)).bio = "x"
+        await session.commit()
+    await redis_client.flushdb()
+    by_name = FastRDB[User, UserCreate, UserUpdate, UserResponse](
+        User, UserResponse, pattern="user:name:{name}"
+    )
+    await cached(by_name, maker, redis_client, name="Ann")
+    async with writer() as session:
+        (await session.get_one(User, user_id)).name = "Bob"
+        await session.commit()
+    with pytest.raises(NoResultFound):
+        await read(by_name, maker, redis_client, name="Ann")

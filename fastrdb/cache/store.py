@@ -261,8 +261,8 @@ class InvalidationPlan:
     registries: list[str] = field(default_factory=list)
 
 
-SchemeCache = dict[str, tuple[int, list[Scheme]]]
-"""Per table: the size of its published pattern set when read, and the patterns."""
+SchemeCache = dict[str, tuple[list[Raw], list[Scheme]]]
+"""Per table: the members of its published pattern set when read, and the patterns."""
 
 _scheme_caches: weakref.WeakKeyDictionary[Any, SchemeCache] = weakref.WeakKeyDictionary()
 
@@ -276,7 +276,7 @@ def _read_schemes(
     read: SchemeCache = {}
     for table, members in zip(tables, call(pipe.execute()), strict=True):
         parsed = (Scheme.from_member(member) for member in members)
-        read[table] = (len(members), [scheme for scheme in parsed if scheme is not None])
+        read[table] = (list(members), [scheme for scheme in parsed if scheme is not None])
     return read
 
 
@@ -291,7 +291,9 @@ def deliver_invalidation(
     raises.
 
     On one Redis this is a single round trip: the patterns are cached per client, and the
-    script refuses to run (and the patterns are read again) if a pattern set grew since.
+    script refuses to run (and the patterns are read again) unless each pattern set holds
+    exactly the members they were planned from (checked by content, so a set emptied by
+    FLUSHDB or a restart and rebuilt with other patterns is read again).
     """
     if is_cluster(client):
         schemes = _read_schemes(call, client, namespace, tables)
@@ -303,13 +305,16 @@ def deliver_invalidation(
             cache.update(_read_schemes(call, client, namespace, missing))
         todo = plan({table: cache[table][1] for table in tables})
         keys = [namespace.schemes(t) for t in tables] + todo.row_keys + todo.registries
-        sizes = [cache[table][0] for table in tables]
-        args: list[int | str] = [len(tables), len(todo.row_keys), *sizes, *todo.own_tokens]
+        args: list[Raw | int | str] = [len(tables), len(todo.row_keys)]
+        for table in tables:
+            members = cache[table][0]
+            args += [len(members), *members]
+        args += todo.own_tokens
         dropped = int(INVALIDATE.run(call, client, keys, args))
         if dropped >= 0:
             return dropped
         for table in tables:
-            cache.pop(table, None)  # a pattern was published meanwhile: read them again
+            cache.pop(table, None)  # the published patterns changed meanwhile: read them again
     raise RuntimeError("the published key patterns kept changing during the invalidation")
 
 

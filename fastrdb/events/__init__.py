@@ -23,6 +23,7 @@ from fastrdb.errors import FastRDBError
 from fastrdb.events.bindings import (
     BINDING_KEY,
     Binding,
+    Slot,
     bind_class,
     install_hooks,
     unbind_class,
@@ -38,11 +39,12 @@ _SYNC_CLIENTS = (redis.Redis, RedisCluster)
 class ListenHandle:
     """What :func:`listen` returns; :meth:`remove` stops the invalidation for its target."""
 
-    __slots__ = ("_binding", "_target")
+    __slots__ = ("_binding", "_slot", "_target")
 
-    def __init__(self, target: Any, binding: Binding) -> None:
+    def __init__(self, target: Any, binding: Binding, slot: Slot | None) -> None:
         self._target = target
         self._binding = binding
+        self._slot = slot
 
     @property
     def active(self) -> bool:
@@ -54,16 +56,14 @@ class ListenHandle:
             await asyncio.gather(*self._binding.tasks)
 
     def remove(self) -> None:
-        """Stop watching the target's sessions (those already open stop too). Idempotent."""
+        """Stop watching the target's sessions (those already open stop too, until a later
+        ``listen()`` on the same target covers them again). Idempotent."""
         binding = self._binding
         binding.active = False
-        target = self._target
-        if isinstance(target, type):
-            unbind_class(target, binding)
-        else:
-            info = _info_of(target)
-            if info.get(BINDING_KEY) is binding:
-                del info[BINDING_KEY]
+        if isinstance(self._target, type):
+            unbind_class(self._target, binding)
+        elif self._slot is not None and self._slot.binding is binding:
+            self._slot.binding = None
 
 
 def _is_async_target(target: Any) -> bool:
@@ -105,8 +105,10 @@ def listen(
     ``target``: an ``async_sessionmaker`` or ``AsyncSession`` (class or instance) with a
     ``redis.asyncio`` client, or a ``sessionmaker`` or ``Session`` (class or instance) with a
     blocking ``redis.Redis`` client; cluster clients of the matching kind work too. Sessions that
-    a sessionmaker made before this call are not covered. Calling it again for the same target
-    replaces its client: a target never has two listeners.
+    a sessionmaker made before its first ``listen()`` are not covered. Calling it again for the
+    same target (also after ``remove()``) replaces its client, for the sessions already open
+    too: a target never has two listeners, and no session of it goes silent while one is in
+    place.
 
     ``on_write="refresh"`` (asyncio targets): after the invalidation, each inserted or updated
     row is read again in a new transaction and its single-row keys filled through the lease
@@ -128,12 +130,19 @@ def listen(
     binding = Binding(
         redis, is_async=is_async, settings=settings or Settings(), refresh=on_write == "refresh"
     )
+    slot: Slot | None = None
     if isinstance(target, type):
         previous = bind_class(target, binding)
     else:
         info = _info_of(target)
-        previous = info.get(BINDING_KEY)
-        info[BINDING_KEY] = binding
+        held = info.get(BINDING_KEY)
+        if isinstance(held, Slot):
+            slot = held  # sessions made since the first listen() share it: they follow
+            previous = slot.binding
+            slot.binding = binding
+        else:
+            previous = held
+            slot = info[BINDING_KEY] = Slot(binding)
     if previous is not None:
         previous.active = False
-    return ListenHandle(target, binding)
+    return ListenHandle(target, binding, slot)

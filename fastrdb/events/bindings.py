@@ -29,6 +29,7 @@ __all__ = [
     "refreshers_of",
     "CHANGES_KEY",
     "Binding",
+    "Slot",
     "binding_of",
     "bind_session",
     "install_hooks",
@@ -68,6 +69,19 @@ class Binding:
         self.active = True
 
 
+class Slot:
+    """Where the sessions of one listened target find their binding (kept in their ``info``).
+
+    Every session made from the target shares the slot, so a later ``listen()`` on the same
+    target reaches the sessions already open, and ``remove()`` silences them all.
+    """
+
+    __slots__ = ("binding",)
+
+    def __init__(self, binding: Binding | None) -> None:
+        self.binding = binding
+
+
 class Refresher(Protocol):
     """What can fill a row's keys again after a commit (a FastRDB instance)."""
 
@@ -95,7 +109,8 @@ _crud_bindings: weakref.WeakKeyDictionary[Any, Binding] = weakref.WeakKeyDiction
 
 def binding_of(session: Session) -> Binding | None:
     """The active binding that covers ``session``, if any."""
-    binding: Binding | None = session.info.get(BINDING_KEY)
+    held: Slot | Binding | None = session.info.get(BINDING_KEY)
+    binding = held.binding if isinstance(held, Slot) else held
     if binding is not None and binding.active:
         return binding
     if _session_classes:

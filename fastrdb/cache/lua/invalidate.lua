@@ -3,17 +3,26 @@
 -- KEYS[m+1..m+n]   single-row keys; each goes with its lease and its set of derived keys
 -- KEYS[m+n+1..]    registries of list keys; each member goes with its lease
 -- ARGV[1], ARGV[2] m, n
--- ARGV[3..2+m]     the size each pattern set had when the keys were computed: if one grew
---                  since, nothing is done and -1 returned (the caller re-reads and retries)
--- ARGV[3+m..2+m+n] per single-row key, the token of a lease the committing writer holds
+-- then per pattern set: the number c of members the keys were computed from, then those c
+--                  members: unless the set holds exactly them (by content, not only by size),
+--                  nothing is done and -1 returned (the caller re-reads and retries)
+-- then n tokens:   per single-row key, the token of a lease the committing writer holds
 --                  itself (kept so its write-through can land), or '' for none
 -- The script is atomic, so deleting a registry here removes exactly the members it read.
 local m = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
+local at = 3
 for i = 1, m do
-  if redis.call('SCARD', KEYS[i]) ~= tonumber(ARGV[2 + i]) then
+  local count = tonumber(ARGV[at])
+  if redis.call('SCARD', KEYS[i]) ~= count then
     return -1
   end
+  for j = 1, count do
+    if redis.call('SISMEMBER', KEYS[i], ARGV[at + j]) == 0 then
+      return -1
+    end
+  end
+  at = at + count + 1
 end
 local dropped = 0
 
@@ -26,7 +35,7 @@ for i = 1, n do
   local lease = '{' .. key .. '}:lease'
   local deps = '{' .. key .. '}:deps'
   dropped = dropped + redis.call('DEL', key)
-  local own = ARGV[2 + m + i]
+  local own = ARGV[at + i - 1]
   if own == '' or redis.call('GET', lease) ~= own then
     redis.call('DEL', lease)
   end
