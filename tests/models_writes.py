@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from decimal import Decimal
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import ForeignKey, Integer, Numeric, String, literal_column
@@ -21,7 +22,10 @@ class Employee(WritesBase):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     name: Mapped[str] = mapped_column(String(50))
     kind: Mapped[str] = mapped_column(String(20))
-    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "employee"}
+    __mapper_args__: ClassVar[dict[str, Any]] = {
+        "polymorphic_on": "kind",
+        "polymorphic_identity": "employee",
+    }
 
 
 class Manager(Employee):
@@ -29,14 +33,14 @@ class Manager(Employee):
 
     id: Mapped[int] = mapped_column(ForeignKey("employees.id"), primary_key=True)
     dept: Mapped[str] = mapped_column(String(50))
-    __mapper_args__ = {"polymorphic_identity": "manager"}
+    __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "manager"}
 
 
 class Engineer(Employee):
     """Single-table inheritance under a joined hierarchy's base."""
 
     lang: Mapped[str | None] = mapped_column(String(20), nullable=True)
-    __mapper_args__ = {"polymorphic_identity": "engineer"}
+    __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "engineer"}
 
 
 class Acct(WritesBase):

@@ -313,9 +313,7 @@ async def test_delete_orphan_without_a_backref(
     await add(maker, Parent(id=1, kids=[Kid(id=1, name="k")]))
     await cached(kids, maker, redis_client, id=1)
     async with writer() as session:
-        parent = (
-            await session.execute(select(Parent).where(Parent.id == 1))
-        ).scalar_one()
+        parent = (await session.execute(select(Parent).where(Parent.id == 1))).scalar_one()
         await session.refresh(parent, ["kids"])
         parent.kids.remove(parent.kids[0])
         await session.commit()
@@ -345,7 +343,7 @@ async def test_insert_enters_a_narrowed_page_in_its_stored_form(
 # -- family 12: onupdate columns --
 
 
-@pytest.mark.parametrize("crud,field", [(stamps_by_rev, "rev"), (stamps_by_seq, "seq")])
+@pytest.mark.parametrize(("crud", "field"), [(stamps_by_rev, "rev"), (stamps_by_seq, "seq")])
 async def test_pattern_on_an_onupdate_column(
     maker: Maker,
     redis_client: Redis,

@@ -56,7 +56,7 @@ Identity = tuple[Any, ...]
 class _Flush:
     """Images gathered during one flush, per hierarchy shape and identity."""
 
-    __slots__ = ("connection", "before", "after")
+    __slots__ = ("after", "before", "connection")
 
     def __init__(self) -> None:
         self.connection: Connection | None = None
@@ -131,7 +131,9 @@ def before_delete(mapper: Mapper[Any], connection: Connection, target: Any) -> N
         _read_before(session, mapper, connection, target)
 
 
-def _read_before(session: Session, mapper: Mapper[Any], connection: Connection, target: Any) -> None:
+def _read_before(
+    session: Session, mapper: Mapper[Any], connection: Connection, target: Any
+) -> None:
     state = attributes.instance_state(target)
     if state.key is None or binding_of(session) is None:
         return

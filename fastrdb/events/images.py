@@ -29,9 +29,7 @@ def read_by_identity(
     wanted = list(dict.fromkeys(tuple(identity) for identity in identities))
     found: dict[tuple[Any, ...], Row] = {}
     for start in range(0, len(wanted), _BATCH):
-        query = shape.select_values().where(
-            shape.by_primary_key(wanted[start : start + _BATCH])
-        )
+        query = shape.select_values().where(shape.by_primary_key(wanted[start : start + _BATCH]))
         if lock:
             query = shape.locked(query)
         for row in connection.execute(query):

@@ -100,9 +100,7 @@ class Statement:
                     expression = shape.column(key) if value is None else _expression(value)
                     extra.append(expression.label(f"fastrdb_new_{key}"))
                     new_key.append(f"fastrdb_new_{key}")
-        rows = read_where(
-            connection, shape, where, lock=True, params=self.params, extra=extra
-        )
+        rows = read_where(connection, shape, where, lock=True, params=self.params, extra=extra)
         for row in rows:
             if new_key:
                 self._new_identity[shape.identity(row)] = tuple(row.pop(k) for k in new_key)
