@@ -92,6 +92,7 @@ def _written(session: Session, state: InstanceState[Any]) -> bool:
 
 def before_flush(session: Session, flush_context: UOWTransaction, instances: object) -> None:
     """Lock and read, in one SELECT per hierarchy, the rows this flush will update or delete."""
+    session.info.pop(_FLUSH_KEY, None)  # left by a flush that failed: its rows were not written
     if binding_of(session) is None:
         return
     flush = _flush_of(session)
