@@ -3,6 +3,8 @@ writer's session state (issue 11, the write side), on every test database."""
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -39,9 +41,6 @@ from tests.test_crud import add_user, users, verses
 Redis = redis.asyncio.Redis
 Maker = async_sessionmaker[AsyncSession]
 
-users_by_id = FastRDB[User, UserCreate, UserUpdate, UserResponse](
-    User, UserResponse, pattern="user:id:{id}"
-)
 employees = FastRDB[Employee, BaseModel, BaseModel, EmployeeOut](
     Employee, EmployeeOut, pattern="employee:{id}"
 )
@@ -66,6 +65,25 @@ priced = FastRDB[Priced, BaseModel, BaseModel, PricedOut](
     list_pattern="priced:price:{price}:page:{page}:limit:{limit}",
     invalidate_pattern_prefix="priced:price:{price}:*",
 )
+
+
+def _other_users_crud(pattern: str) -> Iterator[FastRDB[Any, Any, Any, Any]]:
+    """A FastRDB of User with another pattern, gone after the test: listeners in refresh mode
+    refill through every live instance of a model, and other tests expect only theirs."""
+    crud = FastRDB[User, UserCreate, UserUpdate, UserResponse](User, UserResponse, pattern=pattern)
+    yield crud
+    del crud
+    gc.collect()
+
+
+@pytest.fixture
+def users_by_id() -> Iterator[FastRDB[Any, Any, Any, Any]]:
+    yield from _other_users_crud("user:id:{id}")
+
+
+@pytest.fixture
+def users_by_name() -> Iterator[FastRDB[Any, Any, Any, Any]]:
+    yield from _other_users_crud("user:name:{name}")
 
 
 async def read(crud: FastRDB[Any, Any, Any, Any], maker: Maker, redis: Redis, **kw: Any) -> Any:
@@ -205,7 +223,11 @@ def _upsert(database: Database, values: dict[str, Any]) -> Any:
 
 
 async def test_upsert_with_values_drops_the_existing_rows_keys(
-    database: Database, maker: Maker, redis_client: Redis, writer: Maker
+    database: Database,
+    maker: Maker,
+    redis_client: Redis,
+    writer: Maker,
+    users_by_id: FastRDB[Any, Any, Any, Any],
 ) -> None:
     """An upsert hitting an existing row drops its keys by every pattern (email and id)."""
     async with maker() as db:
@@ -220,7 +242,11 @@ async def test_upsert_with_values_drops_the_existing_rows_keys(
 
 
 async def test_upsert_with_a_parameter_list(
-    database: Database, maker: Maker, redis_client: Redis, writer: Maker
+    database: Database,
+    maker: Maker,
+    redis_client: Redis,
+    writer: Maker,
+    users_by_id: FastRDB[Any, Any, Any, Any],
 ) -> None:
     """An upsert run with a list of parameter sets drops every existing row's keys."""
     async with maker() as db:
@@ -432,7 +458,10 @@ async def test_removed_listener_leaves_open_sessions_silent(
 
 
 async def test_pattern_set_rebuilt_after_flushdb_with_other_patterns(
-    maker: Maker, redis_client: Redis, writer: Maker
+    maker: Maker,
+    redis_client: Redis,
+    writer: Maker,
+    users_by_name: FastRDB[Any, Any, Any, Any],
 ) -> None:
     """A process's cached copy of a table's patterns is checked by content: after FLUSHDB the
     set is rebuilt with another pattern of the same size, and the next commit uses it."""
@@ -442,12 +471,9 @@ async def test_pattern_set_rebuilt_after_flushdb_with_other_patterns(
         (await session.get_one(User, user_id)).bio = "x"
         await session.commit()
     await redis_client.flushdb()
-    by_name = FastRDB[User, UserCreate, UserUpdate, UserResponse](
-        User, UserResponse, pattern="user:name:{name}"
-    )
-    await cached(by_name, maker, redis_client, name="Ann")
+    await cached(users_by_name, maker, redis_client, name="Ann")
     async with writer() as session:
         (await session.get_one(User, user_id)).name = "Bob"
         await session.commit()
     with pytest.raises(NoResultFound):
-        await read(by_name, maker, redis_client, name="Ann")
+        await read(users_by_name, maker, redis_client, name="Ann")
