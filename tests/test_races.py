@@ -238,10 +238,13 @@ async def run_history(
             )
     history = History({sku: [] for sku in skus})
     deadline = time.monotonic() + seconds
+    writing = len(skus)
 
     async def write(sku: str) -> None:
+        nonlocal writing
         value = 0
-        while time.monotonic() < deadline:
+        # At least `seconds`, and at least 6 commits per row however slow the machine is.
+        while time.monotonic() < deadline or value < 6:
             value += 1
             how = rng.choice(["fastrdb", "orm", "bulk"])
             if how == "fastrdb":
@@ -259,9 +262,10 @@ async def run_history(
                     await session.commit()
             history.committed[sku].append((time.monotonic(), value))
             await asyncio.sleep(rng.random() * 0.01)
+        writing -= 1
 
     async def read() -> None:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline or writing or len(history.reads) <= 100:
             sku = rng.choice(skus)
             started = time.monotonic()
             async with maker() as db:
