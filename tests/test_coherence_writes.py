@@ -477,3 +477,33 @@ async def test_pattern_set_rebuilt_after_flushdb_with_other_patterns(
         await session.commit()
     with pytest.raises(NoResultFound):
         await read(users_by_name, maker, redis_client, name="Ann")
+
+
+# -- association rows the unit of work writes --
+
+
+async def test_a_collection_change_through_an_association_table(
+    maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """book.tags.remove(tag) makes the flush delete an association row (no mapper event fires
+    for it): entries that embed the association table are dropped."""
+    from tests.models import Author, Book, Tag
+    from tests.test_relations import books
+
+    await add(maker, Author(id=1, name="A"), Tag(id=1, label="sf"))
+    async with writer() as session:
+        book = Book(id=1, title="Dune", author_id=1)
+        session.add(book)
+        await session.flush()
+        await session.refresh(book, ["tags"])
+        book.tags.append(await session.get_one(Tag, 1))
+        await session.commit()
+    async with maker() as db:
+        assert [t.label for t in (await books.get(db=db, redis=redis_client, id=1)).tags] == ["sf"]
+    async with writer() as session:
+        book = await session.get_one(Book, 1)
+        await session.refresh(book, ["tags"])
+        book.tags.clear()
+        await session.commit()
+    async with maker() as db:
+        assert (await books.get(db=db, redis=redis_client, id=1)).tags == []

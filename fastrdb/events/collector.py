@@ -164,6 +164,7 @@ def after_flush(session: Session, flush_context: UOWTransaction) -> None:
     if binding is None or flush is None:
         return
     changes = changes_of(session)
+    _touch_association_tables(session, changes)
     for shape, rows in flush.before.items():
         for row in rows.values():
             changes.add(shape.tables, row)
@@ -177,6 +178,23 @@ def after_flush(session: Session, flush_context: UOWTransaction) -> None:
                 changes.add(shape.tables, row)
             if binding.refresh and identity in written:
                 changes.note_written(written[identity], identity, row)
+
+
+def _touch_association_tables(session: Session, changes: Changes) -> None:
+    """The unit of work writes association rows (``secondary``) that no mapper event sees: a
+    collection changed, or its owner deleted, touches the association table."""
+    for obj in (*session.dirty, *session.deleted):
+        state = attributes.instance_state(obj)
+        for prop in state.mapper.relationships:
+            secondary = prop.secondary
+            if secondary is None or not hasattr(secondary, "name"):
+                continue
+            if (
+                state.deleted
+                or obj in session.deleted
+                or state.attrs[prop.key].history.has_changes()
+            ):
+                changes.touch([table_name(secondary)])
 
 
 def do_orm_execute(execute_state: ORMExecuteState) -> Any:
