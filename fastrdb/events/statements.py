@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, literal, or_
+from sqlalchemy import ColumnElement, Table, cast, literal, or_
 from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.sql.dml import Delete, Insert, Update
@@ -97,7 +97,9 @@ class Statement:
             if any(key in sets for key in shape.primary_key):
                 for key in shape.primary_key:
                     value = sets.get(key)
-                    expression = shape.column(key) if value is None else _expression(value)
+                    column = shape.column(key)
+                    # Typed: a bare parameter in a select list is text to PostgreSQL.
+                    expression = column if value is None else cast(_expression(value), column.type)
                     extra.append(expression.label(f"fastrdb_new_{key}"))
                     new_key.append(f"fastrdb_new_{key}")
         rows = read_where(connection, shape, where, lock=True, params=self.params, extra=extra)
