@@ -647,3 +647,29 @@ async def test_capture_delivers_to_a_redis_cluster(
             ) == ["author:2"]
     finally:
         await client.aclose()
+
+
+async def test_without_full_replica_identity_pages_and_new_keys_still_go(
+    served: Served, sessions: async_sessionmaker[Any], redis_client: Redis
+) -> None:
+    """PostgreSQL, REPLICA IDENTITY DEFAULT: an UPDATE logs no old values, so capture drops
+    the table's pages and the keys the new values name (the old value's key cannot be named:
+    docs/capture.md recommends FULL)."""
+    if served.kind != "postgresql":
+        pytest.skip("replica identity is PostgreSQL's")
+    engine = create_engine(served.sync_url)
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE cap_books REPLICA IDENTITY DEFAULT"))
+    try:
+        async with capturing(served, redis_client) as running:
+            await seed(sessions, redis_client, running)
+            await redis_client.set("book:T1", "stale")
+            async with sessions() as db:
+                await db.execute(text("UPDATE cap_books SET title = 'T1' WHERE id = 1"))
+                await db.commit()
+            await synced(running)
+            assert await cached(redis_client, "books:1:10", "book:T1", "book:t1") == ["book:t1"]
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text("ALTER TABLE cap_books REPLICA IDENTITY FULL"))
+        engine.dispose()
