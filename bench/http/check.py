@@ -46,8 +46,8 @@ def read_logs(paths: list[Path]) -> list[Exchange]:
 class History:
     """The PATCHes of one app so far, across rounds: answers whether a GET was stale."""
 
-    written: dict[str, tuple[float, float]] = field(default_factory=dict)
-    """name -> (started, finished) of the PATCH that wrote it."""
+    written: dict[tuple[int, str], tuple[float, float]] = field(default_factory=dict)
+    """(row, name) -> (started, finished) of the PATCH that wrote it."""
     by_row: dict[int, list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))
     """row -> (finished, started) of its PATCHes."""
     _index: dict[int, tuple[list[float], list[float]]] = field(default_factory=dict)
@@ -55,9 +55,9 @@ class History:
     def add(self, exchanges: list[Exchange]) -> None:
         for ex in exchanges:
             if ex.kind == "S":  # sent; until its answer is seen it may have finished any time
-                self.written.setdefault(ex.name, (ex.started, math.inf))
+                self.written.setdefault((ex.row, ex.name), (ex.started, math.inf))
             elif ex.kind == "P" and ex.status == 200:
-                self.written[ex.name] = (ex.started, ex.finished)
+                self.written[ex.row, ex.name] = (ex.started, ex.finished)
                 self.by_row[ex.row].append((ex.finished, ex.started))
         self._index.clear()
 
@@ -81,7 +81,7 @@ class History:
             if ex.kind != "G" or ex.status != 200:
                 continue
             overwriter_start = self._latest_start_before(ex.row, ex.started)
-            shown = self.written.get(ex.name)
+            shown = self.written.get((ex.row, ex.name))
             shown_finished = shown[1] if shown is not None else -math.inf
             if shown_finished < overwriter_start:
                 count += 1

@@ -26,6 +26,7 @@ async def _connection(
     cdf: list[float],
     writes: float,
     seed: int,
+    run: int,
     until: float,
     log: Path,
 ) -> None:
@@ -39,7 +40,7 @@ async def _connection(
             path = f"/users/u{row}@bench.io"
             if writes and rng.random() < writes:
                 seq += 1
-                kind, body = "P", f'{{"name":"w{number}-{seq}"}}'.encode()
+                kind, body = "P", f'{{"name":"w{run}-{number}-{seq}"}}'.encode()
                 head = (
                     f"PATCH {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
                     f"Content-Length: {len(body)}\r\n\r\n"
@@ -81,6 +82,7 @@ async def run(
     zipf: float,
     writes: float,
     seed: int,
+    run: int,
     log_prefix: Path,
 ) -> list[Path]:
     cdf = zipf_cdf(rows, zipf)

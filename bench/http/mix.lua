@@ -3,7 +3,8 @@
 -- made just before it on this thread: each line of the log is one exchange, timed with
 -- CLOCK_MONOTONIC (the clock Python's time.monotonic reads). A PATCH is also logged as it is
 -- sent (kind S), in case wrk stops before its answer arrives.
--- Environment: BENCH_ROWS, BENCH_WRITES (share of PATCH), BENCH_ZIPF, BENCH_SEED, BENCH_LOG.
+-- Environment: BENCH_ROWS, BENCH_WRITES (share of PATCH), BENCH_ZIPF, BENCH_SEED, BENCH_LOG,
+-- BENCH_RUN (a tag that keeps PATCH names unique across runs).
 local ffi = require("ffi")
 ffi.cdef [[
 typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
@@ -21,11 +22,12 @@ function setup(thread)
   thread:set("id", counter)
 end
 
-local rows, writes, cdf, log, seq
+local rows, writes, cdf, log, seq, run
 local row, kind, started
 
 function init(args)
   rows = tonumber(os.getenv("BENCH_ROWS") or "10000")
+  run = os.getenv("BENCH_RUN") or "0" -- names stay unique across wrk runs
   writes = tonumber(os.getenv("BENCH_WRITES") or "0.05")
   local s = tonumber(os.getenv("BENCH_ZIPF") or "1.1")
   cdf = {}
@@ -61,7 +63,7 @@ function request()
   if writes > 0 and math.random() < writes then
     seq = seq + 1
     kind = "P"
-    local name = "w" .. id .. "-" .. seq
+    local name = "w" .. run .. "-" .. id .. "-" .. seq
     started = now_us()
     -- logged when sent too: a PATCH still in flight when wrk stops may yet commit
     log:write(string.format("S %d 0 %.0f 0 %s\n", row, started, name))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -156,8 +157,12 @@ def wait_ready(port: int, process: subprocess.Popen[bytes], variant: str) -> Non
             time.sleep(0.1)
 
 
+_runs = itertools.count(1)
+
+
 def drive(port: int, args: argparse.Namespace, writes: float, seconds: float, prefix: Path) -> int:
     """Load one app for ``seconds``; the exchanges go to files ``prefix.N``."""
+    run = next(_runs)  # PATCH names carry it: unique across runs
     if args.loader == "wrk":
         env = {
             **os.environ,
@@ -166,6 +171,7 @@ def drive(port: int, args: argparse.Namespace, writes: float, seconds: float, pr
             "BENCH_ZIPF": str(args.zipf),
             "BENCH_SEED": str(args.seed),
             "BENCH_LOG": str(prefix),
+            "BENCH_RUN": str(run),
         }
         c = str(args.connections)
         command = ["wrk", "-t", c, "-c", c, "-d", f"{max(1, round(seconds))}s", "--timeout", "10s"]
@@ -185,6 +191,7 @@ def drive(port: int, args: argparse.Namespace, writes: float, seconds: float, pr
                 zipf=args.zipf,
                 writes=writes,
                 seed=args.seed,
+                run=run,
                 log_prefix=prefix,
             )
         )
