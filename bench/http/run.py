@@ -343,7 +343,7 @@ def summarize(rounds: list[Round], variants: list[str]) -> list[dict[str, Any]]:
                         "p50_ms": statistics.median(r.p50_ms for r in runs),
                         "p99_ms": statistics.median(r.p99_ms for r in runs),
                         "stale": sum(r.stale for r in runs),
-                        "gets": sum(r.requests for r in runs),
+                        "requests": sum(r.requests for r in runs),
                         "errors": sum(r.errors for r in runs),
                         "hit_ratio": statistics.median(hit) if hit else None,
                     }
