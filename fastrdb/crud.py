@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel, TypeAdapter
 from sqlalchemy import ColumnElement, Select, bindparam, func, inspect, select
+from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, Mapper
 
@@ -20,16 +21,18 @@ from fastrdb.cache import store
 from fastrdb.cache.health import ClientHealth, health_of
 from fastrdb.cache.policy import check_memory_policy
 from fastrdb.cache.readthrough import Entry, Loaded, Stats, cached, coalesced, read_through
-from fastrdb.errors import FastRDBError
+from fastrdb.errors import ConfigurationError, FastRDBError
 from fastrdb.events.bindings import CHANGES_KEY, Binding, bind_session, register_refresher
 from fastrdb.events.changes import Changes
 from fastrdb.events.collector import changes_of, table_name
 from fastrdb.events.invalidator import delivered, replay
 from fastrdb.keys import KeyPattern, Namespace, deps_key, encode_value, glob_covers, with_digest
+from fastrdb.negatives import ABSENT, NEGATIVE_PAYLOAD, Absent, compares_exactly, decoder
 from fastrdb.pagination import PaginatedResponse
 from fastrdb.relations import Embedding, embedding
 from fastrdb.schemes import Scheme
 from fastrdb.settings import DEFAULT_SETTINGS, Settings
+from fastrdb.setup_checks import check_placeholders, check_schema_fields, check_schemas, key_pattern
 from fastrdb.values import Converter, compares_as_text, convert_filters, converter_for
 
 __all__ = ["FastRDB"]
@@ -91,11 +94,11 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     ) -> None:
         mapper = inspect(model, raiseerr=False)
         if not isinstance(mapper, Mapper):
-            raise FastRDBError("model", f"{model!r} is not a mapped SQLAlchemy class")
+            raise ConfigurationError("model", f"{model!r} is not a mapped SQLAlchemy class")
         if not (isinstance(response_schema, type) and issubclass(response_schema, BaseModel)):
-            raise FastRDBError("response_schema", "must be a pydantic model class")
+            raise ConfigurationError("response_schema", "must be a pydantic model class")
         if isinstance(exp, bool) or not isinstance(exp, int) or exp < 1:
-            raise FastRDBError("exp", f"must be a positive number of seconds, got {exp!r}")
+            raise ConfigurationError("exp", f"must be a positive number of seconds, got {exp!r}")
         self.model = model
         self.response_schema = response_schema
         self.exp = exp
@@ -103,18 +106,20 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         self._mapper = mapper
         self._name = mapper.class_.__name__
         self.table = table_name(mapper.local_table)
-        self._row = KeyPattern(pattern, argument="pattern")
-        self._list = KeyPattern(
+        self._row = key_pattern(pattern, "pattern")
+        self._list = key_pattern(
             list_pattern
             if list_pattern is not None
             else f"{self.table}:page:{{page}}:limit:{{limit}}",
-            argument="list_pattern",
+            "list_pattern",
         )
         self._prefix = (
-            KeyPattern(invalidate_pattern_prefix, argument="invalidate_pattern_prefix")
+            key_pattern(invalidate_pattern_prefix, "invalidate_pattern_prefix")
             if invalidate_pattern_prefix
             else None
         )
+        # Declarative mappers know their columns before they are configured: check now.
+        check_placeholders(self._name, mapper.columns.keys(), self._key_patterns())
         self._namespace = Namespace(self.settings.namespace)
         self._schemes_key = self._namespace.schemes(self.table)
         self._row_schemes = (Scheme("row", pattern),)
@@ -122,10 +127,13 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         self._list_decoder = TypeAdapter(list[response_schema])  # type: ignore[valid-type]
         self._stats = Stats()
         self._memo: dict[tuple[Any, ...], Any] = {}
+        self._checked_schemas: set[type] = set()
         self._healths: weakref.WeakSet[ClientHealth] = weakref.WeakSet()
         self._last_health: ClientHealth | None = None
         self._where_cache: dict[tuple[tuple[str, bool], ...], tuple[ColumnElement[bool], ...]] = {}
         self._context = {"model": mapper.class_.__name__, "pattern": pattern}
+        self._list_context = {"model": mapper.class_.__name__, "pattern": self._list.text}
+        self._decode_row = decoder(response_schema.model_validate_json, self._stats)
         register_refresher(mapper.class_, self)
         if mapper.configured:
             self._embedding  # noqa: B018 -- refuse an untraceable schema now, if mappers allow
@@ -159,18 +167,8 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     @cached_property
     def _columns(self) -> _Columns:
         columns = _Columns(self._mapper)
-        for argument, key_pattern, allowed in (
-            ("pattern", self._row, set()),
-            ("list_pattern", self._list, {"page", "limit"}),
-            ("invalidate_pattern_prefix", self._prefix, set()),
-        ):
-            if key_pattern is None:
-                continue
-            for field in key_pattern.fields:
-                if field not in columns.attributes and field not in allowed:
-                    raise FastRDBError(
-                        argument, f"placeholder {{{field}}} is not a column of {self._name}"
-                    )
+        check_placeholders(self._name, columns.attributes, self._key_patterns())
+        check_schemas(self._name, columns.attributes, self)
         return columns
 
     @cached_property
@@ -189,6 +187,13 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         read's ``populate_existing`` refreshes those rows too)."""
         options = self._embedding.options
         return select(self.model).options(*options) if options else select(self.model)
+
+    def _key_patterns(self) -> tuple[tuple[str, KeyPattern | None], ...]:
+        return (
+            ("pattern", self._row),
+            ("list_pattern", self._list),
+            ("invalidate_pattern_prefix", self._prefix),
+        )
 
     # -- argument checks --
 
@@ -319,13 +324,20 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     def _response(self, obj: Any) -> ResponseT:
         return self.response_schema.model_validate(obj, from_attributes=True)
 
+    def _check_schema(self, argument: str, obj_in: Any) -> None:
+        """Every field of ``obj_in``'s schema is a column (checked once per schema class)."""
+        schema = type(obj_in)
+        if schema in self._checked_schemas:
+            return
+        if not isinstance(obj_in, BaseModel):
+            raise ConfigurationError(argument, f"must be a pydantic model, got {schema.__name__}")
+        check_schema_fields(self._name, self._columns.attributes, argument, schema)
+        self._checked_schemas.add(schema)
+
     def _new_instance(self, data: Mapping[str, Any]) -> ModelT:
         """An instance built without the model's ``__init__``: a dataclass-mapped model may
         require fields (``id``, timestamps) that no create schema carries."""
         attributes = self._columns.attributes
-        for name in data:
-            if name not in attributes:
-                raise FastRDBError(name, f"is not a column of {self._name}")
         obj: ModelT = self._mapper.class_manager.new_instance()
         if dataclasses.is_dataclass(self.model):
             for field in dataclasses.fields(self.model):
@@ -366,12 +378,14 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         key: str,
         decode: Callable[[Raw], T],
         prepare: Callable[[], tuple[Entry, Callable[[], Awaitable[Loaded[T]]]]],
+        context: dict[str, str],
     ) -> T:
-        """Serve ``key`` from the cache, or ``prepare()`` the miss path (only a miss pays it)."""
+        """Serve ``key`` from the cache, or ``prepare()`` the miss path (only a miss pays it).
+        ``context`` goes with the log events (the model, and the row or list pattern)."""
         health = await self._health(db, redis)
         changes: Changes | None = db.sync_session.info.get(CHANGES_KEY)
         if health.usable and (changes is None or not self._written_in(changes)):
-            value = await cached(redis, health, key, decode, self._stats, self._context)
+            value = await cached(redis, health, key, decode, self._stats, context)
             if value is not store.MISS:
                 return value
             entry, load = prepare()
@@ -383,7 +397,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
                 load=load,
                 exp=self.exp,
                 stats=self._stats,
-                context=self._context,
+                context=context,
             )
         self._stats.bypasses += 1
         session = db.sync_session
@@ -437,27 +451,48 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
 
     async def get(self, *, db: AsyncSession, redis: AsyncRedis, **kwargs: Any) -> ResponseT:
         """The row matching ``kwargs`` (every placeholder of ``pattern``, plus any other column
-        filters). Raises ``sqlalchemy.exc.NoResultFound`` if there is none."""
+        filters). Raises ``sqlalchemy.exc.NoResultFound`` if there is none, and remembers that
+        for ``Settings.negative_exp`` seconds (see :mod:`fastrdb.negatives`)."""
         base, key, filters = self._row_key(kwargs)
 
-        def prepare() -> tuple[Entry, Callable[[], Awaitable[Loaded[ResponseT]]]]:
-            async def read(options: Mapping[str, Any]) -> tuple[ResponseT, bool]:
+        def prepare() -> tuple[Entry, Callable[[], Awaitable[Loaded[ResponseT | Absent]]]]:
+            negative_exp = self.settings.negative_exp
+            if negative_exp and not compares_exactly(
+                db.get_bind(self._mapper).dialect.name,
+                self._columns.columns,
+                self._columns.python_types,
+                filters,
+            ):
+                negative_exp = 0
+
+            async def read(options: Mapping[str, Any]) -> tuple[ResponseT | Absent, bool]:
                 clauses, params = self._where(filters)
                 query = self._select().where(*clauses)
-                obj = (await db.execute(query, params, execution_options=options)).scalar_one()
+                result = await db.execute(query, params, execution_options=options)
+                obj = result.scalar_one_or_none()
+                if obj is None:
+                    return ABSENT, True
                 return self._response(obj), self._row_key_of(obj) == base
 
-            async def load() -> Loaded[ResponseT]:
+            async def load() -> Loaded[ResponseT | Absent]:
                 (response, same_key), fresh = await self._run_read(db, read)
+                if isinstance(response, Absent):
+                    payload = NEGATIVE_PAYLOAD if fresh and negative_exp else None
+                    return Loaded(response, payload, negative_exp)
                 cacheable = fresh and same_key
                 return Loaded(response, response.model_dump_json() if cacheable else None)
 
-            registries: tuple[str, ...] = self._embedded[1]
+            registries = list(self._embedded[1])
             if len(filters) > len(self._row.fields):
-                registries = (deps_key(base), *registries)
+                registries.insert(0, deps_key(base))
+            if negative_exp:
+                registries.append(self._namespace.negatives(self.table))
             return Entry(key, self._schemes_key, self._row_schemes, registries), load
 
-        return await self._read(db, redis, key, self.response_schema.model_validate_json, prepare)
+        found = await self._read(db, redis, key, self._decode_row, prepare, self._context)
+        if found is ABSENT:
+            raise NoResultFound("No row was found when one was required")
+        return found
 
     async def get_multi(
         self,
@@ -505,7 +540,9 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
             schemes = self._prefix_schemes
             return Entry(key, self._schemes_key, schemes, (registry, *embeds)), load
 
-        return await self._read(db, redis, key, self._list_decoder.validate_json, prepare)
+        return await self._read(
+            db, redis, key, self._list_decoder.validate_json, prepare, self._list_context
+        )
 
     def _narrowing(self, db: AsyncSession, filters: Mapping[str, Any], key: str) -> str | None:
         """The expanded ``invalidate_pattern_prefix`` that may stand for this list entry, or None
@@ -546,14 +583,73 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     async def count(
         self, *, db: AsyncSession, redis: AsyncRedis | None = None, **kwargs: Any
     ) -> int:
-        """The number of rows matching the column filters in ``kwargs`` (not cached)."""
-        clauses, params = self._where(self._convert(kwargs))
-        query = select(func.count()).select_from(self._mapper.local_table).where(*clauses)
+        """The number of rows matching the column filters in ``kwargs``.
+
+        Cached when ``redis`` is given, like a page of ``get_multi``: any insert, update or
+        delete of the table drops it before the writer's ``commit()`` returns, and concurrent
+        misses cost one database read."""
+        key, filters = self._count_key(kwargs)
 
         async def read(options: Mapping[str, Any]) -> int:
+            clauses, params = self._where(filters)
+            query = select(func.count()).select_from(self._mapper.local_table).where(*clauses)
             return int((await db.execute(query, params)).scalar_one())
 
-        return (await self._run_read(db, read))[0]
+        if redis is None:
+            return (await self._run_read(db, read))[0]
+
+        def prepare() -> tuple[Entry, Callable[[], Awaitable[Loaded[int]]]]:
+            async def load() -> Loaded[int]:
+                total, fresh = await self._run_read(db, read)
+                return Loaded(total, str(total) if fresh else None)
+
+            registry = self._namespace.lists(self.table)
+            return Entry(key, self._schemes_key, (), (registry,)), load
+
+        return await self._read(db, redis, key, _decode_count, prepare, self._list_context)
+
+    def _count_key(self, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """(the key, the converted filters) of a ``count``, checked, and remembered."""
+        memo: tuple[Any, ...] | None
+        try:
+            memo = ("count", *kwargs.items(), *map(type, kwargs.values()))
+            known = self._memo.get(memo)
+        except TypeError:
+            memo = known = None
+        if known is not None:
+            return cast(tuple[str, dict[str, Any]], known)
+        filters = self._convert(kwargs)
+        known = (with_digest(self._namespace.count(self.table), filters), filters)
+        self._remember(memo, known)
+        return known
+
+    async def get_page(
+        self,
+        *,
+        db: AsyncSession,
+        redis: AsyncRedis,
+        limit: int = 10,
+        page: int = 1,
+        order_by: str | None = None,
+        ascending: bool = True,
+        **kwargs: Any,
+    ) -> PaginatedResponse[ResponseT]:
+        """A page of ``get_multi`` with ``total``, the number of rows matching the filters
+        across all pages (``count``). When both are cached this is two cache hits.
+
+        The page and the total are two reads: a commit between them can make them disagree
+        by the rows it changed, as two requests would."""
+        data = await self.get_multi(
+            db=db,
+            redis=redis,
+            limit=limit,
+            page=page,
+            order_by=order_by,
+            ascending=ascending,
+            **kwargs,
+        )
+        total = await self.count(db=db, redis=redis, **kwargs)
+        return PaginatedResponse[ResponseT](data=data, total=total, limit=limit, page=page)
 
     # -- the write path --
 
@@ -562,11 +658,19 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     ) -> ResponseT:
         """Insert a row from ``obj_in``, commit, and cache it under its ``pattern`` key.
 
-        ``kwargs`` (the pattern's values, as the seed API passes them) are checked to be columns;
-        the key is computed from the stored row.
+        ``kwargs`` (the pattern's values, as the seed API passes them) must be columns that
+        ``obj_in`` sets to the same values; the key is computed from the stored row.
         """
-        self._check_columns(kwargs)
-        obj = self._new_instance(obj_in.model_dump())
+        given = self._convert(kwargs)
+        self._check_schema("obj_in", obj_in)
+        data = obj_in.model_dump()
+        converters = self._columns.converters
+        for name, value in given.items():
+            if name not in data:
+                raise FastRDBError(name, f"is given but {type(obj_in).__name__} has no such field")
+            if converters[name](name, data[name]) != value:
+                raise FastRDBError(name, "disagrees with the value obj_in gives")
+        obj = self._new_instance(data)
         db.add(obj)
         return await self._commit_and_cache(db, redis, obj)
 
@@ -575,6 +679,8 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     ) -> list[ResponseT]:
         """Insert every row of ``instances`` in one transaction and commit."""
         self._check_columns(kwargs)
+        for item in instances:
+            self._check_schema("instances", item)
         objects = [self._new_instance(item.model_dump()) for item in instances]
         await self._health(db, redis)
         db.add_all(objects)
@@ -590,10 +696,8 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     ) -> ResponseT:
         """Set the fields given in ``obj_in`` on the row matching ``kwargs``, commit, and cache
         the new row. Raises ``NoResultFound`` if no row matches."""
+        self._check_schema("obj_in", obj_in)
         data = obj_in.model_dump(exclude_unset=True)
-        for name in data:
-            if name not in self._columns.attributes:
-                raise FastRDBError(name, f"is not a column of {self._name}")
         obj = await self._fetch_for_write(db, kwargs)
         for name, value in data.items():
             setattr(obj, name, value)
@@ -611,11 +715,20 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
             await db.rollback()
             raise
 
-    def paginate(self, *, data: list[T], limit: int, page: int) -> PaginatedResponse[T]:
-        """Wrap a page of results (as ``get_multi`` returns it) with its paging parameters."""
+    def paginate(
+        self, *, data: list[T], limit: int, page: int, total: int | None = None
+    ) -> PaginatedResponse[T]:
+        """Wrap a page of results (as ``get_multi`` returns it) with its paging parameters.
+
+        ``total`` is what you pass (e.g. from ``count``); without it, it is ``len(data)``, the
+        length of this page only, as in the seed API. ``get_page`` gives the real total."""
         _check_positive_int("limit", limit)
         _check_positive_int("page", page)
-        return PaginatedResponse[T](data=data, total=len(data), limit=limit, page=page)
+        if total is None:
+            total = len(data)
+        elif isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise FastRDBError("total", f"must be an integer, 0 or more, got {total!r}")
+        return PaginatedResponse[T](data=data, total=total, limit=limit, page=page)
 
     async def _read_back(self, db: AsyncSession, obj: Any) -> tuple[ResponseT, str | None]:
         """The row's response and single-row key as the database holds it now, with what the
@@ -766,6 +879,14 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
                     self._stats.fills_refused += 1
                     await store.release(redis, health, key, token)
         return response
+
+
+def _decode_count(raw: Raw) -> int:
+    """A cached count (``int`` raises ``ValueError`` on anything else: a corrupt entry)."""
+    total = int(raw)
+    if total < 0:
+        raise ValueError(f"negative count {total}")
+    return total
 
 
 def _check_positive_int(name: str, value: Any) -> None:

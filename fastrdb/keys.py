@@ -202,3 +202,12 @@ class Namespace:
     def narrowed_lists(self, table: str, expanded_prefix: str) -> str:
         """The registry of list keys that only changes matching ``expanded_prefix`` make stale."""
         return f"{self.prefix}:lists:{encode_value(table)}:{encode_value(expanded_prefix)}"
+
+    def negatives(self, table: str) -> str:
+        """The registry of keys that may hold a negative entry of ``table``: drained by a
+        change of ``table`` whose values are unknown."""
+        return f"{self.prefix}:negatives:{encode_value(table)}"
+
+    def count(self, table: str) -> str:
+        """The key of ``count()`` of ``table`` (a digest suffix holds any filters)."""
+        return f"{self.prefix}:count:{encode_value(table)}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastrdb.errors import FastRDBError
+from fastrdb.errors import ConfigurationError
 
 __all__ = ["Settings"]
 
@@ -35,7 +35,12 @@ class Settings:
     """Pause between two looks at a key while waiting for another reader's fill."""
 
     max_limit: int = 1000
-    """The largest ``limit`` that ``get_multi`` accepts."""
+    """The largest ``limit`` that ``get_multi`` and ``get_page`` accept."""
+
+    negative_exp: int = 60
+    """Lifetime in seconds of a negative entry (a ``get`` that found no row), ``0`` for none.
+
+    Commits that could make the row match drop the entry before they return, like any other."""
 
     namespace: str = "fastrdb"
     """Prefix of FastRDB's own bookkeeping keys (published patterns, list registries)."""
@@ -43,11 +48,17 @@ class Settings:
     def __post_init__(self) -> None:
         for name in ("redis_timeout", "breaker_cooldown", "lease_ttl", "lease_wait", "lease_poll"):
             if getattr(self, name) <= 0:
-                raise FastRDBError(name, "must be positive")
+                raise ConfigurationError(name, "must be positive")
         if self.breaker_threshold < 1:
-            raise FastRDBError("breaker_threshold", "must be at least 1")
+            raise ConfigurationError("breaker_threshold", "must be at least 1")
         if self.max_limit < 1:
-            raise FastRDBError("max_limit", "must be at least 1")
+            raise ConfigurationError("max_limit", "must be at least 1")
+        negative_exp = self.negative_exp
+        if isinstance(negative_exp, bool) or not isinstance(negative_exp, int) or negative_exp < 0:
+            raise ConfigurationError(
+                "negative_exp",
+                f"must be a whole number of seconds, 0 or more, got {negative_exp!r}",
+            )
 
 
 DEFAULT_SETTINGS = Settings()

@@ -11,10 +11,23 @@ import fastrdb.events
 
 def test_exported_members() -> None:
     """fastrdb exports exactly these names, sorted."""
-    assert fastrdb.__all__ == ["FastRDB", "FastRDBError", "PaginatedResponse", "Settings"]
+    assert fastrdb.__all__ == [
+        "ConfigurationError",
+        "FastRDB",
+        "FastRDBError",
+        "PaginatedResponse",
+        "Settings",
+    ]
     assert fastrdb.events.__all__ == ["ListenHandle", "listen"]
     for name in fastrdb.__all__:
         assert getattr(fastrdb, name).__name__ == name
+
+
+def test_version_is_the_distributions() -> None:
+    """fastrdb.__version__ is the one version string, the one the installed metadata carries."""
+    from importlib.metadata import version
+
+    assert fastrdb.__version__ == version("fastrdb")
 
 
 def test_errors_are_value_errors() -> None:

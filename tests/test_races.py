@@ -363,11 +363,11 @@ async def test_a_refresh_cannot_fill_an_older_value(
 
 
 def test_refresh_mode_needs_an_asyncio_target(sync_maker: object, sync_redis: object) -> None:
-    """on_write="refresh" is refused for sync targets and unknown modes, naming the field."""
-    from fastrdb import FastRDBError
+    """on_write="refresh" is refused for sync targets and unknown modes, naming the argument."""
+    from fastrdb import ConfigurationError
 
-    with pytest.raises(FastRDBError) as caught:
+    with pytest.raises(ConfigurationError) as caught:
         listen(sync_maker, sync_redis, on_write="refresh")
-    assert caught.value.field == "on_write"
-    with pytest.raises(FastRDBError):
+    assert caught.value.argument == "on_write"
+    with pytest.raises(ConfigurationError):
         listen(sync_maker, sync_redis, on_write="nope")  # type: ignore[arg-type]

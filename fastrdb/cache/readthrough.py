@@ -53,6 +53,8 @@ class Stats:
     invalidations waiting to be replayed)."""
     corrupt: int = 0
     """Cached values that failed validation and were treated as a miss."""
+    negative_hits: int = 0
+    """Hits on a negative entry: a ``get`` answered "no row" without the database."""
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -60,10 +62,12 @@ class Stats:
 
 @dataclass(frozen=True, slots=True)
 class Loaded(Generic[T]):
-    """What a load produced: the value to return, and the text to cache (None: don't cache)."""
+    """What a load produced: the value to return, the text to cache (None: don't cache), and
+    its lifetime when it differs from the entry's (a negative entry)."""
 
     value: T
     payload: str | None
+    exp: int | None = None
 
 
 @dataclass(slots=True)
@@ -180,7 +184,7 @@ async def _load_and_fill(
         stats.fills_refused += 1
         await store.release(client, health, entry.key, token)
         return loaded.value
-    if await store.fill(client, health, entry.key, token, loaded.payload, exp):
+    if await store.fill(client, health, entry.key, token, loaded.payload, loaded.exp or exp):
         stats.fills += 1
         log.debug("cache_fill", key=key_ref(entry.key), **context)
     else:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from fastrdb._types import AnyRedis
-from fastrdb.errors import FastRDBError
+from fastrdb.errors import ConfigurationError
 from fastrdb.events.bindings import (
     BINDING_KEY,
     Binding,
@@ -115,10 +115,10 @@ def listen(
     protocol, by the ``FastRDB`` instances of this process, so hot rows never go cold.
     """
     if on_write not in ("invalidate", "refresh"):
-        raise FastRDBError("on_write", f"must be 'invalidate' or 'refresh', not {on_write!r}")
+        raise ConfigurationError("on_write", f"must be 'invalidate' or 'refresh', not {on_write!r}")
     is_async = _is_async_target(target)
     if on_write == "refresh" and not is_async:
-        raise FastRDBError("on_write", "'refresh' needs an asyncio target (AsyncSession)")
+        raise ConfigurationError("on_write", "'refresh' needs an asyncio target (AsyncSession)")
     expected = _ASYNC_CLIENTS if is_async else _SYNC_CLIENTS
     if not isinstance(redis, expected):
         kind = "a redis.asyncio client" if is_async else "a blocking redis.Redis client"

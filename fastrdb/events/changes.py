@@ -30,7 +30,7 @@ class Changes:
     needs them, so wide rows cost nothing beyond their pattern fields.
     """
 
-    __slots__ = ("own_tokens", "rows", "written")
+    __slots__ = ("own_tokens", "rows", "touched", "written")
 
     def __init__(self) -> None:
         self.rows: dict[str, list[dict[str, Any]]] = {}
@@ -38,6 +38,8 @@ class Changes:
         """Keys whose fill lease the writing session took itself (write-through): key → token."""
         self.written: list[Written] = []
         """Rows inserted or updated, for listeners that refresh instead of only invalidating."""
+        self.touched: set[str] = set()
+        """Tables changed in rows whose values are unknown: their negative entries go too."""
 
     def __bool__(self) -> bool:
         return bool(self.rows)
@@ -58,14 +60,17 @@ class Changes:
         self.written.append(Written(model, identity, dict(values)))
 
     def touch(self, tables: Iterable[str]) -> None:
-        """Record that ``tables`` changed in rows whose values are unknown (lists go stale)."""
+        """Record that ``tables`` changed in rows whose values are unknown (lists, counts and
+        negative entries go stale)."""
         for table in tables:
             self.rows.setdefault(table, [])
+            self.touched.add(table)
 
     def merge(self, other: Changes) -> None:
         """Fold ``other`` in; its write-through leases are not carried over."""
         for table, snapshots in other.rows.items():
             self.rows.setdefault(table, []).extend(snapshots)
+        self.touched |= other.touched
 
     def plan(self, schemes: Mapping[str, list[Scheme]], namespace: Namespace) -> InvalidationPlan:
         """The keys to drop, given the patterns published for each changed table."""
@@ -74,6 +79,8 @@ class Changes:
         for table, snapshots in self.rows.items():
             registries[namespace.lists(table)] = None
             registries[namespace.embeds(table)] = None  # entries that embed rows of the table
+            if table in self.touched:
+                registries[namespace.negatives(table)] = None
             table_schemes = schemes.get(table, ())
             for values in snapshots:
                 for scheme in table_schemes:
