@@ -7,9 +7,9 @@ import time
 import weakref
 from typing import Any, Protocol
 
-import structlog
 from redis.exceptions import RedisError
 
+from fastrdb._logging import log
 from fastrdb.settings import DEFAULT_SETTINGS, Settings
 
 __all__ = ["REDIS_ERRORS", "ClientHealth", "Mergeable", "ServerState", "health_of", "server_of"]
@@ -18,8 +18,6 @@ REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 """What a Redis call raises when the server is slow, gone or refuses (asyncio's timeout is the
 builtin ``TimeoutError`` since Python 3.11). Any other exception a client raises (a cluster
 topology error, "Event loop is closed") counts as a Redis failure too, and is logged once."""
-
-log = structlog.get_logger("fastrdb")
 
 
 class Mergeable(Protocol):

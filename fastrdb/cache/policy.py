@@ -24,14 +24,12 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-import structlog
 from redis.exceptions import ResponseError
 
+from fastrdb._logging import log
 from fastrdb.cache.health import ClientHealth
 
 __all__ = ["SAFE_POLICIES", "check_memory_policy", "is_safe_policy"]
-
-log = structlog.get_logger("fastrdb")
 
 SAFE_POLICIES = frozenset(
     {"noeviction", "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"}

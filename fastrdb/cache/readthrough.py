@@ -23,8 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
-import structlog
-
+from fastrdb._logging import log
 from fastrdb._types import Raw
 from fastrdb.cache import store
 from fastrdb.cache.health import ClientHealth
@@ -33,8 +32,6 @@ from fastrdb.schemes import Scheme
 __all__ = ["Entry", "Loaded", "Stats", "cached", "coalesced", "key_ref", "read_through"]
 
 T = TypeVar("T")
-
-log = structlog.get_logger("fastrdb")
 
 
 @dataclass(slots=True)

@@ -22,13 +22,13 @@ from collections import Counter
 from functools import partial
 from typing import Any
 
-import structlog
 from redis.exceptions import MaxConnectionsError
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
 from fastrdb._compat import greenlet_spawn, in_greenlet
+from fastrdb._logging import log
 from fastrdb.cache.health import ClientHealth
 from fastrdb.cache.store import Caller, deliver_invalidation
 from fastrdb.events.bindings import CHANGES_KEY, Binding, binding_of, refreshers_of
@@ -43,8 +43,6 @@ __all__ = [
     "invalidate",
     "replay",
 ]
-
-log = structlog.get_logger("fastrdb")
 
 delivered: Counter[str] = Counter()
 """Invalidations delivered by this process, per table (read by ``FastRDB.stats()``)."""
