@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 import redis.asyncio
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError, NoResultFound
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
@@ -82,12 +82,14 @@ async def bad_query(request: Request, exc: FastRDBError) -> JSONResponse:
     return JSONResponse({"detail": exc.message, "field": exc.field}, status_code=422)
 
 
+@app.exception_handler(IntegrityError)
+async def conflict(request: Request, exc: IntegrityError) -> JSONResponse:
+    return JSONResponse({"detail": "conflicts with an existing row"}, status_code=409)
+
+
 @app.post("/users", response_model=UserResponse, status_code=201)
 async def create_user(user: UserCreate, db: Db, cache: Cache) -> UserResponse:
-    try:
-        return await users.create(db=db, redis=cache, obj_in=user, email=user.email)
-    except IntegrityError:
-        raise HTTPException(409, "email already registered") from None
+    return await users.create(db=db, redis=cache, obj_in=user, email=user.email)
 
 
 @app.get("/users/{email}", response_model=UserResponse)
@@ -104,10 +106,9 @@ async def list_users(
     order_by: str | None = None,
     ascending: bool = True,
 ) -> PaginatedResponse[UserResponse]:
-    rows = await users.get_multi(
+    return await users.get_page(
         db=db, redis=cache, limit=limit, page=page, order_by=order_by, ascending=ascending
     )
-    return users.paginate(data=rows, limit=limit, page=page)
 
 
 @app.patch("/users/{email}", response_model=UserResponse)

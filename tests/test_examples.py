@@ -46,7 +46,7 @@ async def test_the_users_api(api: httpx.AsyncClient) -> None:
     assert (await api.get("/users/a@x.io")).json()["name"] == "Al"
     page = (await api.get("/users", params={"limit": 2, "order_by": "name"})).json()
     assert [u["name"] for u in page["data"]] == ["Al", "Bea"]
-    assert (page["limit"], page["page"]) == (2, 1)
+    assert (page["limit"], page["page"], page["total"]) == (2, 1, 3)
     second = (await api.get("/users", params={"limit": 2, "page": 2, "order_by": "name"})).json()
     assert [u["name"] for u in second["data"]] == ["Cy"]
     bad = await api.get("/users", params={"order_by": "__class__"})
