@@ -5,6 +5,7 @@ pattern."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.conftest import REDIS_URL
-from tests.processes import ROOT, Finished, finish, start_interpreter
+from tests.processes import ROOT, Finished, finish, run_python, start_interpreter
 from tests.test_crud import add_user, users
 
 Redis = redis.asyncio.Redis
@@ -62,12 +63,31 @@ async def test_an_app_that_configures_structlog_sees_fastrdb_at_its_levels(
     assert "cache_miss" not in out.stdout + out.stderr
 
 
-def test_fastrdb_does_not_configure_structlog() -> None:
-    """Importing and using FastRDB leaves structlog unconfigured (this process never
-    configures it)."""
-    assert not structlog.is_configured()
+async def test_fastrdb_does_not_configure_structlog() -> None:
+    """Importing FastRDB and logging through it leaves structlog and logging unconfigured."""
+    code = (
+        "import logging, structlog\n"
+        "import fastrdb, fastrdb.events\n"
+        "from fastrdb._logging import log\n"
+        "log.debug('cache_miss', key='k')\n"
+        "print(structlog.is_configured(), logging.getLogger().handlers,"
+        " logging.getLogger('fastrdb').handlers)\n"
+    )
+    out = await run_python(code)
+    assert out.returncode == 0, out.stderr
+    assert (out.stdout.split(), out.stderr) == (["False", "[]", "[]"], "")
 
 
+@pytest.fixture
+def structlog_unconfigured() -> Iterator[None]:
+    """structlog as an application that never configured it has it (other tests' use of
+    structlog.testing.capture_logs leaves it marked as configured)."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.mark.usefixtures("structlog_unconfigured")
 async def test_list_and_count_events_carry_the_list_pattern(
     db: AsyncSession, redis_client: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
