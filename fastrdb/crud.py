@@ -150,11 +150,12 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         return self._list.text
 
     def stats(self) -> dict[str, int]:
-        """What this instance's cache did: hits, misses, fills, refused fills, lease waits,
-        bypasses and corrupt entries; plus ``invalidations`` (commits of this process that
-        dropped keys of the model's table), ``redis_errors`` (failed calls on the Redis
-        clients this instance was given) and ``redis_overloads`` (calls on them that found the
-        connection pool full past ``redis_timeout`` and went without Redis: not failures)."""
+        """What this instance's cache did: hits (``negative_hits`` of them on negative entries),
+        misses, fills, refused fills, lease waits, bypasses and corrupt entries; plus
+        ``invalidations`` (commits of this process that dropped keys of the model's table),
+        ``redis_errors`` (failed calls on the Redis clients this instance was given) and
+        ``redis_overloads`` (calls on them that found the connection pool full past
+        ``redis_timeout`` and went without Redis: not failures). See docs/logging.md."""
         return {
             **self._stats.as_dict(),
             "invalidations": delivered[self.table],
