@@ -17,14 +17,11 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
+from fastrdb._logging import log
 from fastrdb.capture.rows import RowChange, Transaction
 from fastrdb.capture.source import Batch, CaptureSetupError
 
 __all__ = ["MariaDBSource", "ServerAddress"]
-
-log = structlog.get_logger("fastrdb")
 
 _REQUIRED = {
     "log_bin": "ON",

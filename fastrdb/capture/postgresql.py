@@ -12,15 +12,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import structlog
-
+from fastrdb._logging import log
 from fastrdb.capture.decoding import parse_change
 from fastrdb.capture.rows import RowChange, Transaction
 from fastrdb.capture.source import Batch, CaptureSetupError
 
 __all__ = ["PostgresSource"]
-
-log = structlog.get_logger("fastrdb")
 
 PLUGIN = "test_decoding"
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import structlog
-
 from fastrdb._compat import greenlet_spawn
+from fastrdb._logging import log
 from fastrdb.cache.store import REDIS_ERRORS, Caller, deliver_invalidation
 from fastrdb.capture.rows import TableNames, to_changes
 from fastrdb.capture.source import Batch, CaptureSetupError, Source
@@ -25,8 +24,6 @@ from fastrdb.keys import Namespace
 from fastrdb.settings import DEFAULT_SETTINGS, Settings
 
 __all__ = ["CaptureStats", "Runner"]
-
-log = structlog.get_logger("fastrdb")
 
 
 @dataclass(slots=True)
