@@ -19,6 +19,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Mapper
 from fastrdb._types import AsyncRedis, Raw
 from fastrdb.cache import store
 from fastrdb.cache.health import ClientHealth, health_of
+from fastrdb.cache.near import NearCaches, embeds_group, list_group
 from fastrdb.cache.policy import check_memory_policy
 from fastrdb.cache.readthrough import Entry, Loaded, Stats, cached, coalesced, read_through
 from fastrdb.errors import ConfigurationError, FastRDBError
@@ -134,6 +135,12 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         self._context = {"model": mapper.class_.__name__, "pattern": pattern}
         self._list_context = {"model": mapper.class_.__name__, "pattern": self._list.text}
         self._decode_row = decoder(response_schema.model_validate_json, self._stats)
+        self._near = (
+            NearCaches(self.settings.near_cache_size, (pattern, self._list.text))
+            if self.settings.near_cache_size
+            else None
+        )
+        self._list_group = list_group(self.table)
         register_refresher(mapper.class_, self)
         if mapper.configured:
             self._embedding  # noqa: B018 -- refuse an untraceable schema now, if mappers allow
@@ -150,17 +157,19 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         return self._list.text
 
     def stats(self) -> dict[str, int]:
-        """What this instance's cache did: hits (``negative_hits`` of them on negative entries),
-        misses, fills, refused fills, lease waits, bypasses and corrupt entries; plus
-        ``invalidations`` (commits of this process that dropped keys of the model's table),
-        ``redis_errors`` (failed calls on the Redis clients this instance was given) and
-        ``redis_overloads`` (calls on them that found the connection pool full past
+        """What this instance's cache did: hits (``negative_hits`` of them on negative entries,
+        ``near_hits`` served by the near cache without Redis), misses, fills, refused fills, lease
+        waits, bypasses and corrupt entries; plus ``near_invalidations`` (near entries dropped
+        because they changed), ``invalidations`` (commits of this process that dropped keys of the
+        model's table), ``redis_errors`` (failed calls on the Redis clients this instance was
+        given) and ``redis_overloads`` (calls on them that found the connection pool full past
         ``redis_timeout`` and went without Redis: not failures). See docs/logging.md."""
         return {
             **self._stats.as_dict(),
             "invalidations": delivered[self.table],
             "redis_errors": sum(health.errors for health in self._healths),
             "redis_overloads": sum(health.overloads for health in self._healths),
+            "near_invalidations": self._near.invalidations if self._near is not None else 0,
         }
 
     # -- set-up done once, at first use (mappers may not be configured at construction) --
@@ -182,6 +191,11 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         """(the embedded tables' names, the registries an entry joins for them)."""
         names = tuple(table_name(table) for table in self._embedding.tables)
         return names, tuple(self._namespace.embeds(name) for name in names)
+
+    @cached_property
+    def _near_groups(self) -> tuple[str, ...]:
+        """The near-cache groups of the tables every entry embeds."""
+        return tuple(embeds_group(name) for name in self._embedded[0])
 
     def _select(self) -> Select[Any]:
         """``select(model)``, loading what the response schema embeds in the same read (the
@@ -380,13 +394,17 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         decode: Callable[[Raw], T],
         prepare: Callable[[], tuple[Entry, Callable[[], Awaitable[Loaded[T]]]]],
         context: dict[str, str],
+        groups: tuple[str, ...],
     ) -> T:
-        """Serve ``key`` from the cache, or ``prepare()`` the miss path (only a miss pays it).
-        ``context`` goes with the log events (the model, and the row or list pattern)."""
+        """Serve ``key`` from the near cache or Redis, or ``prepare()`` the miss path (only a
+        miss pays it). ``context`` goes with the log events (the model, and the row or list
+        pattern); ``groups``: what else invalidates ``key`` in the near cache (its row key or
+        the table's lists; the tables its entries embed)."""
+        near = self._near.of(redis) if self._near is not None else None
         health = await self._health(db, redis)
         changes: Changes | None = db.sync_session.info.get(CHANGES_KEY)
         if health.usable and (changes is None or not self._written_in(changes)):
-            value = await cached(redis, health, key, decode, self._stats, context)
+            value = await cached(redis, health, key, decode, self._stats, context, near, groups)
             if value is not store.MISS:
                 return value
             entry, load = prepare()
@@ -490,7 +508,9 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
                 registries.append(self._namespace.negatives(self.table))
             return Entry(key, self._schemes_key, self._row_schemes, registries), load
 
-        found = await self._read(db, redis, key, self._decode_row, prepare, self._context)
+        found = await self._read(
+            db, redis, key, self._decode_row, prepare, self._context, (base, *self._near_groups)
+        )
         if found is ABSENT:
             raise NoResultFound("No row was found when one was required")
         return found
@@ -541,9 +561,9 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
             schemes = self._prefix_schemes
             return Entry(key, self._schemes_key, schemes, (registry, *embeds)), load
 
-        return await self._read(
-            db, redis, key, self._list_decoder.validate_json, prepare, self._list_context
-        )
+        decode = self._list_decoder.validate_json
+        groups = (self._list_group, *self._near_groups)
+        return await self._read(db, redis, key, decode, prepare, self._list_context, groups)
 
     def _narrowing(self, db: AsyncSession, filters: Mapping[str, Any], key: str) -> str | None:
         """The expanded ``invalidate_pattern_prefix`` that may stand for this list entry, or None
@@ -607,7 +627,15 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
             registry = self._namespace.lists(self.table)
             return Entry(key, self._schemes_key, (), (registry,)), load
 
-        return await self._read(db, redis, key, _decode_count, prepare, self._list_context)
+        return await self._read(
+            db,
+            redis,
+            key,
+            _decode_count,
+            prepare,
+            self._list_context,
+            (self._list_group, *self._near_groups),
+        )
 
     def _count_key(self, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """(the key, the converted filters) of a ``count``, checked, and remembered."""

@@ -45,12 +45,20 @@ class Settings:
     namespace: str = "fastrdb"
     """Prefix of FastRDB's own bookkeeping keys (published patterns, list registries)."""
 
+    near_cache_size: int = 0
+    """Entries kept in this process per FastRDB instance (the near cache, kept coherent by
+    Redis client-side caching; see docs/near-cache.md). ``0``: no near cache."""
+
     def __post_init__(self) -> None:
         for name in ("redis_timeout", "breaker_cooldown", "lease_ttl", "lease_wait", "lease_poll"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(name, "must be positive")
         if self.breaker_threshold < 1:
             raise ConfigurationError("breaker_threshold", "must be at least 1")
+        if isinstance(self.near_cache_size, bool) or not isinstance(self.near_cache_size, int):
+            raise ConfigurationError("near_cache_size", "must be an integer")
+        if self.near_cache_size < 0:
+            raise ConfigurationError("near_cache_size", "must be 0 (off) or a number of entries")
         if self.max_limit < 1:
             raise ConfigurationError("max_limit", "must be at least 1")
         negative_exp = self.negative_exp

@@ -27,6 +27,7 @@ from fastrdb._logging import log
 from fastrdb._types import Raw
 from fastrdb.cache import store
 from fastrdb.cache.health import ClientHealth
+from fastrdb.cache.near import NearCache
 from fastrdb.schemes import Scheme
 
 __all__ = ["Entry", "Loaded", "Stats", "cached", "coalesced", "key_ref", "read_through"]
@@ -52,6 +53,8 @@ class Stats:
     """Cached values that failed validation and were treated as a miss."""
     negative_hits: int = 0
     """Hits on a negative entry: a ``get`` answered "no row" without the database."""
+    near_hits: int = 0
+    """Reads served from the near cache, without Redis."""
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -89,8 +92,27 @@ async def cached(
     decode: Callable[[Raw], T],
     stats: Stats,
     context: dict[str, str],
+    near: NearCache | None = None,
+    groups: tuple[str, ...] = (),
 ) -> T | store.Miss:
-    """The hit path: one GET and a validation; MISS when absent, unusable or Redis is down."""
+    """The hit path: one GET and a validation; MISS when absent, unusable or Redis is down.
+
+    With a ``near`` cache: served from it when it holds ``key``; else what Redis returned is
+    stored in it, unless an invalidation of ``key`` or of one of its ``groups`` arrived since
+    before the GET.
+    """
+    ticket = None
+    if near is not None:
+        raw_near = near.lookup(key)
+        if raw_near is not None:
+            try:
+                value = decode(raw_near)
+            except ValueError:
+                near.discard(key)
+            else:
+                stats.near_hits += 1
+                return value
+        ticket = near.tracker.ticket()
     raw = await store.get(client, health, key)
     if raw is store.MISS:
         return raw
@@ -101,6 +123,8 @@ async def cached(
         log.warning("cache_corrupt", key=key_ref(key), **context)
         return store.MISS
     stats.hits += 1  # counted, not logged: a log call costs more than the hit itself
+    if ticket is not None and near is not None:
+        near.store(key, groups, raw, ticket)
     return value
 
 

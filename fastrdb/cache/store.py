@@ -27,6 +27,7 @@ from fastrdb._compat import await_in_greenlet
 from fastrdb._types import Raw
 from fastrdb.cache.deadline import watchdog
 from fastrdb.cache.health import REDIS_ERRORS, ClientHealth
+from fastrdb.cache.near import forget
 from fastrdb.cache.scripts import DROP, FILL, INVALIDATE, LEASE, RELEASE
 from fastrdb.keys import Namespace, deps_key, lease_key
 from fastrdb.schemes import Scheme
@@ -297,7 +298,10 @@ def deliver_invalidation(
     """
     if is_cluster(client):
         schemes = _read_schemes(call, client, namespace, tables)
-        return _deliver_per_slot(call, client, plan({t: s for t, (_, s) in schemes.items()}))
+        todo = plan({t: s for t, (_, s) in schemes.items()})
+        dropped = _deliver_per_slot(call, client, todo)
+        forget(tables, todo.row_keys)
+        return dropped
     cache = _scheme_caches.setdefault(client, {})
     for _ in range(5):
         missing = [table for table in tables if table not in cache]
@@ -312,6 +316,7 @@ def deliver_invalidation(
         args += todo.own_tokens
         dropped = int(INVALIDATE.run(call, client, keys, args))
         if dropped >= 0:
+            forget(tables, todo.row_keys)  # this process' near entries, before commit() returns
             return dropped
         for table in tables:
             cache.pop(table, None)  # the published patterns changed meanwhile: read them again

@@ -1,0 +1,393 @@
+"""The near cache: in-process hits kept coherent by Redis client-side caching invalidations."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from fastrdb import ConfigurationError, FastRDB, Settings
+from fastrdb.cache.near import NearCache
+from tests.conftest import CLUSTER, REDIS_URL, Database
+from tests.models import Item, ItemSchema, ItemUpdate
+from tests.processes import finish, start_python
+from tests.servers import RedisServer
+from tests.test_races import History
+
+pytestmark = pytest.mark.skipif(CLUSTER, reason="the near cache refuses Redis Cluster clients")
+
+Redis = redis.asyncio.Redis
+
+NEAR = Settings(near_cache_size=64)
+near_items = FastRDB[Item, ItemSchema, ItemUpdate, ItemSchema](
+    Item, ItemSchema, pattern="item:{sku}", settings=NEAR
+)
+
+
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    """Wait (a bounded while, not a timed assertion) for ``condition``."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        await asyncio.sleep(0.005)
+
+
+async def tracked(crud: FastRDB[Any, Any, Any, Any], client: Redis) -> NearCache:
+    """The near cache ``crud`` uses with ``client``, once its tracking is set up."""
+    assert crud._near is not None
+    near = crud._near.of(client)
+    assert near is not None
+    await eventually(lambda: near.tracker.up, "tracking set up")
+    # The fixtures' FLUSHDB reaches the near cache as a message: wait for it (test isolation).
+    await eventually(lambda: (near.tracker.drain(), len(near) == 0)[1], "flushed")
+    return near
+
+
+@contextlib.contextmanager
+def deaf(near: NearCache) -> Iterator[None]:
+    """Redis' invalidation messages are not read meanwhile (neither before hits nor by the
+    event loop): only this process' own bookkeeping can keep the near cache right."""
+    tracker = near.tracker
+    conn = tracker._conn
+    assert conn is not None
+    tracker.loop.remove_reader(conn.sock.fileno())
+    tracker.drain = lambda: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del tracker.drain
+        tracker.loop.add_reader(conn.sock.fileno(), tracker._read_ready)
+
+
+async def add(maker: async_sessionmaker[AsyncSession], client: Redis, sku: str) -> None:
+    async with maker() as db:
+        await near_items.create(db=db, redis=client, obj_in=ItemSchema(sku=sku, name=sku, price=1))
+
+
+async def get(maker: async_sessionmaker[AsyncSession], client: Redis, sku: str) -> ItemSchema:
+    async with maker() as db:
+        return await near_items.get(db=db, redis=client, sku=sku)
+
+
+async def set_counter(
+    maker: async_sessionmaker[AsyncSession], client: Redis, sku: str, value: int
+) -> None:
+    async with maker() as db:
+        await near_items.update(db=db, redis=client, obj_in=ItemUpdate(counter=value), sku=sku)
+
+
+async def test_a_hit_is_served_in_process_as_a_fresh_object(
+    maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """A second get is served without Redis; mutating what it returned changes nothing."""
+    await tracked(near_items, redis_client)
+    await add(maker, redis_client, "a")
+    await get(maker, redis_client, "a")  # from Redis: stored near
+    before = near_items.stats()["near_hits"]
+    got = await get(maker, redis_client, "a")
+    assert near_items.stats()["near_hits"] == before + 1
+    got.name = "mutated"
+    again = await get(maker, redis_client, "a")
+    assert again.name == "a"
+    assert again is not got
+
+
+async def test_a_write_by_another_client_drops_the_entry(
+    maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """A key changed in Redis by anyone else is invalidated by the tracking message."""
+    near = await tracked(near_items, redis_client)
+    await add(maker, redis_client, "a")
+    await get(maker, redis_client, "a")
+    assert "item:a" in near._entries
+    other = Redis.from_url(REDIS_URL)
+    try:
+        changed = ItemSchema(sku="a", name="elsewhere", price=1, counter=0)
+        await other.set("item:a", changed.model_dump_json())
+    finally:
+        await other.aclose()
+    await eventually(lambda: (near.tracker.drain(), "item:a" not in near._entries)[1], "dropped")
+    assert (await get(maker, redis_client, "a")).name == "elsewhere"
+
+
+async def test_delivered_invalidations_are_applied_before_a_hit(
+    maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """A message that reached the socket while the event loop did not run is applied before
+    the next hit is served."""
+    near = await tracked(near_items, redis_client)
+    await add(maker, redis_client, "a")
+    await get(maker, redis_client, "a")
+    other = redis.Redis.from_url(REDIS_URL)
+    try:
+        other.set("item:a", ItemSchema(sku="a", name="elsewhere", price=1).model_dump_json())
+    finally:
+        other.close()
+    conn = near.tracker._conn
+    assert conn is not None
+    assert conn.poller.poll(10_000)  # blocks the loop: only the hit path can read it now
+    assert (await get(maker, redis_client, "a")).name == "elsewhere"
+
+
+async def test_own_commits_clear_near_entries_before_commit_returns(
+    maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """An update, then a page change, by this process: the next reads see them at once."""
+    near = await tracked(near_items, redis_client)
+    await add(maker, redis_client, "a")
+    await get(maker, redis_client, "a")
+    async with maker() as db:
+        await near_items.get_multi(db=db, redis=redis_client)
+        await near_items.get_multi(db=db, redis=redis_client)
+    assert len(near) == 2
+    with deaf(near):
+        await set_counter(maker, redis_client, "a", 7)
+        assert (await get(maker, redis_client, "a")).counter == 7
+        await add(maker, redis_client, "b")
+        async with maker() as db:
+            page = await near_items.get_multi(db=db, redis=redis_client)
+        assert [row.sku for row in page] == ["a", "b"]
+
+
+def hold_get(client: Redis, meanwhile: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+    """Make ``client``'s next GET run ``meanwhile()`` after Redis answered, before FastRDB
+    sees the answer; returns the undo."""
+    original = client.get
+
+    async def held(key: Any) -> Any:
+        client.get = original  # type: ignore[method-assign]
+        raw = await original(key)
+        await meanwhile()
+        return raw
+
+    client.get = held  # type: ignore[method-assign]
+    return lambda: setattr(client, "get", original)
+
+
+async def test_a_read_that_raced_a_foreign_invalidation_is_not_stored(
+    maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """GET answers the old value; another client's change is applied before the store: the
+    old value is returned (the read began first) but not stored."""
+    near = await tracked(near_items, redis_client)
+    await add(maker, redis_client, "a")
+    other = Redis.from_url(REDIS_URL)
+
+    async def change_elsewhere() -> None:
+        seq = near.tracker.seq
+        changed = ItemSchema(sku="a", name="elsewhere", price=1, counter=0)
+        await other.set("item:a", changed.model_dump_json())
+        await eventually(lambda: (near.tracker.drain(), near.tracker.seq > seq)[1], "message")
+
+    undo = hold_get(redis_client, change_elsewhere)
+    try:
+        assert (await get(maker, redis_client, "a")).name == "a"
+    finally:
+        undo()
+        await other.aclose()
+    assert (await get(maker, redis_client, "a")).name == "elsewhere"
+
+
+async def test_a_read_that_raced_an_own_commit_is_not_stored(
+    maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """GET answers the old value; this process commits a change before the store: the next
+    read sees the commit, without waiting for Redis' message."""
+    near = await tracked(near_items, redis_client)
+    await add(maker, redis_client, "a")
+    undo = hold_get(redis_client, lambda: set_counter(maker, redis_client, "a", 5))
+    try:
+        with deaf(near):
+            assert (await get(maker, redis_client, "a")).counter == 0
+            assert (await get(maker, redis_client, "a")).counter == 5
+    finally:
+        undo()
+
+
+async def test_entries_are_bounded_least_recently_used_first(
+    maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """With room for two entries, a third evicts the one read longest ago."""
+    small = FastRDB[Item, ItemSchema, ItemUpdate, ItemSchema](
+        Item, ItemSchema, pattern="item:{sku}", settings=Settings(near_cache_size=2)
+    )
+    near = await tracked(small, redis_client)
+    for sku in "abc":
+        await add(maker, redis_client, sku)
+    async with maker() as db:
+        for sku in "abac":
+            await small.get(db=db, redis=redis_client, sku=sku)
+    assert list(near._entries) == ["item:a", "item:c"]
+
+
+def test_a_negative_size_is_refused() -> None:
+    """near_cache_size below 0 is a ConfigurationError naming it."""
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(near_cache_size=-1)
+    assert caught.value.argument == "near_cache_size"
+
+
+async def test_a_cluster_client_is_refused(db: AsyncSession) -> None:
+    """A Redis Cluster client with the near cache on: ConfigurationError naming
+    near_cache_size."""
+    cluster = redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=1)
+    with pytest.raises(ConfigurationError) as caught:
+        await near_items.get(db=db, redis=cluster, sku="a")  # type: ignore[arg-type]
+    assert caught.value.argument == "near_cache_size"
+
+
+# -- tracking lost ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def own_redis() -> AsyncIterator[tuple[RedisServer, Redis]]:
+    server = RedisServer().start()
+    client = Redis.from_url(server.url, socket_timeout=0.2, socket_connect_timeout=0.2)
+    try:
+        yield server, client
+    finally:
+        await client.aclose()
+        server.kill()
+
+
+async def test_a_killed_tracking_connection_empties_and_bypasses_until_back(
+    maker: async_sessionmaker[AsyncSession], own_redis: tuple[RedisServer, Redis]
+) -> None:
+    """CLIENT KILL of the tracking connection, then a change it can't hear of: the next read
+    sees the change; near hits resume once tracking is set up again."""
+    _, client = own_redis
+    near = await tracked(near_items, client)
+    await add(maker, client, "a")
+    await get(maker, client, "a")
+    assert "item:a" in near._entries
+    await client.client_kill_filter(_id=near.tracker.client_id)
+    await client.set("item:a", ItemSchema(sku="a", name="unheard", price=1).model_dump_json())
+    assert (await get(maker, client, "a")).name == "unheard"
+    await eventually(lambda: near.tracker.up, "tracking set up again")
+    await get(maker, client, "a")
+    hits = near_items.stats()["near_hits"]
+    assert (await get(maker, client, "a")).name == "unheard"
+    assert near_items.stats()["near_hits"] == hits + 1
+
+
+async def test_a_redis_restart_empties_the_near_cache(
+    maker: async_sessionmaker[AsyncSession], own_redis: tuple[RedisServer, Redis]
+) -> None:
+    """Redis restarts while the row changes without any invalidation: the next read after
+    the restart sees the database's row, not the near entry."""
+    server, client = own_redis
+    near = await tracked(near_items, client)
+    await add(maker, client, "a")
+    await get(maker, client, "a")
+    assert "item:a" in near._entries
+    server.kill()
+    async with maker() as session:  # not listened: only the restart can tell
+        await session.execute(update(Item).where(Item.sku == "a").values(name="while down"))
+        await session.commit()
+    server.start()
+    assert (await get(maker, client, "a")).name == "while down"
+    await eventually(lambda: near.tracker.up, "tracking set up again")
+
+
+# -- histories -------------------------------------------------------------------------------
+
+WRITER = """
+import sys, time
+from sqlalchemy import create_engine, update
+from sqlalchemy.orm import sessionmaker
+import redis
+from fastrdb.events import listen
+from tests.models import Item
+
+maker = sessionmaker(create_engine(sys.argv[1]))
+listen(maker, redis.Redis.from_url(sys.argv[2], socket_timeout=1))
+deadline = time.monotonic() + float(sys.argv[3])
+value = 0
+while time.monotonic() < deadline:
+    value += 1
+    with maker() as session:
+        session.execute(update(Item).where(Item.sku == "h").values(counter=value))
+        session.commit()
+    print("committed", time.monotonic(), value, flush=True)
+    time.sleep(0.003)
+"""
+
+
+async def read_history(
+    maker: async_sessionmaker[AsyncSession], client: Redis, history: History, until: float
+) -> None:
+    while time.monotonic() < until:
+        started = time.monotonic()
+        got = await get(maker, client, "h")
+        history.reads.append(("h", started, got.counter))
+        await asyncio.sleep(0)
+
+
+@pytest.mark.slow
+async def test_history_with_a_writer_in_another_process(
+    database: Database, maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """A listened sync session in another process bumps a counter; readers with the near cache
+    never see an older value than one committed 1 ms or more before their read began."""
+    await tracked(near_items, redis_client)
+    await add(maker, redis_client, "h")
+    url = REDIS_URL
+    process = await start_python(WRITER, database.sync_url, url, "2.0")
+    history = History({"h": []})
+    hits = near_items.stats()["near_hits"]
+    until = time.monotonic() + 3.0
+    async with asyncio.TaskGroup() as group:
+        for _ in range(4):
+            group.create_task(read_history(maker, redis_client, history, until))
+    result = await finish(process)
+    assert result.returncode == 0, result.stderr
+    lines = [line.split() for line in result.stdout.splitlines() if line.startswith("committed")]
+    history.committed["h"] = [(float(t) + 0.001, int(v)) for _, t, v in lines]
+    assert len(lines) > 20
+    assert near_items.stats()["near_hits"] > hits + 100
+    assert history.violations() == []
+
+
+@pytest.mark.slow
+async def test_history_with_a_writer_in_this_process(
+    maker: async_sessionmaker[AsyncSession],
+    writer: async_sessionmaker[AsyncSession],
+    redis_client: Redis,
+) -> None:
+    """Writers in this process (FastRDB update and a listened ORM session): no read that began
+    after a commit returned sees an older value, with no margin at all."""
+    await tracked(near_items, redis_client)
+    await add(maker, redis_client, "h")
+    history = History({"h": []})
+    hits = near_items.stats()["near_hits"]
+    until = time.monotonic() + 2.0
+
+    async def write() -> None:
+        value = 0
+        while time.monotonic() < until:
+            value += 1
+            if value % 2:
+                await set_counter(maker, redis_client, "h", value)
+            else:
+                async with writer() as session:
+                    (await session.get_one(Item, "h")).counter = value
+                    await session.commit()
+            history.committed["h"].append((time.monotonic(), value))
+            await asyncio.sleep(0.003)
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(write())
+        for _ in range(4):
+            group.create_task(read_history(maker, redis_client, history, until))
+    assert len(history.committed["h"]) > 5
+    assert near_items.stats()["near_hits"] > hits + 100
+    assert history.violations() == []
