@@ -18,10 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from fastrdb import ConfigurationError, FastRDB, Settings
 from fastrdb.cache.near import NearCache
 from tests.conftest import CLUSTER, REDIS_URL, Database
-from tests.models import Item, ItemSchema, ItemUpdate
+from tests.models import Book, BookCreate, BookOut, BookUpdate, Item, ItemSchema, ItemUpdate
 from tests.processes import finish, start_python
 from tests.servers import RedisServer
 from tests.test_races import History
+from tests.test_relations import rename as rename_author
+from tests.test_relations import seed as seed_books
 
 pytestmark = pytest.mark.skipif(CLUSTER, reason="the near cache refuses Redis Cluster clients")
 
@@ -156,6 +158,33 @@ async def test_own_commits_clear_near_entries_before_commit_returns(
         async with maker() as db:
             page = await near_items.get_multi(db=db, redis=redis_client)
         assert [row.sku for row in page] == ["a", "b"]
+
+
+near_books = FastRDB[Book, BookCreate, BookUpdate, BookOut](
+    Book, BookOut, pattern="book:{id}", list_pattern="books:{page}:{limit}", settings=NEAR
+)
+
+
+async def test_an_own_commit_drops_near_entries_that_embed_its_rows(
+    maker: async_sessionmaker[AsyncSession],
+    writer: async_sessionmaker[AsyncSession],
+    redis_client: Redis,
+) -> None:
+    """A listened session of this process renames an author: the near book and page of books
+    that embed it are dropped before commit() returns."""
+    near = await tracked(near_books, redis_client)
+    await seed_books(maker)
+    async with maker() as db:
+        for _ in range(2):
+            await near_books.get(db=db, redis=redis_client, id=1)
+            await near_books.get_multi(db=db, redis=redis_client)
+    assert len(near) == 2
+    with deaf(near):
+        await rename_author(writer, "New")
+        async with maker() as db:
+            assert (await near_books.get(db=db, redis=redis_client, id=1)).author.name == "New"
+            page = await near_books.get_multi(db=db, redis=redis_client)
+            assert [book.author.name for book in page] == ["New"]
 
 
 def hold_get(client: Redis, meanwhile: Callable[[], Awaitable[None]]) -> Callable[[], None]:
