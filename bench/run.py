@@ -17,6 +17,7 @@ import socket
 import statistics
 import sys
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -85,14 +86,14 @@ class AccountOut(BaseModel):
     counter: int
 
 
-def make_crud() -> FastRDB[Account, AccountIn, AccountPatch, AccountOut]:
+def make_crud(near: int = 0) -> FastRDB[Account, AccountIn, AccountPatch, AccountOut]:
     return FastRDB[Account, AccountIn, AccountPatch, AccountOut](
         Account,
         AccountOut,
         pattern="bench:account:{email}",
         list_pattern="bench:accounts:{page}:{limit}",
         exp=600,
-        settings=Settings(redis_timeout=1.0),
+        settings=Settings(redis_timeout=1.0, near_cache_size=near),
     )
 
 
@@ -223,6 +224,11 @@ async def bench_database(name: str, url: str, args: argparse.Namespace) -> list[
     await client.flushdb()
     crud = make_crud()
     email, key = "u1@bench.io", "bench:account:u1@bench.io"
+    if args.near_only:
+        results.extend(await bench_near(name, maker, client, args))
+        await client.aclose()
+        await engine.dispose()
+        return results
 
     # 1. hit
     progress(f"{name}: 1 cached get vs bare GET + validate")
@@ -424,6 +430,9 @@ async def bench_database(name: str, url: str, args: argparse.Namespace) -> list[
 
     # 9. Redis down
     results.append(await bench_redis_down(name, maker, args))
+
+    # 10. the near cache
+    results.extend(await bench_near(name, maker, client, args))
     await client.aclose()
     await full_client.aclose()
     await engine.dispose()
@@ -603,6 +612,162 @@ async def bench_mix(
     )
 
 
+async def near_ready(crud: Any, client: redis.asyncio.Redis) -> Any:
+    """``crud``'s near cache for ``client``, once its tracking connection is set up."""
+    cache = crud._near.of(client)
+    for _ in range(1000):
+        if cache.tracker.up:
+            return cache
+        await asyncio.sleep(0.01)
+    raise RuntimeError("the near cache's tracking was never set up")
+
+
+async def bench_near(
+    name: str,
+    maker: async_sessionmaker[AsyncSession],
+    client: redis.asyncio.Redis,
+    args: argparse.Namespace,
+) -> list[Result]:
+    """10: the near cache — a hit against the floor, a 95/5 Zipf mix at 64 tasks with and
+    without it, and the memory one entry takes."""
+    results: list[Result] = []
+    await client.flushdb()
+    near = make_crud(near=20_000)
+    email, key = "u1@bench.io", "bench:account:u1@bench.io"
+    progress(f"{name}: 10a near hit vs bare GET + validate")
+    async with maker() as db:
+        cache = await near_ready(near, client)
+        for _ in range(3):  # miss and fill; hit in Redis, stored near; near hit
+            await near.get(db=db, redis=client, email=email)
+        assert near.stats()["near_hits"] >= 1, "the near cache did not serve the hit"
+
+        async def hit() -> Any:
+            return await near.get(db=db, redis=client, email=email)
+
+        async def bare_hit() -> Any:
+            return AccountOut.model_validate_json(await client.get(key))  # type: ignore[arg-type]
+
+        results.append(
+            ratio_result(
+                "10a near hit",
+                name,
+                "FastRDB get (near hit)",
+                "GET + model_validate_json",
+                await compare(hit, bare_hit, n=args.n, rounds=args.rounds),
+                0.10,
+            )
+        )
+
+    # 10b. A 95/5 Zipf mix at 64 tasks, with the near cache and without it.
+    progress(f"{name}: 10b Zipf 95/5 mix at 64 tasks, near cache on vs off")
+    plain = make_crud()
+    rng = random.Random(11)
+    weights = [1 / (rank**1.1) for rank in range(1, 10_001)]
+    values: dict[int, int] = {}
+    stale = 0
+
+    async def mix(crud: Any, ops: int) -> float:
+        nonlocal stale
+        picks = rng.choices(range(1, 10_001), weights=weights, k=ops)
+        queue = [(row, rng.random() < 0.05) for row in picks]
+        committed: dict[int, list[tuple[float, int]]] = {}
+        reads: list[tuple[int, float, int]] = []
+        writing = asyncio.Lock()  # one writer at a time: SQLite would refuse 64
+
+        async def worker() -> None:
+            async with maker() as db:
+                while queue:
+                    row, write = queue.pop()
+                    email = f"u{row}@bench.io"
+                    if write:
+                        async with writing:
+                            value = values.get(row, 0) + 1
+                            values[row] = value
+                            await crud.update(
+                                db=db, redis=client, obj_in=AccountPatch(counter=value), email=email
+                            )
+                            committed.setdefault(row, []).append((time.monotonic(), value))
+                    else:
+                        started = time.monotonic()
+                        got = await crud.get(db=db, redis=client, email=email)
+                        reads.append((row, started, got.counter))
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(64)))
+        rate = ops / (time.perf_counter() - began)
+        stale += sum(
+            1
+            for row, started, value in reads
+            if value < max((v for t, v in committed.get(row, []) if t < started), default=0)
+        )
+        return rate
+
+    ops = max(2000, args.mix_ops // 4)
+    await mix(near, ops)  # warm both: entries in Redis and in the near cache
+    await mix(plain, ops)
+    hits_before = near.stats()["near_hits"]
+    rates_near, rates_plain = [], []
+    for round_ in range(max(3, args.rounds // 2)):
+        order = [(near, rates_near), (plain, rates_plain)]
+        if round_ % 2:
+            order.reverse()
+        for crud, sink in order:
+            sink.append(await mix(crud, ops))
+    ratios = [a / b for a, b in zip(rates_near, rates_plain, strict=True)]
+    near_hits = near.stats()["near_hits"] - hits_before
+    results.append(
+        Result(
+            "10b near mix",
+            name,
+            "64 tasks, Zipf 95/5, near cache",
+            "same, without it",
+            statistics.median(rates_near),
+            statistics.median(rates_plain),
+            "ops/s",
+            statistics.median(ratios),
+            f"{min(ratios):.2f}..{max(ratios):.2f}",
+            "0 stale reads",
+            stale == 0,
+            f"{stale} stale reads, {near_hits} near hits",
+        )
+    )
+
+    # 10c. Memory per entry: the bench's row, 2,000 entries.
+    progress(f"{name}: 10c memory per near entry")
+    sizing = make_crud(near=2_000)
+    async with maker() as db:
+        cache = await near_ready(sizing, client)
+        for row in range(1, 2001):  # into Redis, then read once more: stored near
+            await sizing.get(db=db, redis=client, email=f"u{row}@bench.io")
+        cache.clear(counted=False)
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for row in range(1, 2001):
+            await sizing.get(db=db, redis=client, email=f"u{row}@bench.io")
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        stored = len(cache)
+    per_entry = (after - before) / max(stored, 1)
+    row_json = AccountOut(id=1, email="u1@bench.io", name="x", counter=0).model_dump_json()
+    results.append(
+        Result(
+            "10c near memory",
+            name,
+            "bytes per near entry",
+            "",
+            per_entry,
+            0,
+            "B",
+            0.0,
+            f"{stored} entries",
+            "",
+            None,
+            f"key, bytes, LRU and group bookkeeping; the row's JSON is {len(row_json)}+ B",
+        )
+    )
+    return results
+
+
 async def bench_redis_down(
     name: str, maker: async_sessionmaker[AsyncSession], args: argparse.Namespace
 ) -> Result:
@@ -664,6 +829,9 @@ def main() -> None:
         dest="million",
         action="store_false",
         help="skip case 4 (writing 1,000,000 keys takes a while)",
+    )
+    parser.add_argument(
+        "--near-only", action="store_true", help="run only case 10 (the near cache)"
     )
     parser.add_argument("--output", default="bench/results.json")
     args = parser.parse_args()
