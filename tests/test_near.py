@@ -14,10 +14,11 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from fastrdb import ConfigurationError, FastRDB, Settings
 from fastrdb.cache.near import NearCache
+from fastrdb.events import listen
 from tests.conftest import CLUSTER, REDIS_URL, Database
 from tests.models import Book, BookCreate, BookOut, BookUpdate, Item, ItemSchema, ItemUpdate
 from tests.processes import finish, start_python
@@ -210,7 +211,7 @@ def hold_get(client: Redis, meanwhile: Callable[[], Awaitable[None]]) -> Callabl
     async def held(key: Any) -> Any:
         client.get = original  # type: ignore[method-assign]
         raw = await original(key)
-        await meanwhile()
+        await asyncio.create_task(meanwhile())  # its own task: its own Redis call deadlines
         return raw
 
     client.get = held  # type: ignore[method-assign]
@@ -408,12 +409,12 @@ async def test_history_with_a_writer_in_another_process(
 
 @pytest.mark.slow
 async def test_history_with_a_writer_in_this_process(
-    maker: async_sessionmaker[AsyncSession],
-    writer: async_sessionmaker[AsyncSession],
-    redis_client: Redis,
+    engine: AsyncEngine, maker: async_sessionmaker[AsyncSession], redis_client: Redis
 ) -> None:
     """Writers in this process (FastRDB update and a listened ORM session): no read that began
     after a commit returned sees an older value, with no margin at all."""
+    writer = async_sessionmaker(engine)
+    handle = listen(writer, redis_client, settings=NEAR)  # patient Redis calls, as the reads
     await tracked(near_items, redis_client)
     await add(maker, redis_client, "h")
     history = History({"h": []})
@@ -437,6 +438,7 @@ async def test_history_with_a_writer_in_this_process(
         group.create_task(write())
         for _ in range(4):
             group.create_task(read_history(maker, redis_client, history, until))
+    handle.remove()
     assert len(history.committed["h"]) > 5
     assert near_items.stats()["near_hits"] > hits + 20
     assert history.violations() == []
