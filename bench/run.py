@@ -672,7 +672,8 @@ async def bench_near(
         queue = [(row, rng.random() < 0.05) for row in picks]
         committed: dict[int, list[tuple[float, int]]] = {}
         reads: list[tuple[int, float, int]] = []
-        writing = asyncio.Lock()  # one writer at a time: SQLite would refuse 64
+        one_writer = asyncio.Lock()  # SQLite refuses 64 concurrent writers: one at a time
+        row_locks: dict[int, asyncio.Lock] = {}
 
         async def worker() -> None:
             async with maker() as db:
@@ -680,7 +681,10 @@ async def bench_near(
                     row, write = queue.pop()
                     email = f"u{row}@bench.io"
                     if write:
-                        async with writing:
+                        lock = one_writer if name == "sqlite" else row_locks.get(row)
+                        if lock is None:
+                            lock = row_locks[row] = asyncio.Lock()
+                        async with lock:
                             value = values.get(row, 0) + 1
                             values[row] = value
                             await crud.update(
