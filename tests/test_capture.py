@@ -668,7 +668,8 @@ async def test_without_full_replica_identity_pages_and_new_keys_still_go(
                 await db.execute(text("UPDATE cap_books SET title = 'T1' WHERE id = 1"))
                 await db.commit()
             await synced(running)
-            assert await cached(redis_client, "books:1:10", "book:T1", "book:t1") == ["book:t1"]
+            # The old value's key ("book:t1") may survive: the documented gap, not asserted.
+            assert await cached(redis_client, "books:1:10", "book:T1") == []
     finally:
         with engine.begin() as connection:
             connection.execute(text("ALTER TABLE cap_books REPLICA IDENTITY FULL"))
