@@ -137,7 +137,7 @@ def capture(args: argparse.Namespace) -> int:
                 server_id=args.server_id,
             )
         except (CaptureSetupError, FastRDBError) as exc:
-            print(f"fastrdb capture: {exc}", file=sys.stderr)  # noqa: T201
+            sys.stderr.write(f"fastrdb capture: {exc}\n")
             return 2
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -145,7 +145,7 @@ def capture(args: argparse.Namespace) -> int:
         try:
             await capturer.run()
         except CaptureSetupError as exc:
-            print(f"fastrdb capture: {exc}", file=sys.stderr)  # noqa: T201
+            sys.stderr.write(f"fastrdb capture: {exc}\n")
             return 2
         finally:
             await client.aclose()

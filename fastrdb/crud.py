@@ -26,6 +26,7 @@ from fastrdb.errors import ConfigurationError, FastRDBError
 from fastrdb.events.bindings import CHANGES_KEY, Binding, bind_session, register_refresher
 from fastrdb.events.changes import Changes
 from fastrdb.events.collector import changes_of, table_name
+from fastrdb.events.hooks import install_hooks
 from fastrdb.events.invalidator import delivered, replay
 from fastrdb.keys import KeyPattern, Namespace, deps_key, encode_value, glob_covers, with_digest
 from fastrdb.negatives import ABSENT, NEGATIVE_PAYLOAD, Absent, compares_exactly, decoder
@@ -379,7 +380,9 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         """The client's health, after binding the session so FastRDB's writes invalidate, after
         checking the server's memory policy (first use), and after replaying invalidations that
         Redis could not take before."""
-        health = self._health_of(redis, bind_session(db.sync_session, redis, self.settings))
+        health = self._health_of(
+            redis, bind_session(db.sync_session, redis, self.settings, install_hooks)
+        )
         if not health.policy_checked:
             await check_memory_policy(redis, health)
         if health.pending is not None:
@@ -793,7 +796,9 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
     ) -> None:
         """Fill the key of a row a listener in ``refresh`` mode saw written: lease first, then
         read it in a new transaction, then fill if the lease still holds."""
-        health = self._health_of(redis, bind_session(db.sync_session, redis, self.settings))
+        health = self._health_of(
+            redis, bind_session(db.sync_session, redis, self.settings, install_hooks)
+        )
         if not health.policy_checked:
             await check_memory_policy(redis, health)
         if self._row.missing(values) or not health.usable:

@@ -25,9 +25,9 @@ from fastrdb.events.bindings import (
     Binding,
     Slot,
     bind_class,
-    install_hooks,
     unbind_class,
 )
+from fastrdb.events.hooks import install_hooks
 from fastrdb.settings import Settings
 
 __all__ = ["ListenHandle", "listen"]

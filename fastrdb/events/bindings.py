@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.orm import Session
 
 from fastrdb.cache.health import ClientHealth, health_of
 from fastrdb.cache.store import Caller
@@ -32,7 +32,6 @@ __all__ = [
     "Slot",
     "binding_of",
     "bind_session",
-    "install_hooks",
 ]
 
 BINDING_KEY = "fastrdb.binding"
@@ -128,8 +127,13 @@ def binding_of(session: Session) -> Binding | None:
     return None
 
 
-def bind_session(session: Session, client: Any, settings: Settings | None) -> Binding:
-    """Make sure FastRDB's own writes through ``session`` are invalidated, even unlistened."""
+def bind_session(
+    session: Session, client: Any, settings: Settings | None, install: Callable[[], None]
+) -> Binding:
+    """Make sure FastRDB's own writes through ``session`` are invalidated, even unlistened.
+
+    ``install`` attaches the session hooks (:func:`fastrdb.events.hooks.install_hooks`); it is
+    passed in because the hooks import this module."""
     binding = binding_of(session)
     if binding is None:
         binding = _crud_bindings.get(client)
@@ -137,7 +141,7 @@ def bind_session(session: Session, client: Any, settings: Settings | None) -> Bi
             binding = _crud_bindings[client] = Binding(
                 client, is_async=True, settings=settings or DEFAULT_SETTINGS
             )
-        install_hooks()
+        install()
         session.info[BINDING_KEY] = binding
     return binding
 
@@ -158,26 +162,3 @@ def unbind_class(cls: type[Session] | type[AsyncSession], binding: Binding) -> N
     table = _class_table(cls)
     if table.get(cls) is binding:
         del table[cls]
-
-
-_installed = False
-
-
-def install_hooks() -> None:
-    """Attach FastRDB's session hooks to ``Session``, once per process."""
-    global _installed
-    if _installed:
-        return
-    from fastrdb.events import collector, invalidator
-
-    event.listen(Session, "before_flush", collector.before_flush)
-    event.listen(Session, "after_flush", collector.after_flush)
-    event.listen(Session, "do_orm_execute", collector.do_orm_execute)
-    event.listen(Session, "before_commit", invalidator.before_commit)
-    event.listen(Mapper, "before_update", collector.before_update)
-    event.listen(Mapper, "before_delete", collector.before_delete)
-    event.listen(Mapper, "after_insert", collector.after_write)
-    event.listen(Mapper, "after_update", collector.after_write)
-    event.listen(Session, "after_commit", invalidator.after_commit)
-    event.listen(Session, "after_transaction_end", invalidator.after_transaction_end)
-    _installed = True
