@@ -7,6 +7,7 @@ from fastrdb.crud import FastRDB
 from fastrdb.errors import ConfigurationError, FastRDBError
 from fastrdb.pagination import PaginatedResponse
 from fastrdb.settings import Settings
+from fastrdb.status import RedisHealth, health
 
 __version__ = "0.1.0"
 """The version of this package (the one source: pyproject.toml reads it from here)."""
@@ -16,5 +17,7 @@ __all__ = [
     "FastRDB",
     "FastRDBError",
     "PaginatedResponse",
+    "RedisHealth",
     "Settings",
+    "health",
 ]

@@ -16,7 +16,9 @@ def test_exported_members() -> None:
         "FastRDB",
         "FastRDBError",
         "PaginatedResponse",
+        "RedisHealth",
         "Settings",
+        "health",
     ]
     assert fastrdb.events.__all__ == ["ListenHandle", "listen"]
     for name in fastrdb.__all__:

@@ -12,7 +12,18 @@ from redis.exceptions import RedisError
 from fastrdb._logging import log
 from fastrdb.settings import DEFAULT_SETTINGS, Settings
 
-__all__ = ["REDIS_ERRORS", "ClientHealth", "Mergeable", "ServerState", "health_of", "server_of"]
+__all__ = [
+    "REDIS_ERRORS",
+    "ClientHealth",
+    "Mergeable",
+    "ServerState",
+    "clients",
+    "health_of",
+    "describe_address",
+    "known_health",
+    "known_server",
+    "server_of",
+]
 
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 """What a Redis call raises when the server is slow, gone or refuses (asyncio's timeout is the
@@ -25,6 +36,19 @@ class Mergeable(Protocol):
 
     def merge(self, other: Any) -> None: ...
 
+    def size(self) -> int:
+        """How many items are kept (row versions, whole tables): what memory they take."""
+        ...
+
+    def scope(self) -> str:
+        """How precise they are: ``rows`` (exact keys), ``tables`` (some tables kept whole)
+        or ``everything`` (every entry of the server)."""
+        ...
+
+    def tables(self) -> list[str]:
+        """The tables they concern, sorted."""
+        ...
+
 
 class ServerState:
     """What every client of one Redis server (address, database and namespace) shares in this
@@ -34,12 +58,16 @@ class ServerState:
     replay it, since they all reach the same keys.
     """
 
-    __slots__ = ("kept", "pending")
+    __slots__ = ("address", "kept", "pending", "pending_since")
 
-    def __init__(self) -> None:
+    def __init__(self, address: str = "") -> None:
+        self.address = address
+        """Where the server is, as the clients were given it (for reports; no credentials)."""
         self.pending: Mergeable | None = None
         self.kept = 0
         """How many times something was kept: a version of ``pending``."""
+        self.pending_since = 0.0
+        """When (``time.time()``) the oldest of ``pending`` was kept."""
 
 
 class ClientHealth:
@@ -61,8 +89,12 @@ class ClientHealth:
         "__weakref__",
         "_failures",
         "_open_until",
+        "_probing",
         "_seen_errors",
+        "_since",
         "errors",
+        "last_error",
+        "last_error_at",
         "overloads",
         "own_timeout",
         "policy_checked",
@@ -82,9 +114,16 @@ class ClientHealth:
         self.server = server or ServerState()
         self._failures = 0
         self._open_until = 0.0
+        self._probing = False
+        self._since = time.time()
         self._seen_errors: set[type[BaseException]] = set()
         self.errors = 0
         """Failed calls since the client was first seen (for stats and tests)."""
+        self.last_error: tuple[str, str] | None = None
+        """The last failure: the exception's type name and its message (cut to 200
+        characters; redis-py's messages name the server, never a key or a value)."""
+        self.last_error_at = 0.0
+        """When (``time.time()``) the last failure happened."""
         self.pool_waits = 0
         """Calls that found the client's connection pool full and waited for a connection."""
         self.overloads = 0
@@ -94,9 +133,14 @@ class ClientHealth:
 
     @property
     def usable(self) -> bool:
-        """Whether cached values may be served: the breaker is closed, nothing is pending for
-        the server and its memory policy keeps FastRDB's bookkeeping."""
-        return self._open_until == 0.0 and self.server.pending is None and self.safe
+        """Whether cached values may be served: the breaker is closed (or its cooldown is over:
+        the call is the probe), nothing is pending for the server and its memory policy keeps
+        FastRDB's bookkeeping."""
+        return (
+            (self._open_until == 0.0 or time.monotonic() >= self._open_until)
+            and self.server.pending is None
+            and self.safe
+        )
 
     @property
     def pending(self) -> Mergeable | None:
@@ -111,17 +155,35 @@ class ClientHealth:
         if now < self._open_until:
             return False
         self._open_until = now + self.settings.breaker_cooldown  # one probe per cooldown
+        self._probing = True
         return True
+
+    def breaker(self) -> tuple[str, float, int]:
+        """The breaker's state (``closed``, ``open``, or ``half-open`` while a probe is due or
+        under way), since when (``time.time()``: when it last opened or closed), and how many
+        calls failed in a row."""
+        if self._open_until == 0.0:
+            state = "closed"
+        elif self._probing or time.monotonic() >= self._open_until:
+            state = "half-open"
+        else:
+            state = "open"
+        return state, self._since, self._failures
 
     def succeeded(self) -> None:
         if self._open_until:
             log.info("redis_recovered")
+            self._since = time.time()
         self._failures = 0
         self._open_until = 0.0
+        self._probing = False
 
     def failed(self, exc: BaseException, operation: str) -> None:
         self.errors += 1
         self._failures += 1
+        self._probing = False
+        self.last_error = (type(exc).__name__, str(exc)[:200])
+        self.last_error_at = time.time()
         if not isinstance(exc, REDIS_ERRORS) and type(exc) not in self._seen_errors:
             # Not one of redis-py's own errors: say once what it was, it may be a misuse.
             self._seen_errors.add(type(exc))
@@ -136,6 +198,7 @@ class ClientHealth:
             return
         if self._failures >= self.settings.breaker_threshold:
             self._open_until = time.monotonic() + self.settings.breaker_cooldown
+            self._since = time.time()
             log.warning(
                 "redis_unavailable",
                 operation=operation,
@@ -149,6 +212,7 @@ class ClientHealth:
         server.kept += 1
         if server.pending is None:
             server.pending = undelivered
+            server.pending_since = time.time()
         else:
             server.pending.merge(undelivered)
 
@@ -165,6 +229,23 @@ class ClientHealth:
 
 _HEALTH: weakref.WeakKeyDictionary[Any, ClientHealth] = weakref.WeakKeyDictionary()
 _SERVERS: dict[tuple[Any, ...], ServerState] = {}
+
+
+def clients() -> list[tuple[Any, ClientHealth]]:
+    """Every client FastRDB has used in this process and still alive, with its health."""
+    return list(_HEALTH.items())
+
+
+def known_health(client: Any) -> ClientHealth | None:
+    """The health record of ``client`` if FastRDB has used it, else None (none is made)."""
+    return _HEALTH.get(client)
+
+
+def known_server(client: Any, namespace: str) -> ServerState:
+    """The state of the server ``client`` talks to; if no client of it was used, a fresh one
+    that is not kept."""
+    address = (namespace, *_address(client))
+    return _SERVERS.get(address) or ServerState(describe_address(address[1:]))
 
 
 def health_of(client: Any, settings: Settings | None = None) -> ClientHealth:
@@ -186,8 +267,22 @@ def server_of(client: Any, namespace: str) -> ServerState:
     address = (namespace, *_address(client))
     state = _SERVERS.get(address)
     if state is None:
-        state = _SERVERS[address] = ServerState()
+        state = _SERVERS[address] = ServerState(describe_address(address[1:]))
     return state
+
+
+def describe_address(address: tuple[Any, ...]) -> str:
+    """An address from :func:`_address` as text: ``redis://host:port/db``,
+    ``unix:///path?db=N``, ``cluster://host:port,...`` or ``client:<id>``."""
+    kind, *rest = address
+    if kind == "cluster":
+        return "cluster://" + ",".join(str(node) for node in rest)
+    if kind == "redis":
+        host, port, path, db = rest
+        if path:
+            return f"unix://{path}?db={db}"
+        return f"redis://{host}:{port}/{db}"
+    return f"client:{rest[0]}"
 
 
 def _address(client: Any) -> tuple[Any, ...]:

@@ -44,6 +44,17 @@ class Changes:
     def __bool__(self) -> bool:
         return bool(self.rows)
 
+    def size(self) -> int:
+        """How many items are kept: row versions, plus tables changed in unknown rows."""
+        return sum(len(snapshots) for snapshots in self.rows.values()) + len(self.touched)
+
+    def scope(self) -> str:
+        """``rows``: the exact keys of each row are known."""
+        return "rows"
+
+    def tables(self) -> list[str]:
+        return sorted(self.rows)
+
     def touches(self, table: str) -> bool:
         return table in self.rows
 

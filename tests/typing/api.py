@@ -12,7 +12,7 @@ from sqlalchemy import String
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from fastrdb import FastRDB, PaginatedResponse, Settings
+from fastrdb import FastRDB, PaginatedResponse, RedisHealth, Settings, health
 from fastrdb.events import ListenHandle, listen
 
 
@@ -67,6 +67,9 @@ async def use(db: AsyncSession, cache: redis.asyncio.Redis) -> None:
     assert_type(await accounts.count(db=db), int)
     assert_type(await accounts.delete(db=db, redis=cache, email="b@x.io"), None)
     assert_type(accounts.stats(), dict[str, int])
+    assert_type(health(cache), RedisHealth)
+    assert_type(health(), list[RedisHealth])
+    assert_type(health(cache).as_dict(), dict[str, Any])
 
 
 def wire(
