@@ -373,7 +373,7 @@ async def test_a_reader_registers_before_it_reads(
     if not store.is_cluster(redis_client):
         pytest.skip("one Redis takes the lease and registers in one script")
     await seed(maker)
-    registry = books._embedded[1][0]
+    registry = books._plan.embedded[1][0]
     paused, resume = asyncio.Event(), asyncio.Event()
     sadd = redis_client.sadd
 

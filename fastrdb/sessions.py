@@ -1,0 +1,60 @@
+"""Ready a session and its Redis client for a CRUD call: the session bound so FastRDB's own
+commits through it invalidate, and the client's health, its server's memory policy checked and
+invalidations it could not take before replayed."""
+
+from __future__ import annotations
+
+import weakref
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fastrdb._types import AsyncRedis
+from fastrdb.cache.health import ClientHealth, health_of
+from fastrdb.cache.policy import check_memory_policy
+from fastrdb.events.bindings import Binding, bind_session
+from fastrdb.events.hooks import install_hooks
+from fastrdb.events.invalidator import replay
+from fastrdb.settings import Settings
+
+__all__ = ["Clients"]
+
+
+class Clients:
+    """The Redis clients one ``FastRDB`` instance was given, and their health."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._healths: weakref.WeakSet[ClientHealth] = weakref.WeakSet()
+        self._last_health: ClientHealth | None = None
+
+    @property
+    def errors(self) -> int:
+        """Failed calls on these clients."""
+        return sum(health.errors for health in self._healths)
+
+    @property
+    def overloads(self) -> int:
+        """Calls on these clients that found the connection pool full and went without Redis."""
+        return sum(health.overloads for health in self._healths)
+
+    def _health_of(self, redis: AsyncRedis, binding: Binding) -> ClientHealth:
+        health = binding.health if binding.client is redis else health_of(redis, self.settings)
+        if health is not self._last_health:
+            self._healths.add(health)
+            self._last_health = health
+        return health
+
+    async def ready(
+        self, db: AsyncSession, redis: AsyncRedis, *, replay_pending: bool = True
+    ) -> ClientHealth:
+        """The client's health, after binding the session so FastRDB's writes invalidate, after
+        checking the server's memory policy (first use), and (``replay_pending``) after
+        replaying invalidations that Redis could not take before."""
+        health = self._health_of(
+            redis, bind_session(db.sync_session, redis, self.settings, install_hooks)
+        )
+        if not health.policy_checked:
+            await check_memory_policy(redis, health)
+        if replay_pending and health.pending is not None:
+            await replay(redis, health)
+        return health
