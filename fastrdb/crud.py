@@ -21,6 +21,7 @@ from fastrdb.cache.readthrough import Stats
 from fastrdb.errors import ConfigurationError, FastRDBError
 from fastrdb.events.bindings import register_refresher
 from fastrdb.events.invalidator import delivered
+from fastrdb.instances import track
 from fastrdb.pagination import PaginatedResponse
 from fastrdb.plan import Plan, check_positive_int
 from fastrdb.reads import Reads
@@ -89,6 +90,7 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         self._reads = Reads(self._plan, self._stats, self._clients, self._near, exp)
         self._writes = Writes(self._plan, self._stats, self._clients, exp)
         register_refresher(mapper.class_, self)
+        track(self)
         if mapper.configured:
             self._plan.embedding  # noqa: B018 -- refuse an untraceable schema now, if mappers allow
 

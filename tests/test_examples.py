@@ -148,3 +148,18 @@ async def test_the_demo_on_embedded_defaults(monkeypatch: pytest.MonkeyPatch) ->
     assert "update via FastRDB -> get: Ada L." in demo.stdout
     assert "-> get: G. Hopper / L.T." in demo.stdout
     assert "get_multi page 1 -> ['Ada L.', 'G. Hopper']" in demo.stdout
+
+
+@pytest.mark.slow
+async def test_the_metrics_example_scrapes_its_own_counters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """examples/metrics.py registers the collector, serves /metrics and finds its hits there,
+    and the health of its Redis client."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    metrics = await run_script(ROOT / "examples" / "metrics.py")
+    assert metrics.returncode == 0, metrics.stderr
+    assert 'fastrdb_cache_hits_total{model="User",table="users"} 3.0' in metrics.stdout
+    assert "fastrdb_redis_serving{" in metrics.stdout
+    assert "'breaker': 'closed'" in metrics.stdout

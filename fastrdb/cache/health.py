@@ -232,8 +232,12 @@ _SERVERS: dict[tuple[Any, ...], ServerState] = {}
 
 
 def clients() -> list[tuple[Any, ClientHealth]]:
-    """Every client FastRDB has used in this process and still alive, with its health."""
-    return list(_HEALTH.items())
+    """Every client FastRDB has used in this process and still alive, with its health. Safe
+    from another thread (a metrics server's): the records are copied in one step."""
+    records: list[tuple[weakref.ref[Any], ClientHealth]]
+    records = list(_HEALTH.data.items())  # type: ignore[attr-defined]
+    alive = ((ref(), health) for ref, health in records)
+    return [(client, health) for client, health in alive if client is not None]
 
 
 def known_health(client: Any) -> ClientHealth | None:
