@@ -12,6 +12,7 @@ from decimal import Decimal
 from enum import Enum
 from fnmatch import fnmatchcase
 from functools import lru_cache
+from urllib.parse import unquote
 from uuid import UUID
 
 from fastrdb.errors import FastRDBError
@@ -20,6 +21,7 @@ __all__ = [
     "KeyPattern",
     "Namespace",
     "canonical_decimal",
+    "decode_value",
     "encode_value",
     "glob_covers",
     "lease_key",
@@ -29,6 +31,10 @@ __all__ = [
 
 SAFE_CHARACTERS = frozenset(string.ascii_letters + string.digits + "@._-+")
 _ALL_SAFE = re.compile(r"[A-Za-z0-9@._+\-]*")
+_VALUE_CHARACTERS = SAFE_CHARACTERS | {"%"}
+_VALUE_TEXT = r"[A-Za-z0-9@._+\-%]*"  # what encode_value() writes, and nothing else
+_DIGEST_SUFFIX = r"(?P<_fastrdb_digest>:~[0-9a-f]{12})?"  # with_digest()'s suffix
+_INTEGER_TEXT = re.compile(r"-?[0-9]+")
 
 
 def encode_value(value: object) -> str:
@@ -100,6 +106,65 @@ def _encode_typed(value: object) -> str:
     return f"%{kind}_" + _encode_text(str(value))
 
 
+def decode_value(text: str, python_type: type | None) -> object:
+    """The value that :func:`encode_value` wrote as ``text`` in a key of a column whose Python
+    type is ``python_type`` (``None``: unknown, untagged text is then a string).
+
+    The inverse of :func:`encode_value` on the values FastRDB formats into keys: tagged text
+    (``%none``, ``%dec_9.5``, ``%enum_RED``…) by its tag, untagged text as an ``int`` for an
+    integer column and as a string otherwise. Raises :class:`FastRDBError` (field ``key``) for
+    text that ``encode_value`` cannot have written for such a column: a value of another type,
+    or text that is not canonical (``%2a`` for ``%2A``, an encoded safe character).
+    """
+    try:
+        value = _decode(text, python_type)
+    except (ArithmeticError, ValueError, KeyError, TypeError):
+        value = _UNDECODABLE
+    if (
+        value is _UNDECODABLE
+        or encode_value(value) != text
+        or not (value is None or python_type is None or type(value) is python_type)
+    ):
+        type_name = python_type.__name__ if python_type is not None else "unknown"
+        raise FastRDBError("key", f"{text!r} is not a value FastRDB encodes for type {type_name}")
+    return value
+
+
+_UNDECODABLE = object()
+
+
+def _decode_text(text: str) -> str:
+    return unquote(text, errors="strict")
+
+
+def _decode(text: str, python_type: type | None) -> object:
+    if len(text) > 1 and text[0] == "%" and text[1].islower():
+        tag, _, body = text[1:].partition("_")
+        simple = {"none": None, "true": True, "false": False}
+        if tag in simple and not body:
+            return simple[tag]
+        body = _decode_text(body)
+        if tag == "enum":
+            if python_type is None or not issubclass(python_type, Enum):
+                return _UNDECODABLE
+            return python_type[body]
+        parsers: dict[str, object] = {
+            "dec": Decimal,
+            "float": float,
+            "uuid": UUID,
+            "datetime": datetime.fromisoformat,
+            "date": date.fromisoformat,
+            "time": time.fromisoformat,
+            "interval": lambda seconds: timedelta(seconds=float(seconds)),
+            "bytes": bytes.fromhex,
+        }
+        parse = parsers.get(tag)
+        return parse(body) if callable(parse) else _UNDECODABLE
+    if python_type is int and _INTEGER_TEXT.fullmatch(text):
+        return int(text)
+    return _decode_text(text)
+
+
 def canonical_decimal(value: Decimal) -> str:
     """A decimal's text without exponent or trailing zeros: ``9.50`` and ``9.5`` → ``9.5``."""
     if not value.is_finite():
@@ -138,7 +203,7 @@ def glob_covers(glob: str, key: str) -> bool:
 class KeyPattern:
     """A ``str.format``-style pattern such as ``"user:email:{email}"``, parsed once."""
 
-    __slots__ = ("fields", "text")
+    __slots__ = ("_matcher", "fields", "literal_prefix", "text")
 
     def __init__(self, text: str, *, argument: str = "pattern") -> None:
         fields: list[str] = []
@@ -159,6 +224,13 @@ class KeyPattern:
                     )
         self.text = text
         self.fields = tuple(dict.fromkeys(fields))
+        self._matcher = _matcher(parsed)
+        prefix: list[str] = []  # the text every key starts with: up to the first placeholder
+        for literal, field, _, _ in parsed:
+            prefix.append(literal)
+            if field is not None:
+                break
+        self.literal_prefix = "".join(prefix)
 
     def __repr__(self) -> str:
         return f"KeyPattern({self.text!r})"
@@ -170,6 +242,48 @@ class KeyPattern:
     def format(self, values: Mapping[str, object]) -> str:
         """The key for ``values`` (raw values; each one is encoded)."""
         return self.text.format_map({field: encode_value(values[field]) for field in self.fields})
+
+    @property
+    def decodable(self) -> bool:
+        """Whether every key of this pattern names its values unambiguously: no two
+        placeholders are adjacent or apart by only characters that values are written with
+        (``{first}.{last}`` is not decodable: ``a.b.c`` could be either split)."""
+        return self._matcher is not None
+
+    def match(self, key: str) -> tuple[dict[str, str], bool] | None:
+        """The inverse of :meth:`format` (and :func:`with_digest`): each placeholder's encoded
+        text in ``key`` and whether a digest suffix follows, or None if ``key`` is not a key
+        of this pattern (or the pattern is not :attr:`decodable`). Decode each text with
+        :func:`decode_value`."""
+        if self._matcher is None:
+            return None
+        found = self._matcher.fullmatch(key)
+        if found is None:
+            return None
+        texts = found.groupdict()
+        digest = texts.pop("_fastrdb_digest") is not None
+        return texts, digest
+
+
+def _matcher(
+    parsed: list[tuple[str, str | None, str | None, str | None]],
+) -> re.Pattern[str] | None:
+    """A regular expression matching exactly the keys a pattern formats (one group per
+    placeholder, a repeated placeholder must repeat its text), or None when a key could be
+    split into values in more than one way."""
+    regex: list[str] = []
+    named: set[str] = set()
+    after_field = False
+    for literal, field, _, _ in parsed:
+        regex.append(re.escape(literal))
+        if field is None:
+            continue
+        if after_field and set(literal) <= _VALUE_CHARACTERS:
+            return None  # nothing but value characters between two placeholders
+        regex.append(f"(?P={field})" if field in named else f"(?P<{field}>{_VALUE_TEXT})")
+        named.add(field)
+        after_field = True
+    return re.compile("".join(regex) + _DIGEST_SUFFIX)
 
 
 @lru_cache(maxsize=1024)
