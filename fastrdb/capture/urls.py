@@ -9,8 +9,18 @@ from sqlalchemy.engine import make_url
 
 from fastrdb.capture.mariadb import ServerAddress
 from fastrdb.capture.source import CaptureSetupError
+from fastrdb.errors import ConfigurationError
 
-__all__ = ["parse_database_url", "redis_from_url"]
+__all__ = ["async_database_url", "parse_database_url", "redis_from_url"]
+
+ASYNC_DRIVERS = {
+    "postgresql": "asyncpg",
+    "mysql": "asyncmy",
+    "mariadb": "asyncmy",
+    "sqlite": "aiosqlite",
+}
+"""The asyncio driver a plain URL (or one naming a blocking driver) gets, per backend."""
+_ASYNC_CAPABLE = frozenset({"asyncpg", "psycopg", "asyncmy", "aiomysql", "aiosqlite"})
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
@@ -39,6 +49,26 @@ def parse_database_url(url: str) -> tuple[str, str | ServerAddress]:
         f"capture reads PostgreSQL's and MariaDB's logs; {backend!r} has none it can follow"
         " (SQLite is out of scope: use listen() there)",
     )
+
+
+def async_database_url(url: str) -> str:
+    """A SQLAlchemy asyncio URL for a plain one (``postgresql://``, ``mysql://``,
+    ``mariadb://``, ``sqlite:///path``) or a SQLAlchemy URL, asyncio already
+    (``postgresql+asyncpg://``, kept) or not (``mysql+pymysql://`` → ``mysql+asyncmy://``).
+    Raises :class:`ConfigurationError` (argument ``database``)."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ConfigurationError("database", f"not a database URL ({exc})") from None
+    backend = parsed.get_backend_name()
+    if backend not in ASYNC_DRIVERS:
+        raise ConfigurationError(
+            "database", f"{backend!r} is not one of {', '.join(sorted(ASYNC_DRIVERS))}"
+        )
+    _, _, driver = parsed.drivername.partition("+")
+    if driver not in _ASYNC_CAPABLE:
+        parsed = parsed.set(drivername=f"{backend}+{ASYNC_DRIVERS[backend]}")
+    return parsed.render_as_string(hide_password=False)
 
 
 def redis_from_url(url: str, *, timeout: float = 5.0) -> Any:
