@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 
 from fastrdb import FastRDBError
-from fastrdb.keys import KeyPattern, deps_key, encode_value, glob_covers, lease_key, with_digest
+from fastrdb.keys import (
+    KeyPattern,
+    decode_value,
+    deps_key,
+    encode_value,
+    glob_covers,
+    lease_key,
+    with_digest,
+)
 
 
 class Shade(enum.Enum):
@@ -134,3 +142,68 @@ def test_typed_text_is_glob_safe() -> None:
     assert text == "%datetime_2026-01-02T03%3A04%3A05+00%3A00"
     assert not set(text) & set("*?[]{}\\: ")
     assert encode_value(Shade.RED) == "%enum_RED"
+
+
+DECODED = [
+    ("a:b *", str), ("é%", str), ("", str), ("7", str), (7, int), (-3, int), (None, int),
+    (True, bool), (False, bool), (Shade.RED, Shade), (Decimal("9.5"), Decimal), (1.25, float),
+    (uuid.UUID("6f1c5b0e-1f0a-4c1e-9a43-5d2d2f2a9c11"), uuid.UUID), (date(2026, 1, 2), date),
+    (datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), datetime), (datetime(2026, 1, 2), datetime),
+    (time(3, 4, 5), time), (timedelta(seconds=90), timedelta), (b"\x00ab", bytes),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("value", "python_type"), DECODED)
+def test_decode_value_inverts_encode_value(value: object, python_type: type) -> None:
+    """What encode_value wrote, decode_value reads back as the same value of the column's type."""
+    decoded = decode_value(encode_value(value), python_type)
+    assert decoded == value
+    assert type(decoded) is type(value)
+
+
+@pytest.mark.parametrize(
+    ("text", "python_type"),
+    [
+        ("%2a", str),  # lower-case hex: not the canonical text
+        ("%41", str),  # an encoded safe character
+        ("%C3", str),  # not UTF-8
+        ("abc", int),
+        ("%true", int),
+        ("7", bool),
+        ("%enum_BLUE", Shade),
+        ("%dec_x", Decimal),
+        ("%dec_9.50", Decimal),  # not canonical
+        ("%uuid_6F1C5B0E-1F0A-4C1E-9A43-5D2D2F2A9C11", uuid.UUID),
+        ("%wat_1", str),
+    ],
+)
+def test_decode_value_refuses_text_it_cannot_have_written(text: str, python_type: type) -> None:
+    """Text encode_value never writes for the column's type is a FastRDBError naming the key."""
+    with pytest.raises(FastRDBError) as raised:
+        decode_value(text, python_type)
+    assert raised.value.field == "key"
+
+
+def test_a_key_gives_back_its_placeholders_texts() -> None:
+    """KeyPattern.match inverts format (a repeated placeholder must repeat) and notices a
+    digest suffix; keys of other patterns and leases do not match."""
+    pattern = KeyPattern("verse:{chapter_id}:{verse_id}")
+    key = pattern.format({"chapter_id": 3, "verse_id": "a:b"})
+    assert pattern.match(key) == ({"chapter_id": "3", "verse_id": "a%3Ab"}, False)
+    assert pattern.match(with_digest(key, {"text": "x"})) == (
+        {"chapter_id": "3", "verse_id": "a%3Ab"},
+        True,
+    )
+    assert pattern.match("verse:3") is None
+    assert pattern.match(lease_key(key)) is None
+    assert KeyPattern("k:{a}:{a}").match("k:1:2") is None
+    assert pattern.literal_prefix == "verse:"
+
+
+def test_a_pattern_whose_keys_split_two_ways_is_not_decodable() -> None:
+    """Placeholders apart by nothing or by value characters only ({first}.{last}) cannot be
+    told apart in a key: such a pattern matches nothing rather than guess."""
+    for text in ("{first}.{last}", "{a}{b}", "x:{a}-{b}"):
+        assert not KeyPattern(text).decodable
+        assert KeyPattern(text).match("a.b.c") is None
+    assert KeyPattern("{a}:{b}").decodable
