@@ -33,9 +33,11 @@ class Sampler:
         self._count = count
         self._cursors: dict[tuple[str, str | None], int] = {}
 
-    def _nodes(self) -> list[Any]:
+    async def _nodes(self) -> list[Any]:
         if is_cluster(self._client):
-            return list(self._client.get_primaries())  # type: ignore[union-attr]
+            cluster: Any = self._client
+            await cluster.initialize()  # a new client learns its nodes at its first command
+            return list(cluster.get_primaries())
         return [None]
 
     async def _scan(self, glob: str, node: Any) -> tuple[int, list[Raw]]:
@@ -59,7 +61,8 @@ class Sampler:
         call per glob and primary in turn, until enough are found or every cursor came back to
         0 (a full walk; the next round starts over)."""
         found: dict[str, None] = {}
-        walks = [(glob, node) for glob in dict.fromkeys(globs) for node in self._nodes()]
+        nodes = await self._nodes()
+        walks = [(glob, node) for glob in dict.fromkeys(globs) for node in nodes]
         while walks and len(found) < wanted:
             for walk in list(walks):
                 cursor, keys = await self._scan(*walk)
