@@ -249,19 +249,32 @@ async def test_keys_with_a_digest_are_not_audited(
 async def test_a_round_samples_at_most_n_entries_per_instance(
     maker: async_sessionmaker[AsyncSession], redis_client: Redis, audit_engine: AsyncEngine
 ) -> None:
-    """--sample N bounds each instance's entries in a round."""
+    """--sample N bounds each instance's entries in a round, and later rounds go on to other
+    entries: three rounds of 5 cover all 12 cached rows."""
+    keys = {f"item:s{n}" for n in range(12)}
     async with maker() as db:
         for n in range(12):
             sku = f"s{n}"
             await items.create(
                 db=db, redis=redis_client, obj_in=ItemSchema(sku=sku, name=sku, price=n)
             )
-    found = await audit_once(audit_engine, redis_client, sample=5)
-    assert {report.model: report.audited for report in found.reports} == {
-        "User": 0,
-        "Item": 5,
-        "Verse": 0,
-    }
+    seen: list[set[str]] = []
+
+    async def record(stage: str, key: str) -> None:
+        if stage == "cached":
+            seen[-1].add(key)
+
+    auditor = Auditor(INSTANCES, audit_engine, redis_client, sample=5, checkpoint=record)
+    for _ in range(3):
+        seen.append(set())
+        found = await auditor.round()
+        assert {report.model: report.audited for report in found.reports} == {
+            "User": 0,
+            "Item": 5,
+            "Verse": 0,
+        }
+    assert all(len(keys_of_round) == 5 for keys_of_round in seen)
+    assert set().union(*seen) == keys
 
 
 def test_instances_are_found_in_a_module_or_by_name() -> None:

@@ -3,6 +3,7 @@ cursors from one round to the next (on one Redis, or on every primary of a Redis
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,12 +27,14 @@ def glob_prefix(text: str) -> str:
 
 class Sampler:
     """Keys matching globs, found by ``SCAN`` with ``MATCH``; each glob's cursors (one per
-    primary) carry over to the next round, so successive rounds walk the keyspace on."""
+    primary), and the keys a round found but did not take, carry over to the next round, so
+    successive rounds walk the keyspace on instead of sampling its first keys again."""
 
     def __init__(self, client: AsyncRedis, *, count: int = SCAN_COUNT) -> None:
         self._client = client
         self._count = count
         self._cursors: dict[tuple[str, str | None], int] = {}
+        self._unused: dict[tuple[str, ...], list[str]] = {}
 
     async def _nodes(self) -> list[Any]:
         if is_cluster(self._client):
@@ -57,24 +60,33 @@ class Sampler:
     async def sample(
         self, globs: Iterable[str], wanted: int, accept: Callable[[str], bool]
     ) -> list[str]:
-        """Up to ``wanted`` distinct keys matching ``globs`` that ``accept`` takes, one ``SCAN``
-        call per glob and primary in turn, until enough are found or every cursor came back to
-        0 (a full walk; the next round starts over)."""
+        """Up to ``wanted`` distinct keys matching ``globs`` that ``accept`` takes: first the
+        keys the last round's ``SCAN`` answers held beyond what it took, then one ``SCAN`` call
+        per glob and primary in turn, until enough are found or every cursor came back to 0
+        (a full walk; the next round starts it over)."""
+        walked = tuple(dict.fromkeys(globs))
         found: dict[str, None] = {}
+        queue = deque(self._unused.pop(walked, ()))
         nodes = await self._nodes()
-        walks = [(glob, node) for glob in dict.fromkeys(globs) for node in nodes]
-        while walks and len(found) < wanted:
+        walks = [(glob, node) for glob in walked for node in nodes]
+        while True:
+            while queue:
+                key = queue.popleft()
+                if key not in found and accept(key):
+                    found[key] = None
+                    if len(found) >= wanted:
+                        self._unused[walked] = list(queue)
+                        return list(found)
+            if not walks:
+                return list(found)
             for walk in list(walks):
                 cursor, keys = await self._scan(*walk)
-                for raw in keys:
-                    key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-                    if key not in found and accept(key):
-                        found[key] = None
-                        if len(found) >= wanted:
-                            return list(found)
+                queue.extend(
+                    raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+                    for raw in keys
+                )
                 if cursor == 0:
                     walks.remove(walk)
-        return list(found)
 
 
 async def read_entry(client: AsyncRedis, key: str) -> tuple[Raw | None, int]:
