@@ -23,17 +23,17 @@ from types import ModuleType
 from typing import Any, Literal
 
 from pydantic import TypeAdapter
-from sqlalchemy import ColumnElement, func, inspect, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import MultipleResultsFound
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
-from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.orm import Session
 
 from fastrdb._types import AsyncRedis, Raw
 from fastrdb.cache.sampling import Sampler, glob_prefix, read_entry
 from fastrdb.capture.urls import async_database_url
 from fastrdb.crud import FastRDB
 from fastrdb.errors import ConfigurationError, FastRDBError
-from fastrdb.keys import Namespace, decode_value, parse_pattern
+from fastrdb.keys import decode_value
 
 __all__ = [
     "Auditor",
@@ -189,45 +189,34 @@ class _NotAudited(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Query:
-    """What a key stands for: a ``get`` (row), a ``get_multi`` page or a ``count``."""
+    """What a key stands for: a ``get`` (row), a ``get_multi`` page or a ``count``, with the
+    filters, ordering and paging that call maps to."""
 
     kind: Literal["row", "list", "count"]
     filters: dict[str, Any]
+    ordering: tuple[Any, ...] = ()
     page: int = 1
     limit: int = 1
 
 
 class _Target:
-    """One instance's patterns, and how to recover, re-read and compare what its keys hold."""
+    """One instance, and how to recover, read again and compare what its keys hold. It uses
+    the instance's plan (how a call maps to its key, WHERE and SELECT) read-only, so a query
+    recovered from a key is one that maps back to exactly that key."""
 
     def __init__(self, crud: FastRDB[Any, Any, Any, Any]) -> None:
         self.crud = crud
-        mapper: Mapper[Any] = inspect(crud.model)
-        self.mapper = mapper
-        self.attributes = {
-            prop.key: getattr(mapper.class_, prop.key) for prop in mapper.column_attrs
-        }
-        self.types: dict[str, type | None] = {}
-        for prop in mapper.column_attrs:
-            try:
-                self.types[prop.key] = prop.columns[0].type.python_type
-            except NotImplementedError:
-                self.types[prop.key] = None
-        self.primary_key = [
-            self.attributes[mapper.get_property_by_column(column).key]
-            for column in mapper.primary_key
-        ]
-        self.row = parse_pattern(crud.pattern)
-        self.list = parse_pattern(crud.list_pattern)
-        self.count_key = Namespace(crud.settings.namespace).count(crud.table)
+        self.plan = crud._plan
+        self.count_key = self.plan.namespace.count(self.plan.table)
         self.globs = tuple(
-            dict.fromkeys(
-                glob_prefix(prefix)
-                for prefix in (self.row.literal_prefix, self.list.literal_prefix, self.count_key)
+            glob_prefix(prefix)
+            for prefix in (
+                self.plan.row.literal_prefix,
+                self.plan.list.literal_prefix,
+                self.count_key,
             )
         )
         self.pages: TypeAdapter[list[Any]] = TypeAdapter(list[crud.response_schema])  # type: ignore[name-defined]
-        self.name = f"{mapper.class_.__name__}"
 
     def recover(self, key: str) -> _Query | str | None:
         """The query ``key`` stands for, the reason it cannot be audited, or None if it is
@@ -236,34 +225,38 @@ class _Target:
             return _Query("count", {})
         if key.startswith(self.count_key + ":~"):
             return "digest"
-        for kind, pattern in (("list", self.list), ("row", self.row)):
+        for kind, pattern in (("list", self.plan.list), ("row", self.plan.row)):
             matched = pattern.match(key)
             if matched is None:
                 continue
             texts, digest = matched
+            types = self.plan.columns.python_types
             try:
                 values = {
                     name: decode_value(
-                        text,
-                        int
-                        if kind == "list" and name in ("page", "limit")
-                        else self.types.get(name),
+                        text, int if kind == "list" and name in ("page", "limit") else types[name]
                     )
                     for name, text in texts.items()
                 }
-            except FastRDBError:
+                query = self._query(kind, values)
+            except (FastRDBError, KeyError):
+                continue  # not a value of this column, or no column: another instance's key
+            if query is None:
                 continue
-            if digest:
-                return "digest"
-            if kind == "row":
-                return _Query("row", values)
-            page, limit = values.pop("page", None), values.pop("limit", None)
-            if not (isinstance(page, int) and isinstance(limit, int) and page >= 1 and limit >= 1):
-                continue
-            if not values.keys() <= self.attributes.keys():
-                return "unknown placeholder"
-            return _Query("list", values, page, limit)
+            return "digest" if digest else query
         return None
+
+    def _query(self, kind: str, values: dict[str, Any]) -> _Query | None:
+        """The call ``values`` stand for, if it maps back to the same key (with no digest)."""
+        plan = self.plan
+        if kind == "row":
+            base, _, filters = plan.row_key(values)
+            return _Query("row", filters) if base == plan.row.format(values) else None
+        page, limit = values.pop("page"), values.pop("limit")
+        key, ordering, filters = plan.list_key(limit, page, None, True, values)
+        if key != plan.list.format({**values, "page": page, "limit": limit}):
+            return None
+        return _Query("list", filters, tuple(ordering), page, limit)
 
     def cached(self, query: _Query, raw: Raw) -> Any:
         """The cached value in a comparable form (``ValueError`` for an unreadable one)."""
@@ -279,33 +272,31 @@ class _Target:
         return self.crud.response_schema.model_validate_json(raw).model_dump()
 
     def read(self, session: Session, query: _Query) -> Any:
-        """What the database holds for ``query`` now, in the form :meth:`cached` gives (run
-        in a new transaction, inside SQLAlchemy's greenlet: lazy loads work)."""
-        clauses: list[ColumnElement[bool]] = [
-            self.attributes[name].is_(None) if value is None else self.attributes[name] == value
-            for name, value in query.filters.items()
-        ]
+        """What the database holds for ``query`` now, in the form :meth:`cached` gives, read
+        as the CRUD call reads it (run in a new transaction, in SQLAlchemy's greenlet)."""
+        plan = self.plan
+        clauses, params = plan.where(query.filters)
         if query.kind == "count":
-            statement = select(func.count()).select_from(self.mapper.local_table).where(*clauses)
-            return int(session.execute(statement).scalar_one())
-        statement = self.crud._select().where(*clauses)
+            statement = select(func.count()).select_from(plan.mapper.local_table).where(*clauses)
+            return int(session.execute(statement, params).scalar_one())
+        statement = plan.select().where(*clauses)
         if query.kind == "list":
             statement = (
-                statement.order_by(*(column.asc() for column in self.primary_key))
+                statement.order_by(*(column.asc() for column in query.ordering))
                 .limit(query.limit)
                 .offset((query.page - 1) * query.limit)
             )
-            rows = session.execute(statement).scalars().unique().all()
-            return [self.crud._response(row).model_dump() for row in rows]
-        key = self.row.format(query.filters)
+            rows = session.execute(statement, params).scalars().unique().all()
+            return [plan.response(row).model_dump() for row in rows]
+        key = plan.row.format(query.filters)
         rows = [
             row
-            for row in session.execute(statement).scalars().unique().all()
-            if self.row.format({name: getattr(row, name) for name in self.row.fields}) == key
+            for row in session.execute(statement, params).scalars().unique().all()
+            if plan.row_key_of(row) == key  # what get() would cache under this key
         ]
         if len(rows) > 1:
             raise _NotAudited("ambiguous")
-        return self.crud._response(rows[0]).model_dump() if rows else None
+        return plan.response(rows[0]).model_dump() if rows else None
 
     def age(self, kind: Kind, ttl_ms: int) -> int | None:
         """Seconds since the entry was filled, from its remaining lifetime and ``exp``."""
@@ -383,7 +374,7 @@ class Auditor:
         reports: list[InstanceReport] = []
         claimed: set[str] = set()  # a key two instances recognize is audited once
         for target in self._targets:
-            report = InstanceReport(target.name, target.row.text)
+            report = InstanceReport(target.plan.name, target.plan.row.text)
             reports.append(report)
             if stop():
                 continue
