@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -329,6 +330,15 @@ async def test_the_command_exits_0_1_or_2(
     status, out, err = await run_cli(*common[:1], "tests.nothing_here", *common[2:])
     assert (status, out) == (2, "")
     assert "app: cannot import 'tests.nothing_here'" in err
+    status, _, err = await run_cli(*common, "--sample", "0")
+    assert status == 2
+    assert "--sample: must be positive" in err
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        closed = unused.getsockname()[1]
+    status, _, err = await run_cli(*common[:5], f"redis://127.0.0.1:{closed}/0")
+    assert status == 2
+    assert "ConnectionError" in err
 
 
 @pytest.mark.slow
