@@ -48,8 +48,7 @@ class RedisServer:
         self._process = subprocess.Popen(
             [
                 redis_server_binary(),
-                "--port",
-                str(self.port),
+                *self._port_arguments(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -72,6 +71,9 @@ class RedisServer:
                 return self
             time.sleep(0.02)
         raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def _port_arguments(self) -> list[str]:
+        return ["--port", str(self.port)]
 
     def kill(self) -> None:
         if self._process is not None:
@@ -300,3 +302,48 @@ class RedisClusterServers:
     def stop(self) -> None:
         for server in self.servers:
             server.kill()
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 and localhost signed by it, made
+    with the ``openssl`` command line in ``folder``: paths ``ca``, ``cert``, ``key``."""
+    paths = {name: folder / f"{name}.pem" for name in ("ca", "ca_key", "cert", "key")}
+    csr = folder / "server.csr"
+    extensions = folder / "server.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ca, ca_key, cert, key = (str(paths[name]) for name in ("ca", "ca_key", "cert", "key"))
+    commands = [  # temporary paths hold no spaces
+        f"req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=ca -keyout {ca_key} -out {ca}",
+        f"req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout {key} -out {csr}",
+        f"x509 -req -in {csr} -CA {ca} -CAkey {ca_key} -CAcreateserial -days 2"
+        f" -extfile {extensions} -out {cert}",
+    ]
+    for command in commands:
+        subprocess.run(["openssl", *command.split()], check=True, capture_output=True, timeout=60)
+    return paths
+
+
+class RedisTLSServer(RedisServer):
+    """A redis-server that speaks only TLS (``--port 0 --tls-port P``), with a throwaway
+    certificate; clients need no certificate of their own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.certificates = make_certificates(Path(self._folder))
+        self.extra = [
+            "--tls-cert-file",
+            str(self.certificates["cert"]),
+            "--tls-key-file",
+            str(self.certificates["key"]),
+            "--tls-ca-cert-file",
+            str(self.certificates["ca"]),
+            "--tls-auth-clients",
+            "no",
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.certificates['ca']}"
+
+    def _port_arguments(self) -> list[str]:
+        return ["--port", "0", "--tls-port", str(self.port)]

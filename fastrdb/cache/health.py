@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from redis.exceptions import RedisError
 
 from fastrdb._logging import log
+from fastrdb.cache.refusals import note_refusal
 from fastrdb.settings import DEFAULT_SETTINGS, Settings
 
 __all__ = [
@@ -184,6 +185,7 @@ class ClientHealth:
         self._probing = False
         self.last_error = (type(exc).__name__, str(exc)[:200])
         self.last_error_at = time.time()
+        note_refusal(self, exc, operation)  # an ACL refusal: logged once, naming the command
         if not isinstance(exc, REDIS_ERRORS) and type(exc) not in self._seen_errors:
             # Not one of redis-py's own errors: say once what it was, it may be a misuse.
             self._seen_errors.add(type(exc))

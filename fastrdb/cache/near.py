@@ -10,7 +10,9 @@ known up front.
 
 The connection is a plain non-blocking socket, not a redis-py client: before every near hit the
 invalidations already delivered to it are applied with one ``poll`` of the socket (no await, no
-wait), and the event loop applies them whenever it is idle.
+wait), and the event loop applies them whenever it is idle. It connects as the client does: the
+same address and credentials, and for a TLS client (``rediss://``) TLS with the client's own
+settings, done in memory over the socket (``ssl.SSLObject``) so the ``poll`` still works.
 
 - A value read from Redis is stored only if no invalidation of its key (or of its group: the
   row key of a digest variant, the table's lists) arrived between just before that read and the
@@ -29,16 +31,19 @@ from __future__ import annotations
 import asyncio
 import select
 import socket
+import ssl
 import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.connection import SSLConnection
 from redis.cluster import RedisCluster
 
+from fastrdb.cache.refusals import note_refusal
 from fastrdb.errors import ConfigurationError
 
 __all__ = [
@@ -140,14 +145,100 @@ def _parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
 
 
 class _Socket:
-    """The tracking socket; closed when dropped (no unclosed-socket warning)."""
+    """The tracking connection: a non-blocking socket, with TLS done in memory when the client
+    uses TLS (an ``ssl.SSLObject`` over the plain socket, so that ``poll`` on the socket still
+    tells whether anything was delivered). Closed when dropped (no unclosed-socket warning)."""
 
-    __slots__ = ("poller", "sock")
+    __slots__ = ("_incoming", "_outgoing", "_tls", "poller", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.poller = select.poll()
         self.poller.register(sock.fileno(), select.POLLIN)
+        self._tls: ssl.SSLObject | None = None
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+
+    async def start_tls(
+        self, loop: asyncio.AbstractEventLoop, context: ssl.SSLContext, server_hostname: str
+    ) -> None:
+        """The TLS handshake, with the client's own settings (certificates, verification)."""
+        tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_hostname)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self._flush(loop)
+                data = await loop.sock_recv(self.sock, 65536)
+                if not data:
+                    raise ConnectionResetError("closed during the TLS handshake") from None
+                self._incoming.write(data)
+        await self._flush(loop)
+        self._tls = tls
+
+    async def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        data = self._outgoing.read()
+        if data:
+            await loop.sock_sendall(self.sock, data)
+
+    async def send(self, loop: asyncio.AbstractEventLoop, data: bytes) -> None:
+        if self._tls is None:
+            await loop.sock_sendall(self.sock, data)
+            return
+        self._tls.write(data)
+        await self._flush(loop)
+
+    async def recv(self, loop: asyncio.AbstractEventLoop) -> bytes:
+        """Some bytes from the server (waits for them); raises when the server closed."""
+        while True:
+            data = await loop.sock_recv(self.sock, 65536)
+            if not data:
+                raise ConnectionResetError("closed during the tracking set-up")
+            if self._tls is None:
+                return data
+            self._incoming.write(data)
+            plain = self._decrypted()
+            if plain:
+                return plain
+
+    def read_available(self) -> bytes:
+        """What was delivered so far, never waiting; raises when the server closed."""
+        raw = bytearray()
+        closed = False
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                break
+            if not data:
+                closed = True
+                break
+            raw += data
+        if self._tls is not None and raw:
+            self._incoming.write(bytes(raw))
+            raw = bytearray(self._decrypted())
+            pending = self._outgoing.read()  # e.g. a TLS key update: tiny, sent at once
+            if pending and self.sock.send(pending) != len(pending):
+                raise ConnectionResetError("the tracking connection could not send")
+        if closed:
+            raise ConnectionResetError("tracking connection closed by the server")
+        return bytes(raw)
+
+    def _decrypted(self) -> bytes:
+        assert self._tls is not None
+        plain = bytearray()
+        while True:
+            try:
+                chunk = self._tls.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                raise ConnectionResetError("the server ended the TLS session") from None
+            if not chunk:
+                break
+            plain += chunk
+        return bytes(plain)
 
     def close(self) -> None:
         self.sock.close()
@@ -159,9 +250,16 @@ class _Socket:
 class Tracker:
     """The tracking connection of one Redis server in one event loop, and what it was told."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, address: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        address: dict[str, Any],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.loop = loop
         self.address = address
+        self.tls = tls
+        """The client's TLS settings (``rediss://``), used for the tracking connection too."""
         self.up = False
         """Whether tracking is set up and its connection alive: only then are entries served."""
         self.epoch = 0
@@ -254,14 +352,7 @@ class Tracker:
         if conn is None:
             return
         try:
-            while True:
-                try:
-                    data = conn.sock.recv(65536)
-                except BlockingIOError:
-                    break
-                if not data:
-                    raise ConnectionResetError("tracking connection closed by the server")
-                self._buf += data
+            self._buf += conn.read_available()
             self._apply()
         except Exception as exc:  # any failure of the tracking connection: tracking is lost
             self._lost(exc)
@@ -334,6 +425,7 @@ class Tracker:
                 raise
             except Exception as exc:
                 self._lost(None)
+                note_refusal(self, exc, "near_cache_tracking")
                 if not self._warned:
                     self._warned = True
                     log.warning("near_cache_tracking_unavailable", error=type(exc).__name__)
@@ -369,6 +461,8 @@ class Tracker:
             await loop.sock_connect(sock, target)
             if not path:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.tls is not None:
+                    await conn.start_tls(loop, self.tls, host)
             first: list[bytes] = []
             password = address.get("password")
             if password:
@@ -376,7 +470,7 @@ class Tracker:
                 auth = ("AUTH", username, password) if username else ("AUTH", password)
                 first.append(_command(*auth))
             first.append(_command("CLIENT", "ID"))
-            replies = await self._exchange(sock, b"".join(first), len(first))
+            replies = await self._exchange(conn, b"".join(first), len(first))
             client_id = replies[-1]
             if not isinstance(client_id, int):
                 raise RuntimeError("CLIENT ID gave no id")
@@ -385,7 +479,7 @@ class Tracker:
                 if prefix:
                     tracking += ["PREFIX", prefix]
             request = _command(*tracking) + _command("SUBSCRIBE", "__redis__:invalidate")
-            await self._exchange(sock, request, 2)
+            await self._exchange(conn, request, 2)
         except BaseException:
             conn.close()
             raise
@@ -399,8 +493,8 @@ class Tracker:
         loop.add_reader(sock.fileno(), self._read_ready)
         log.debug("near_cache_tracking", client_id=client_id, prefixes=len(prefixes))
 
-    async def _exchange(self, sock: socket.socket, request: bytes, count: int) -> list[Any]:
-        await self.loop.sock_sendall(sock, request)
+    async def _exchange(self, conn: _Socket, request: bytes, count: int) -> list[Any]:
+        await conn.send(self.loop, request)
         buf = bytearray()
         replies: list[Any] = []
         pos = 0
@@ -408,10 +502,7 @@ class Tracker:
             try:
                 reply, pos = _parse(buf, pos)
             except _Incomplete:
-                data = await self.loop.sock_recv(sock, 65536)
-                if not data:
-                    raise ConnectionResetError("closed during the tracking set-up") from None
-                buf += data
+                buf += await conn.recv(self.loop)
                 continue
             if isinstance(reply, RuntimeError):
                 raise reply
@@ -521,15 +612,21 @@ _trackers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, 
 _all: weakref.WeakSet[Tracker] = weakref.WeakSet()
 
 
-def tracker_for(loop: asyncio.AbstractEventLoop, address: dict[str, Any]) -> Tracker:
-    """The tracker of the server at ``address`` (host, port or path, credentials) in ``loop``."""
-    identity = tuple(address.get(name) for name in ("host", "port", "path", "username", "password"))
+def tracker_for(
+    loop: asyncio.AbstractEventLoop, address: dict[str, Any], tls: ssl.SSLContext | None = None
+) -> Tracker:
+    """The tracker of the server at ``address`` (host, port or path, credentials) in ``loop``,
+    reached over TLS with ``tls`` when given."""
+    identity = (
+        *(address.get(name) for name in ("host", "port", "path", "username", "password")),
+        tls is not None,
+    )
     per_loop = _trackers.get(loop)
     if per_loop is None:
         per_loop = _trackers[loop] = {}
     tracker = per_loop.get(identity)
     if tracker is None:
-        tracker = per_loop[identity] = Tracker(loop, address)
+        tracker = per_loop[identity] = Tracker(loop, address, tls)
         _all.add(tracker)
     return tracker
 
@@ -545,6 +642,19 @@ def forget(tables: Iterable[str], row_keys: Iterable[str]) -> None:
         names += (list_group(table), embeds_group(table))
     for tracker in list(_all):
         tracker.invalidate(names)
+
+
+def _tls_context(pool: Any) -> ssl.SSLContext | Literal[False] | None:
+    """The TLS settings of the pool's connections (``rediss://``, ``ssl_*`` arguments), made
+    by redis-py itself so that every setting carries over; None without TLS; False for a TLS
+    connection class whose settings can't be read."""
+    connection_class = getattr(pool, "connection_class", None)
+    if not isinstance(connection_class, type) or not issubclass(connection_class, SSLConnection):
+        return None
+    connection = connection_class(**pool.connection_kwargs)  # not connected: settings only
+    made = getattr(getattr(connection, "ssl_context", None), "get", None)
+    context = made() if callable(made) else None
+    return context if isinstance(context, ssl.SSLContext) else False
 
 
 class NearCaches:
@@ -580,14 +690,15 @@ class NearCaches:
             )
         pool = getattr(client, "connection_pool", None)
         kwargs = getattr(pool, "connection_kwargs", None)
-        connection_class = getattr(pool, "connection_class", None)
-        if (
-            not isinstance(kwargs, dict)
-            or "ssl" in getattr(connection_class, "__name__", "").lower()
-        ):
+        try:
+            tls = _tls_context(pool)
+        except Exception as exc:  # the client's own TLS settings are unusable: it fails too
+            log.warning("near_cache_unsupported_client", error=type(exc).__name__)
+            return None
+        if not isinstance(kwargs, dict) or tls is False:
             log.warning("near_cache_unsupported_client", client=type(client).__name__)
             return None
-        tracker = tracker_for(loop, kwargs)
+        tracker = tracker_for(loop, kwargs, tls)
         near = self._by_tracker.get(tracker)
         if near is None:
             near = self._by_tracker[tracker] = NearCache(tracker, self.size)

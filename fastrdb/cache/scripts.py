@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from importlib import resources
@@ -10,9 +11,11 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-__all__ = ["DROP", "FILL", "INVALIDATE", "LEASE", "RELEASE", "LuaScript"]
+__all__ = ["DROP", "FILL", "INVALIDATE", "LEASE", "RELEASE", "LuaScript", "by_sha"]
 
 Arg = str | int | bytes
+
+_CALL = re.compile(r"redis\.p?call\('([A-Z]+)'")
 
 
 class LuaScript:
@@ -28,6 +31,11 @@ class LuaScript:
     @cached_property
     def sha(self) -> str:
         return hashlib.sha1(self.source.encode()).hexdigest()
+
+    @cached_property
+    def calls(self) -> tuple[str, ...]:
+        """The Redis commands the script calls (``redis.call('DEL', …)``), sorted."""
+        return tuple(sorted(set(_CALL.findall(self.source))))
 
     async def run_async(self, client: Any, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """Run on an asyncio client."""
@@ -51,3 +59,10 @@ FILL = LuaScript("fill")
 RELEASE = LuaScript("release")
 INVALIDATE = LuaScript("invalidate")
 LEASE = LuaScript("lease")
+
+ALL = (DROP, FILL, INVALIDATE, LEASE, RELEASE)
+
+
+def by_sha(sha: str) -> LuaScript | None:
+    """The script whose SHA1 is ``sha`` (as Redis names it in errors), if it is FastRDB's."""
+    return next((script for script in ALL if script.sha == sha), None)

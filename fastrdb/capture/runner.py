@@ -16,6 +16,7 @@ from typing import Any
 
 from fastrdb._compat import greenlet_spawn
 from fastrdb._logging import log
+from fastrdb.cache.refusals import note_refusal
 from fastrdb.cache.store import REDIS_ERRORS, Caller, deliver_invalidation
 from fastrdb.capture.rows import TableNames, to_changes
 from fastrdb.capture.source import Batch, CaptureSetupError, Source
@@ -97,6 +98,7 @@ class Runner:
     async def _unavailable(self, exc: BaseException, delay: float) -> None:
         """The database (or, while opening, Redis) failed: start over after ``delay``."""
         self.stats.database_failures += 1
+        note_refusal(self, exc, "capture_open")
         log.warning("capture_source_unavailable", error=type(exc).__name__, retry_in=delay)
         await self._sleep(delay)
 
@@ -168,6 +170,7 @@ class Runner:
 
     def _redis_failed(self, exc: BaseException, delay: float) -> None:
         self.stats.redis_failures += 1
+        note_refusal(self, exc, "capture_invalidate")
         if delay == self.backoff[0]:
             log.warning("capture_redis_unavailable", error=type(exc).__name__, retry_in=delay)
 
