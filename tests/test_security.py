@@ -627,3 +627,33 @@ async def test_capture_runs_as_the_documented_redis_user_and_database_role(
         await client.aclose()
         await capture_client.aclose()
         await engine.dispose()
+
+
+@pytest.mark.slow
+async def test_capture_without_a_command_says_which_and_stops_cleanly(
+    acl: AclRedis, app_database: AppDatabase
+) -> None:
+    """`fastrdb_capture` less EVALSHA: capture names the refused command, keeps the change
+    (nothing confirmed, it retries), and stops when asked (no hang)."""
+    line = [argument for argument in acl_line("fastrdb_capture") if argument != "+evalsha"]
+    await acl.create(line)
+    capture_client = Redis.from_url(acl.url(line))
+    engine = create_async_engine(app_database.owner_async_url)
+    maker = async_sessionmaker(engine, expire_on_commit=False)
+    try:
+        with capture_logs() as logs:
+            async with capturing(app_database.capture_url, capture_client) as capture:
+                async with maker() as db:
+                    await db.execute(text("UPDATE sec_members SET name = 'c' WHERE id = 1"))
+                    await db.commit()
+
+                async def told() -> bool:
+                    return any(names(entry, "command", "EVALSHA") for entry in logs)
+
+                await eventually(told, "a redis_permission_denied naming EVALSHA")
+                assert capture.stats.deliveries == 0
+        denied = next(entry for entry in logs if entry["event"] == "redis_permission_denied")
+        assert denied["operation"] == "capture_invalidate"
+    finally:
+        await capture_client.aclose()
+        await engine.dispose()
