@@ -13,17 +13,30 @@ from typing import Any
 
 import pytest
 import redis.asyncio
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from fastrdb import FastRDB
 from fastrdb.audit import Auditor, Round, database_engine, find_instances
 from fastrdb.errors import ConfigurationError
 from tests import audit_app
 from tests.audit_app import items, users, verses
 from tests.conftest import REDIS_URL, Database
-from tests.models import ItemSchema, User, UserCreate, VerseSchema
+from tests.models import (
+    Author,
+    Book,
+    BookCreate,
+    BookOut,
+    BookUpdate,
+    ItemSchema,
+    Tag,
+    User,
+    UserCreate,
+    VerseSchema,
+    book_tags,
+)
 from tests.processes import finish, start_interpreter
 
 Redis = redis.asyncio.Redis
@@ -228,6 +241,38 @@ async def test_an_entry_that_stays_stale_is_reported_in_a_later_round(
     stale = {f.key: f.fields for r in second.reports for f in r.stale}
     # The unseen write left the page stale too (no capture runs here).
     assert stale == {key: ("name", "bio"), "user:page:1:limit:10": ("[1].bio",)}
+
+
+async def test_an_entry_embedding_a_renamed_row_names_the_nested_field(
+    maker: async_sessionmaker[AsyncSession],
+    redis_client: Redis,
+    audit_engine: AsyncEngine,
+    engine: AsyncEngine,
+) -> None:
+    """A book entry that embeds its author (a nested response schema) is read again with what
+    it embeds: an author renamed by a write nobody saw shows as author.name, in the row and in
+    the page."""
+    books = FastRDB[Book, BookCreate, BookUpdate, BookOut](
+        Book, BookOut, pattern="book:{id}", list_pattern="books:{page}:{limit}"
+    )
+    async with maker() as session:
+        session.add_all([Author(id=1, name="Ann"), Tag(id=1, label="sf")])
+        await session.flush()
+        session.add(Book(id=1, title="Dune", author_id=1))
+        await session.flush()
+        await session.execute(insert(book_tags).values(book_id=1, tag_id=1))
+        await session.commit()
+    async with maker() as db:
+        await books.get(db=db, redis=redis_client, id=1)
+        await books.get_multi(db=db, redis=redis_client, limit=5, page=1)
+    auditor = Auditor([books], audit_engine, redis_client)
+    found = await auditor.round()
+    assert (found.audited, found.stale) == (2, 0)
+    async with engine.begin() as connection:
+        await connection.execute(text("UPDATE authors SET name = 'Bea' WHERE id = 1"))
+    found = await auditor.round()
+    stale = {finding.key: finding.fields for finding in found.reports[0].stale}
+    assert stale == {"book:1": ("author.name",), "books:1:5": ("[0].author.name",)}
 
 
 async def test_keys_with_a_digest_are_not_audited(
