@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter
 from sqlalchemy import func, select
-from sqlalchemy.exc import MultipleResultsFound
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
@@ -119,6 +118,9 @@ class InstanceReport:
     stale: list[Finding] = field(default_factory=list)
     not_audited: Counter[str] = field(default_factory=Counter)
     """Sampled entries not compared, by reason (``digest``, ``unreadable``, ``ambiguous``)."""
+    undecodable: tuple[str, ...] = ()
+    """The instance's patterns whose keys cannot be split into values: none of their entries
+    is sampled (e.g. ``{first}.{last}``)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -129,6 +131,7 @@ class InstanceReport:
             "changed": self.changed,
             "not_audited": dict(sorted(self.not_audited.items())),
             "entries": [finding.as_dict() for finding in self.stale],
+            "undecodable_patterns": list(self.undecodable),
         }
 
 
@@ -173,7 +176,9 @@ class Round:
             lines.append(
                 f"{report.model} {report.pattern!r}: audited {report.audited}, stale "
                 f"{len(report.stale)}, changed while compared {report.changed}, not audited "
-                f"{sum(report.not_audited.values())}" + (f" ({skipped})" if skipped else "")
+                f"{sum(report.not_audited.values())}"
+                + (f" ({skipped})" if skipped else "")
+                + "".join(f"; {text!r} is not decodable" for text in report.undecodable)
             )
         return lines
 
@@ -374,7 +379,9 @@ class Auditor:
         reports: list[InstanceReport] = []
         claimed: set[str] = set()  # a key two instances recognize is audited once
         for target in self._targets:
-            report = InstanceReport(target.plan.name, target.plan.row.text)
+            plan = target.plan
+            undecodable = tuple(p.text for p in (plan.row, plan.list) if not p.decodable)
+            report = InstanceReport(plan.name, plan.row.text, undecodable=undecodable)
             reports.append(report)
             if stop():
                 continue
@@ -396,10 +403,7 @@ class Auditor:
 
     async def _read(self, target: _Target, query: _Query) -> Any:
         async with AsyncSession(self._engine) as session:
-            try:
-                return await session.run_sync(target.read, query)
-            except MultipleResultsFound:
-                raise _NotAudited("ambiguous") from None
+            return await session.run_sync(target.read, query)
 
     async def _check(self, target: _Target, key: str, report: InstanceReport) -> None:
         query = target.recover(key)

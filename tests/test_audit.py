@@ -34,6 +34,7 @@ from tests.models import (
     Tag,
     User,
     UserCreate,
+    UserResponse,
     VerseSchema,
     book_tags,
 )
@@ -321,6 +322,26 @@ async def test_a_round_samples_at_most_n_entries_per_instance(
         }
     assert all(len(keys_of_round) == 5 for keys_of_round in seen)
     assert set().union(*seen) == keys
+
+
+async def test_a_pattern_whose_keys_split_two_ways_is_named_not_guessed(
+    maker: async_sessionmaker[AsyncSession], redis_client: Redis, audit_engine: AsyncEngine
+) -> None:
+    """An instance whose keys cannot be split into values ({name}.{email}) has none of its
+    rows audited, and the report names the pattern; its pages still are."""
+    dotted = FastRDB[User, UserCreate, UserCreate, UserResponse](
+        User, UserResponse, pattern="dotted:{name}.{email}", list_pattern="dotted:{page}:{limit}"
+    )
+    async with maker() as db:
+        created = UserCreate(email="a@x.io", name="Ann")
+        await dotted.create(db=db, redis=redis_client, obj_in=created, email="a@x.io", name="Ann")
+        await dotted.get_multi(db=db, redis=redis_client, limit=5, page=1)
+    assert await redis_client.get("dotted:Ann.a@x.io") is not None
+    found = await Auditor([dotted], audit_engine, redis_client).round()
+    [report] = found.reports
+    assert report.undecodable == ("dotted:{name}.{email}",)
+    assert (report.audited, found.stale) == (1, 0)
+    assert "'dotted:{name}.{email}' is not decodable" in "\n".join(found.lines())
 
 
 def test_instances_are_found_in_a_module_or_by_name() -> None:
