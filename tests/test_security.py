@@ -29,6 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from structlog.testing import capture_logs
 
 from fastrdb import FastRDB, Settings
+from fastrdb.cache import scripts
 from fastrdb.cache.health import health_of
 from fastrdb.cache.near import literal_prefix
 from fastrdb.capture import Capture
@@ -220,6 +221,21 @@ def test_the_documented_key_patterns_follow_the_rule_on_the_page() -> None:
             for key in (prefix + "x", "{" + prefix + "x}:lease"):
                 assert any(re.fullmatch(glob.replace("*", ".*"), key) for glob in globs), key
         assert len(globs) == 4, "one pair for user:, one for fastrdb:"
+
+
+def granted(line: list[str]) -> set[str]:
+    """The commands a line grants, upper case (``+client|id`` → ``CLIENT|ID``)."""
+    return {argument[1:].upper() for argument in line if argument.startswith("+")}
+
+
+def test_the_documented_lines_grant_every_command_the_scripts_call() -> None:
+    """A command a Lua script calls is checked against the user's ACL like a direct call: the
+    app's line grants what every script calls, capture's what its scripts call."""
+    assert {"EVALSHA", "EVAL"} <= granted(acl_line("fastrdb_app"))
+    for script in scripts.ALL:
+        assert set(script.calls) <= granted(acl_line("fastrdb_app")), script.name
+    for script in (scripts.INVALIDATE, scripts.DROP):
+        assert set(script.calls) <= granted(acl_line("fastrdb_capture")), script.name
 
 
 async def test_the_documented_app_user_runs_crud_events_and_the_near_cache(
