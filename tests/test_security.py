@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+import redis.cluster
 from pydantic import BaseModel
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from sqlalchemy import Engine, String, create_engine, select, text, update
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -37,7 +39,7 @@ from fastrdb.events import listen
 from tests.conftest import CLUSTER, DATABASES
 from tests.dbservers import MariaDBServer, PostgresServer
 from tests.models import User, UserCreate, UserResponse, UserUpdate
-from tests.servers import RedisServer, RedisTLSServer
+from tests.servers import RedisClusterServers, RedisServer, RedisTLSServer
 
 Redis = redis.asyncio.Redis
 
@@ -48,10 +50,12 @@ PATIENT = Settings(redis_timeout=5.0)  # a loaded machine must not turn a slow r
 NEAR = Settings(redis_timeout=5.0, near_cache_size=16)
 
 
-def acl_line(user: str) -> list[str]:
-    """The documented ``ACL SETUSER`` line of ``user``, split into arguments."""
-    lines = [line for line in PAGE.splitlines() if line.startswith(f"ACL SETUSER {user} ")]
-    assert len(lines) == 1, f"docs/security.md has no single ACL line for {user}"
+def acl_line(user: str, *, cluster: bool = False) -> list[str]:
+    """The documented ``ACL SETUSER`` line of ``user`` (``on …``), or the one that adds what a
+    Redis Cluster needs (``+…``), split into arguments."""
+    start = f"ACL SETUSER {user} " + ("+" if cluster else "on ")
+    lines = [line for line in PAGE.splitlines() if line.startswith(start)]
+    assert len(lines) == 1, f"docs/security.md has no single line {start}…"
     return shlex.split(lines[0])
 
 
@@ -673,3 +677,59 @@ async def test_capture_without_a_command_says_which_and_stops_cleanly(
     finally:
         await capture_client.aclose()
         await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def acl_cluster() -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.mark.slow
+async def test_the_app_user_with_the_cluster_additions_runs_on_a_redis_cluster(
+    acl_cluster: RedisClusterServers,
+    async_maker: async_sessionmaker[AsyncSession],
+    sync_maker: sessionmaker[Session],
+) -> None:
+    """The app's line plus its cluster line, on every node of a 3-master Redis Cluster: CRUD,
+    a listened async commit and a worker's sync commit, with no refusal on any node."""
+    line, additions = acl_line("fastrdb_app"), acl_line("fastrdb_app", cluster=True)
+    for port in acl_cluster.ports:
+        with redis.Redis(port=port) as node:
+            node.flushall()
+            node.execute_command("ACL", "DELUSER", line[2])
+            node.execute_command(*line)
+            node.execute_command(*additions)
+            node.execute_command("ACL", "LOG", "RESET")
+    credentials = {"username": line[2], "password": password_of(line)}
+    port = acl_cluster.ports[0]
+    client = AsyncRedisCluster(host="127.0.0.1", port=port, **credentials)
+    worker_client = redis.cluster.RedisCluster(host="127.0.0.1", port=port, **credentials)
+    crud = make_users()
+    app = listen(async_maker, client)
+    worker = listen(sync_maker, worker_client)
+    try:
+        async with async_maker() as db:
+            assert (await add(crud, db, client)).name == "A"
+        async with async_maker() as db:
+            assert len(await crud.get_multi(db=db, redis=client, limit=10, page=1)) == 1
+            assert await crud.count(db=db, redis=client) == 1
+        assert await name_of(crud, async_maker, client) == "A"
+        await rename(async_maker, "B")
+        assert await name_of(crud, async_maker, client) == "B"
+        with sync_maker() as session:
+            session.execute(update(User).where(User.email == "a@x.io").values(name="C"))
+            session.commit()
+        assert await name_of(crud, async_maker, client) == "C"
+        assert crud.stats()["hits"] > 0
+        healthy(client)
+        healthy(worker_client)
+    finally:
+        app.remove()
+        worker.remove()
+        await client.aclose()
+        worker_client.close()
+    for port in acl_cluster.ports:
+        with redis.Redis(port=port) as node:
+            assert node.execute_command("ACL", "LOG") == [], port
