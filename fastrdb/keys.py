@@ -24,8 +24,11 @@ __all__ = [
     "decode_value",
     "encode_value",
     "glob_covers",
+    "glob_escape",
     "lease_key",
     "deps_key",
+    "literal_prefix",
+    "tables_index",
     "with_digest",
 ]
 
@@ -195,6 +198,36 @@ def with_digest(key: str, extras: Mapping[str, object]) -> str:
     return f"{key}:~{hashlib.blake2b(canonical.encode(), digest_size=6).hexdigest()}"
 
 
+_ENCODED_VALUE = r"[A-Za-z0-9@._+\-%]*"
+"""What :func:`encode_value` can produce: never ``:``, braces, glob characters or spaces."""
+_DIGEST = r"(?::~[0-9a-f]{12})?"
+"""The suffix :func:`with_digest` may add."""
+
+
+def literal_prefix(pattern_text: str) -> str:
+    """What every key of a ``str.format`` pattern starts with: the text before its first
+    placeholder (``"user:email:{email}"`` → ``"user:email:"``)."""
+    prefix = ""
+    for literal, field, _, _ in string.Formatter().parse(pattern_text):
+        prefix += literal
+        if field is not None:
+            break
+    return prefix
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a Redis glob that matches only itself."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def tables_index(schemes_key: str) -> tuple[str, str]:
+    """(the set naming every table that has cache entries, this table's member of it) for the
+    key of a table's published patterns (:meth:`Namespace.schemes`): the member is the
+    table's encoded name, which holds no ``:``."""
+    head, _, table = schemes_key.rpartition(":schemes:")
+    return f"{head}:tables", table
+
+
 def glob_covers(glob: str, key: str) -> bool:
     """Whether a Redis-style glob (an expanded ``invalidate_pattern_prefix``) matches ``key``."""
     return fnmatchcase(key, glob)
@@ -234,6 +267,16 @@ class KeyPattern:
 
     def __repr__(self) -> str:
         return f"KeyPattern({self.text!r})"
+
+    @property
+    def regex(self) -> re.Pattern[str]:
+        """Matches every key this pattern formats, with or without a digest suffix (the
+        extra-filter variants of :func:`with_digest`)."""
+        parts = [
+            re.escape(literal) + (_ENCODED_VALUE if field is not None else "")
+            for literal, field, _, _ in string.Formatter().parse(self.text)
+        ]
+        return re.compile("".join(parts) + _DIGEST)
 
     def missing(self, values: Mapping[str, object]) -> list[str]:
         """The placeholders that ``values`` does not give."""
@@ -321,6 +364,11 @@ class Namespace:
         """The registry of keys that may hold a negative entry of ``table``: drained by a
         change of ``table`` whose values are unknown."""
         return f"{self.prefix}:negatives:{encode_value(table)}"
+
+    def tables(self) -> str:
+        """The set of tables that have cache entries (members: encoded table names), so an
+        operator's tools find them without scanning the keyspace (see :func:`tables_index`)."""
+        return f"{self.prefix}:tables"
 
     def count(self, table: str) -> str:
         """The key of ``count()`` of ``table`` (a digest suffix holds any filters)."""

@@ -12,11 +12,15 @@ import pytest
 from fastrdb import FastRDBError
 from fastrdb.keys import (
     KeyPattern,
+    Namespace,
     decode_value,
     deps_key,
     encode_value,
     glob_covers,
+    glob_escape,
     lease_key,
+    literal_prefix,
+    tables_index,
     with_digest,
 )
 
@@ -207,3 +211,32 @@ def test_a_pattern_whose_keys_split_two_ways_is_not_decodable() -> None:
         assert not KeyPattern(text).decodable
         assert KeyPattern(text).match("a.b.c") is None
     assert KeyPattern("{a}:{b}").decodable
+
+
+def test_literal_prefix_is_the_text_before_the_first_placeholder() -> None:
+    """Doubled braces are literal text; a pattern without placeholders is all prefix."""
+    assert literal_prefix("user:email:{email}") == "user:email:"
+    assert literal_prefix("user:{{x}}:{id}") == "user:{x}:"
+    assert literal_prefix("{id}:user") == ""
+    assert literal_prefix("constant") == "constant"
+
+
+def test_glob_escape_backslashes_redis_glob_characters() -> None:
+    """``* ? [ ] \\`` get a backslash (Redis' MATCH escape); other text is unchanged."""
+    assert glob_escape("a*b?[c]\\d:{e}") == "a\\*b\\?\\[c\\]\\\\d:{e}"
+
+
+def test_pattern_regex_matches_its_keys_and_their_variants_only() -> None:
+    """Every formatted key (any value, with or without a digest suffix) and nothing else."""
+    pattern = KeyPattern("user:{{x}}:email:{email}")
+    key = pattern.format({"email": "a b:*@x.io"})
+    assert pattern.regex.fullmatch(key)
+    assert pattern.regex.fullmatch(with_digest(key, {"name": "n"}))
+    assert not pattern.regex.fullmatch(key + ":more")
+    assert not pattern.regex.fullmatch("user:{x}:name:a")
+
+
+def test_tables_index_is_named_from_the_schemes_key() -> None:
+    """The index and the member come from the schemes key alone, whatever the namespace."""
+    namespace = Namespace("odd:schemes:ns")
+    assert tables_index(namespace.schemes("we:ird")) == (namespace.tables(), "we%3Aird")
