@@ -29,7 +29,7 @@ from fastrdb.cache.deadline import watchdog
 from fastrdb.cache.health import REDIS_ERRORS, ClientHealth
 from fastrdb.cache.near import forget
 from fastrdb.cache.scripts import DROP, FILL, INVALIDATE, LEASE, RELEASE
-from fastrdb.keys import Namespace, deps_key, lease_key
+from fastrdb.keys import Namespace, deps_key, lease_key, tables_index
 from fastrdb.schemes import Scheme
 
 __all__ = [
@@ -176,27 +176,31 @@ async def acquire(
 ) -> bool | None:
     """Take the fill lease of ``key``: True if taken, False if held, None if Redis can't answer.
 
-    Before the lease is taken the patterns behind ``key`` are published, so a listener that
+    Before the lease is taken the patterns behind ``key`` are published (and the table named
+    in the namespace's index of tables, for ``fastrdb stats``), so a listener that
     reads them after its commit knows to drop this lease. After it, ``key`` joins the given
     registries, so an invalidation that reads a registry before the key joined deletes the lease
     this fill depends on.
     """
     members = [scheme.member() for scheme in schemes]
     ttl_ms = int(health.settings.lease_ttl * 1000)
+    index, table = tables_index(schemes_key)
 
     async def sequential() -> bool:
+        pipe = client.pipeline(transaction=False)  # one round trip to the nodes concerned
+        pipe.sadd(index, table)
         if members:
-            await client.sadd(schemes_key, *members)
+            pipe.sadd(schemes_key, *members)
+        await pipe.execute()
         taken = bool(await client.set(lease_key(key), token, nx=True, px=ttl_ms))
         for registry in registries:
             await client.sadd(registry, key)
         return taken
 
     async def scripted() -> bool:
-        keys = (lease_key(key), schemes_key, *registries)
-        return bool(
-            await LEASE.run_async(client, keys, (token, ttl_ms, len(members), *members, key))
-        )
+        keys = (lease_key(key), schemes_key, index, *registries)
+        args: tuple[str | int, ...] = (token, ttl_ms, len(members), *members, key, table)
+        return bool(await LEASE.run_async(client, keys, args))
 
     # On a cluster the keys live in different slots: separate calls, in this order.
     return await _guarded(health, "acquire", sequential if is_cluster(client) else scripted, None)
