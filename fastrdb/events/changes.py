@@ -30,7 +30,7 @@ class Changes:
     needs them, so wide rows cost nothing beyond their pattern fields.
     """
 
-    __slots__ = ("own_tokens", "rows", "touched", "written")
+    __slots__ = ("own_tokens", "rows", "touched", "whole", "written")
 
     def __init__(self) -> None:
         self.rows: dict[str, list[dict[str, Any]]] = {}
@@ -40,6 +40,8 @@ class Changes:
         """Rows inserted or updated, for listeners that refresh instead of only invalidating."""
         self.touched: set[str] = set()
         """Tables changed in rows whose values are unknown: their negative entries go too."""
+        self.whole: set[str] = set()
+        """Tables whose every entry goes, found by a scan (:mod:`fastrdb.cache.wipe`)."""
 
     def __bool__(self) -> bool:
         return bool(self.rows)
@@ -77,11 +79,18 @@ class Changes:
             self.rows.setdefault(table, [])
             self.touched.add(table)
 
+    def wipe(self, tables: Iterable[str]) -> None:
+        """Record that every entry of ``tables`` must go, single-row keys of any value too."""
+        tables = list(tables)
+        self.touch(tables)
+        self.whole.update(tables)
+
     def merge(self, other: Changes) -> None:
         """Fold ``other`` in; its write-through leases are not carried over."""
         for table, snapshots in other.rows.items():
             self.rows.setdefault(table, []).extend(snapshots)
         self.touched |= other.touched
+        self.whole |= other.whole
 
     def plan(self, schemes: Mapping[str, list[Scheme]], namespace: Namespace) -> InvalidationPlan:
         """The keys to drop, given the patterns published for each changed table."""

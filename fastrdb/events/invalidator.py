@@ -31,6 +31,7 @@ from fastrdb._compat import greenlet_spawn, in_greenlet
 from fastrdb._logging import log
 from fastrdb.cache.health import ClientHealth
 from fastrdb.cache.store import Caller, deliver_invalidation
+from fastrdb.cache.wipe import wipe_table
 from fastrdb.events.bindings import CHANGES_KEY, Binding, binding_of, refreshers_of
 from fastrdb.events.changes import Changes, Written
 from fastrdb.keys import Namespace
@@ -41,6 +42,7 @@ __all__ = [
     "before_commit",
     "delivered",
     "invalidate",
+    "invalidate_now",
     "replay",
 ]
 
@@ -152,6 +154,8 @@ def _deliver(
             dropped = deliver_invalidation(
                 call, client, namespace, tables, partial(changes.plan, namespace=namespace)
             )
+            for table in sorted(changes.whole):
+                dropped += wipe_table(call, client, namespace, table).dropped
             break
         except asyncio.CancelledError:
             health.keep(changes)
@@ -183,8 +187,29 @@ async def replay(client: Any, health: ClientHealth) -> None:
         return
     kept = health.kept
     batch = _merged(pending, Changes())
-    call = Caller(True, health.settings.redis_timeout)
-    namespace = Namespace(health.settings.namespace)
-    if await greenlet_spawn(_deliver, call, client, namespace, health, batch):
+    if await _deliver_async(client, health, batch):
         health.settle(kept)
         log.info("cache_invalidate_replayed", tables=sorted(batch.rows))
+
+
+async def invalidate_now(client: Any, health: ClientHealth, changes: Changes) -> bool:
+    """Deliver ``changes``, and anything still pending, from asyncio code outside any commit
+    (the invalidations an application asks for: ``FastRDB.invalidate``). Never raises for
+    Redis trouble: what could not be delivered is kept and replayed, as after a commit, and
+    until then this process serves nothing from that server's cache. True if delivered."""
+    if not health.allow():
+        health.keep(changes)
+        return False
+    kept = health.kept
+    batch = changes if health.pending is None else _merged(health.pending, changes)
+    if await _deliver_async(client, health, batch):
+        health.settle(kept)
+        return True
+    health.keep(changes)
+    return False
+
+
+async def _deliver_async(client: Any, health: ClientHealth, changes: Changes) -> bool:
+    call = Caller(True, health.settings.redis_timeout)
+    namespace = Namespace(health.settings.namespace)
+    return bool(await greenlet_spawn(_deliver, call, client, namespace, health, changes))
