@@ -22,6 +22,7 @@ from fastrdb.errors import ConfigurationError, FastRDBError
 from fastrdb.events.bindings import register_refresher
 from fastrdb.events.invalidator import delivered
 from fastrdb.instances import track
+from fastrdb.invalidation import invalidate_row, invalidate_table
 from fastrdb.pagination import PaginatedResponse
 from fastrdb.plan import Plan, check_positive_int
 from fastrdb.reads import Reads
@@ -226,6 +227,31 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         """Delete the row matching ``kwargs`` and commit; its keys are dropped at commit.
         Raises ``NoResultFound`` if no row matches."""
         await self._writes.delete(db, redis, kwargs)
+
+    # -- explicit invalidation --
+
+    async def invalidate(
+        self, *, redis: AsyncRedis, db: AsyncSession | None = None, **values: Any
+    ) -> None:
+        """Drop the cached entries of the row that ``values`` name (column values): its keys by
+        every pattern published for the table, their fill leases and extra-filter variants, and
+        the pages and counts that could hold it; the next read of them is a miss.
+
+        ``values`` should give every placeholder of ``pattern`` and of
+        ``invalidate_pattern_prefix``; if not, every row they match is read through ``db`` and
+        its values name the keys. Without ``db`` (or with no matching row) a missing
+        placeholder raises ``FastRDBError`` naming it. A Redis failure does not raise: the
+        invalidation is kept and replayed like a commit's, and until then this process serves
+        nothing from that Redis server."""
+        health = self._clients.health(redis)
+        await invalidate_row(self._plan, redis, health, values, db=db)
+
+    async def invalidate_all(self, *, redis: AsyncRedis) -> None:
+        """Drop every cached entry of the model's table: single-row keys of any value (found by
+        a ``SCAN`` restricted to the published patterns' prefixes, twice: its cost grows with
+        the whole keyspace; see docs/operations.md), pages, counts, negative entries, leases
+        and registries. A Redis failure does not raise: it is kept and replayed."""
+        await invalidate_table(redis, self._clients.health(redis), self._plan.mapper)
 
     async def refresh_row(
         self,

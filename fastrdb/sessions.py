@@ -37,8 +37,16 @@ class Clients:
         """Calls on these clients that found the connection pool full and went without Redis."""
         return sum(health.overloads for health in self._healths)
 
-    def _health_of(self, redis: AsyncRedis, binding: Binding) -> ClientHealth:
-        health = binding.health if binding.client is redis else health_of(redis, self.settings)
+    def health(self, redis: AsyncRedis) -> ClientHealth:
+        """The client's health, for a call without a session (an explicit invalidation)."""
+        return self._health_of(redis, None)
+
+    def _health_of(self, redis: AsyncRedis, binding: Binding | None) -> ClientHealth:
+        health = (
+            binding.health
+            if binding is not None and binding.client is redis
+            else health_of(redis, self.settings)
+        )
         if health is not self._last_health:
             self._healths.add(health)
             self._last_health = health
