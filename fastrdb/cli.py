@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -281,3 +282,162 @@ def audit(args: argparse.Namespace) -> int:
         return 1 if stale else 0
 
     return asyncio.run(run())
+
+
+_REDIS_HELP = (
+    "redis://… rediss://… unix://…, or redis+cluster://host:port (rediss+cluster://) for a "
+    "Redis Cluster"
+)
+
+
+def _write(text: str, stream: Any = None) -> None:
+    (stream or sys.stdout).write(text + "\n")
+
+
+@command(
+    "stats",
+    "Per table, what Redis holds for FastRDB: the published key patterns, the registries of "
+    "pages, counts, negative entries and embedding entries with their sizes, how many of "
+    "their keys hold a value and how many are being filled (leased). Read from FastRDB's "
+    "bookkeeping keys only: no KEYS, no SCAN of the keyspace. Cost: one SCARD per registry, "
+    "plus an EXISTS pair per probed member (--probe).",
+    arg("--redis", required=True, help=_REDIS_HELP),
+    arg("--namespace", default="fastrdb", help="the FastRDB key namespace (Settings.namespace)"),
+    arg(
+        "--table",
+        action="append",
+        default=None,
+        help="a table to report (repeatable; default: every table in the namespace's index)",
+    ),
+    arg(
+        "--probe",
+        type=int,
+        default=1000,
+        help="members of each registry to look at (default: 1000; 0: sizes only)",
+    ),
+    arg("--json", action="store_true", help="one JSON document instead of a table"),
+)
+def stats(args: argparse.Namespace) -> int:
+    from fastrdb.cache.inventory import NOT_COUNTED, read_inventory
+    from fastrdb.capture.urls import redis_from_url
+    from fastrdb.keys import Namespace
+
+    async def run() -> int:
+        client = redis_from_url(args.redis)
+        try:
+            figures = await read_inventory(
+                client, Namespace(args.namespace), args.table, probe=max(args.probe, 0)
+            )
+        except Exception as exc:  # whatever the client raised: say it, exit non-zero
+            _write(f"fastrdb stats: {type(exc).__name__}: {exc}", sys.stderr)
+            return 1
+        finally:
+            await client.aclose()
+        if args.json:
+            document = {
+                "namespace": args.namespace,
+                "tables": [table.as_dict() for table in figures],
+                "not_counted": list(NOT_COUNTED),
+            }
+            _write(json.dumps(document, indent=2))
+            return 0
+        _write(f"namespace {args.namespace}: {len(figures)} table(s)")
+        for table in figures:
+            _write(f"\n{table.table}")
+            _write(f"  row patterns     {', '.join(table.row_patterns) or '-'}")
+            _write(f"  prefix patterns  {', '.join(table.prefix_patterns) or '-'}")
+            if table.unreadable_patterns:
+                _write(f"  unreadable       {table.unreadable_patterns} (another FastRDB version)")
+            _write(
+                f"  {'registry':<10} {'members':>8} {'probed':>7} {'present':>8} "
+                f"{'leased':>7} {'counts':>7}"
+            )
+            for name, entry in table.registries.items():
+                _write(
+                    f"  {name:<10} {entry.members:>8} {entry.probed:>7} {entry.present:>8} "
+                    f"{entry.leased:>7} {entry.counts:>7}"
+                )
+        _write("\nNot counted (would need a SCAN):")
+        for line in NOT_COUNTED:
+            _write(f"  - {line}")
+        return 0
+
+    return asyncio.run(run())
+
+
+@command(
+    "flush",
+    "Drop every entry FastRDB wrote for one table: single-row keys by every published "
+    "pattern (with their fill leases and extra-filter variants), pages, counts, negative "
+    "entries, entries embedding its rows, and their registries; a read filling meanwhile "
+    "cannot store what it read before. Cost: single-row keys are in no registry, so the "
+    "keyspace is SCANned (MATCH on each row pattern's literal prefix, COUNT 1000), twice, on "
+    "every master of a cluster: 2 x (1 + 2 x row patterns) full SCAN iterations, each "
+    "O(number of keys in the Redis database). The published patterns stay.",
+    arg("--redis", required=True, help=_REDIS_HELP),
+    arg("--table", required=True, help="the table, as FastRDB names it (users, schema.users)"),
+    arg("--namespace", default="fastrdb", help="the FastRDB key namespace (Settings.namespace)"),
+    arg("--yes", action="store_true", help="drop without asking"),
+    arg(
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="seconds one Redis call may take (default: 5)",
+    ),
+)
+def flush(args: argparse.Namespace) -> int:
+    from fastrdb._compat import greenlet_spawn
+    from fastrdb.cache.inventory import read_inventory
+    from fastrdb.cache.store import Caller
+    from fastrdb.cache.wipe import Wiped, row_globs, wipe_table
+    from fastrdb.capture.urls import redis_from_url
+    from fastrdb.keys import Namespace
+    from fastrdb.schemes import Scheme
+
+    namespace = Namespace(args.namespace)
+
+    async def describe() -> list[str]:
+        client = redis_from_url(args.redis, timeout=args.timeout)
+        try:
+            (figures,) = await read_inventory(client, namespace, [args.table], probe=0)
+        finally:
+            await client.aclose()
+        schemes = [Scheme("row", text) for text in figures.row_patterns]
+        lines = [f"fastrdb flush: table {args.table} (namespace {args.namespace}) would lose"]
+        lines.append(f"  single-row keys matching {', '.join(row_globs(schemes)) or '-'} (SCAN)")
+        for name, entry in figures.registries.items():
+            lines.append(f"  {entry.members} registered {name} entries ({entry.key})")
+        lines.append(f"  pages registered under {namespace.lists(args.table)}:* (SCAN)")
+        return lines
+
+    async def drop() -> Wiped:
+        client = redis_from_url(args.redis, timeout=args.timeout)
+        try:
+            call = Caller(True, args.timeout)
+            return await greenlet_spawn(wipe_table, call, client, namespace, args.table)
+        finally:
+            await client.aclose()
+
+    try:
+        for line in asyncio.run(describe()):
+            _write(line)
+        if not args.yes:
+            if not sys.stdin.isatty():
+                _write(
+                    "fastrdb flush: not confirmed: pass --yes (standard input is not a "
+                    "terminal, so there is no one to ask)",
+                    sys.stderr,
+                )
+                return 2
+            if input("Drop them? [y/N] ").strip().lower() not in ("y", "yes"):
+                _write("fastrdb flush: nothing dropped", sys.stderr)
+                return 1
+        wiped = asyncio.run(drop())
+    except Exception as exc:  # whatever the client raised: say it, exit non-zero
+        _write(f"fastrdb flush: {type(exc).__name__}: {exc}", sys.stderr)
+        return 1
+    _write(
+        f"fastrdb flush: dropped {wiped.dropped} keys of {args.table} "
+        f"({wiped.row_keys} single-row keys found, {wiped.passes} passes)"
+    )
+    return 0
