@@ -51,8 +51,9 @@ class Changes:
         return sum(len(snapshots) for snapshots in self.rows.values()) + len(self.touched)
 
     def scope(self) -> str:
-        """``rows``: the exact keys of each row are known."""
-        return "rows"
+        """``rows``: the exact keys of each row are known; ``tables``: some tables are kept
+        whole (:meth:`wipe`)."""
+        return "tables" if self.whole else "rows"
 
     def tables(self) -> list[str]:
         return sorted(self.rows)
