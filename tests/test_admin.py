@@ -16,6 +16,7 @@ import redis.asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+import fastrdb
 from fastrdb import FastRDB, FastRDBError, Settings
 from fastrdb.cache.health import health_of
 from fastrdb.cli import main
@@ -396,6 +397,7 @@ async def test_invalidate_all_during_an_outage_is_kept_and_replayed(
     await proxy.cut()
     await crud.invalidate_all(redis=client)  # does not raise
     assert health.pending is not None
+    assert fastrdb.health(client).pending_scope == "tables"
     async with maker() as db:
         assert (await crud.get(db=db, redis=client, sku="a1")).name == "renamed"  # bypassed
     await proxy.restore()
