@@ -318,19 +318,27 @@ def _write(text: str, stream: Any = None) -> None:
     arg("--json", action="store_true", help="one JSON document instead of a table"),
 )
 def stats(args: argparse.Namespace) -> int:
-    from fastrdb.cache.inventory import NOT_COUNTED, read_inventory
+    from fastrdb.cache.health import health_of
+    from fastrdb.cache.inventory import NOT_COUNTED, TableFigures, read_inventory
+    from fastrdb.cache.policy import check_memory_policy
     from fastrdb.capture.urls import redis_from_url
     from fastrdb.keys import Namespace
+    from fastrdb.settings import Settings
+    from fastrdb.status import health
 
     async def run() -> int:
         client = redis_from_url(args.redis)
+        record = health_of(client, Settings(namespace=args.namespace, redis_timeout=5.0))
+        figures: list[TableFigures] = []
+        failed: str | None = None
         try:
+            await check_memory_policy(client, record)
             figures = await read_inventory(
                 client, Namespace(args.namespace), args.table, probe=max(args.probe, 0)
             )
         except Exception as exc:  # whatever the client raised: say it, exit non-zero
-            _write(f"fastrdb stats: {type(exc).__name__}: {exc}", sys.stderr)
-            return 1
+            record.failed(exc, "stats")
+            failed = f"{type(exc).__name__}: {exc}"
         finally:
             await client.aclose()
         if args.json:
@@ -338,10 +346,17 @@ def stats(args: argparse.Namespace) -> int:
                 "namespace": args.namespace,
                 "tables": [table.as_dict() for table in figures],
                 "not_counted": list(NOT_COUNTED),
+                "health": health(client).as_dict(),
+                "error": failed,
             }
             _write(json.dumps(document, indent=2))
-            return 0
+            return 1 if failed else 0
+        if failed:
+            _write(f"fastrdb stats: {failed}", sys.stderr)
+            return 1
         _write(f"namespace {args.namespace}: {len(figures)} table(s)")
+        if not record.safe:
+            _write("  cache bypassed: the server's maxmemory-policy may evict FastRDB's keys")
         for table in figures:
             _write(f"\n{table.table}")
             _write(f"  row patterns     {', '.join(table.row_patterns) or '-'}")

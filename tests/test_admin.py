@@ -119,6 +119,22 @@ async def test_stats_json_reports_patterns_and_registries(
     negatives = verse["registries"]["negatives"]  # reads that may leave a negative entry
     assert (negatives["members"], negatives["present"]) == (2, 2)
     assert any("single-row keys" in line for line in document["not_counted"])
+    assert document["health"]["breaker"] == "closed"
+    assert document["health"]["serving"] is True
+    assert document["error"] is None
+
+
+async def test_stats_json_on_an_unreachable_redis_reports_the_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No Redis at the URL: exit 1, and the JSON's health names the last error."""
+    server = RedisServer()  # a free port, nothing listening
+    assert await run_cli("stats", "--redis", server.url, "--json") == 1
+    document = json.loads(capsys.readouterr().out)
+    assert document["tables"] == []
+    assert document["error"].startswith("ConnectionError")
+    assert document["health"]["last_error"] == "ConnectionError"
+    assert document["health"]["errors"] >= 1
 
 
 async def test_stats_counts_a_lease_held_by_a_reader(
