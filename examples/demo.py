@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -92,6 +92,17 @@ async def main() -> None:
             )
             page = await users.get_multi(db=db, redis=redis, limit=2, page=1)
             print("get_multi page 1 ->", [u.name for u in page])
+
+        async with engine.begin() as connection:  # raw SQL: no session hook sees it
+            await connection.execute(text("UPDATE users SET name = 'Ada (SQL)' WHERE id = 1"))
+        async with sessions() as db:
+            await users.invalidate(redis=redis, email="u0@example.io")  # one row's keys
+            await users.invalidate(redis=redis, db=db, id=1)  # values read from the row
+            await users.invalidate_all(redis=redis)  # the whole table
+            print(
+                "raw SQL + invalidate -> get:",
+                (await users.get(db=db, redis=redis, email="u0@example.io")).name,
+            )
         print("\nstats:", users.stats())
         handle.remove()
     await engine.dispose()

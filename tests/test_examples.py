@@ -148,6 +148,7 @@ async def test_the_demo_on_embedded_defaults(monkeypatch: pytest.MonkeyPatch) ->
     assert "update via FastRDB -> get: Ada L." in demo.stdout
     assert "-> get: G. Hopper / L.T." in demo.stdout
     assert "get_multi page 1 -> ['Ada L.', 'G. Hopper']" in demo.stdout
+    assert "raw SQL + invalidate -> get: Ada (SQL)" in demo.stdout
 
 
 @pytest.mark.slow
