@@ -27,7 +27,6 @@ __all__ = [
     "glob_escape",
     "lease_key",
     "deps_key",
-    "literal_prefix",
     "tables_index",
     "with_digest",
 ]
@@ -198,23 +197,6 @@ def with_digest(key: str, extras: Mapping[str, object]) -> str:
     return f"{key}:~{hashlib.blake2b(canonical.encode(), digest_size=6).hexdigest()}"
 
 
-_ENCODED_VALUE = r"[A-Za-z0-9@._+\-%]*"
-"""What :func:`encode_value` can produce: never ``:``, braces, glob characters or spaces."""
-_DIGEST = r"(?::~[0-9a-f]{12})?"
-"""The suffix :func:`with_digest` may add."""
-
-
-def literal_prefix(pattern_text: str) -> str:
-    """What every key of a ``str.format`` pattern starts with: the text before its first
-    placeholder (``"user:email:{email}"`` → ``"user:email:"``)."""
-    prefix = ""
-    for literal, field, _, _ in string.Formatter().parse(pattern_text):
-        prefix += literal
-        if field is not None:
-            break
-    return prefix
-
-
 def glob_escape(text: str) -> str:
     """``text`` as a Redis glob that matches only itself."""
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
@@ -271,12 +253,13 @@ class KeyPattern:
     @property
     def regex(self) -> re.Pattern[str]:
         """Matches every key this pattern formats, with or without a digest suffix (the
-        extra-filter variants of :func:`with_digest`)."""
+        extra-filter variants of :func:`with_digest`), also when the pattern is not
+        :attr:`decodable` (it tells keys apart, it does not split them: :meth:`match` does)."""
         parts = [
-            re.escape(literal) + (_ENCODED_VALUE if field is not None else "")
+            re.escape(literal) + (_VALUE_TEXT if field is not None else "")
             for literal, field, _, _ in string.Formatter().parse(self.text)
         ]
-        return re.compile("".join(parts) + _DIGEST)
+        return re.compile("".join(parts) + _DIGEST_SUFFIX)
 
     def missing(self, values: Mapping[str, object]) -> list[str]:
         """The placeholders that ``values`` does not give."""

@@ -19,7 +19,6 @@ from fastrdb.keys import (
     glob_covers,
     glob_escape,
     lease_key,
-    literal_prefix,
     tables_index,
     with_digest,
 )
@@ -211,14 +210,6 @@ def test_a_pattern_whose_keys_split_two_ways_is_not_decodable() -> None:
         assert not KeyPattern(text).decodable
         assert KeyPattern(text).match("a.b.c") is None
     assert KeyPattern("{a}:{b}").decodable
-
-
-def test_literal_prefix_is_the_text_before_the_first_placeholder() -> None:
-    """Doubled braces are literal text; a pattern without placeholders is all prefix."""
-    assert literal_prefix("user:email:{email}") == "user:email:"
-    assert literal_prefix("user:{{x}}:{id}") == "user:{x}:"
-    assert literal_prefix("{id}:user") == ""
-    assert literal_prefix("constant") == "constant"
 
 
 def test_glob_escape_backslashes_redis_glob_characters() -> None:

@@ -45,7 +45,6 @@ from redis.cluster import RedisCluster
 
 from fastrdb.cache.refusals import note_refusal
 from fastrdb.errors import ConfigurationError
-from fastrdb.keys import literal_prefix
 
 __all__ = [
     "NearCache",
@@ -55,6 +54,7 @@ __all__ = [
     "forget",
     "embeds_group",
     "list_group",
+    "literal_prefix",
     "tracker_for",
 ]
 
@@ -70,6 +70,13 @@ whose read began before that are refused)."""
 _CONNECT_TIMEOUT = 2.0
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 2.0
+
+
+def literal_prefix(pattern_text: str) -> str:
+    """What every key of a ``str.format`` pattern starts with: the text before its first
+    placeholder (``"user:email:{email}"`` → ``"user:email:"``)."""
+    head = pattern_text.split("{", 1)[0]
+    return head.replace("}}", "}")
 
 
 def list_group(table: str) -> str:

@@ -38,7 +38,7 @@ from fastrdb.cache.store import (
     deliver_invalidation,
     is_cluster,
 )
-from fastrdb.keys import Namespace, glob_escape, literal_prefix
+from fastrdb.keys import Namespace, glob_escape
 from fastrdb.schemes import Scheme
 
 __all__ = ["Wiped", "narrowed_glob", "registries_of", "row_globs", "wipe_table"]
@@ -76,7 +76,7 @@ def row_globs(schemes: Sequence[Scheme]) -> list[str]:
     globs: list[str] = []
     for scheme in schemes:
         if scheme.kind == "row":
-            prefix = glob_escape(literal_prefix(scheme.text))
+            prefix = glob_escape(scheme.pattern.literal_prefix)
             globs += [prefix + "*", glob_escape("{") + prefix + "*"]
     return list(dict.fromkeys(globs))
 
