@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -244,6 +245,38 @@ async def test_flush_without_yes_on_a_pipe_refuses(
     assert "would lose" in done.stdout and "item:*" in done.stdout
     assert "--yes" in done.stderr
     assert await all_keys(redis_client) == before
+
+
+def flush_on_a_terminal(answer: str) -> subprocess.CompletedProcess[str]:
+    """`python -m fastrdb flush --table items` with a terminal as standard input, answering."""
+    master, terminal = pty.openpty()
+    try:
+        os.write(master, f"{answer}\n".encode())  # waits in the terminal until it is read
+        return subprocess.run(
+            [sys.executable, "-m", "fastrdb", "flush", "--redis", redis_url(), "--table", "items"],
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(terminal)
+        os.close(master)
+
+
+async def test_flush_on_a_terminal_asks_first(
+    maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """With a terminal to ask, flush asks: "n" drops nothing (exit 1), "y" drops (exit 0)."""
+    await seed(maker, redis_client)
+    before = await all_keys(redis_client)
+    declined = await asyncio.to_thread(flush_on_a_terminal, "n")
+    assert declined.returncode == 1, declined.stderr
+    assert "Drop them? [y/N]" in declined.stdout
+    assert await all_keys(redis_client) == before
+    accepted = await asyncio.to_thread(flush_on_a_terminal, "y")
+    assert accepted.returncode == 0, accepted.stderr
+    assert not ITEM_ENTRIES & await all_keys(redis_client)
 
 
 async def test_flush_racing_a_fill_leaves_no_old_value(
