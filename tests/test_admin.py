@@ -397,6 +397,35 @@ async def test_invalidate_names_a_missing_placeholder(
     assert raised.value.field == "colour"
 
 
+async def test_invalidate_drops_only_the_pages_its_prefix_names(
+    maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """With invalidate_pattern_prefix, a verse of chapter 1 drops chapter 1's pages and keeps
+    chapter 2's; the prefix's placeholder is required like the pattern's."""
+    chapters = FastRDB[Verse, VerseSchema, VerseUpdate, VerseSchema](
+        Verse,
+        VerseSchema,
+        pattern="verse:{chapter_id}:{verse_id}",
+        list_pattern="verse:chapter_id:{chapter_id}:page:{page}:limit:{limit}",
+        invalidate_pattern_prefix="verse:chapter_id:{chapter_id}:*",
+    )
+    async with maker() as db:
+        db.add_all([Verse(chapter_id=c, verse_id=1, text="v") for c in (1, 2)])
+        await db.commit()
+    async with maker() as db:
+        for chapter in (1, 2):
+            await chapters.get_multi(db=db, redis=redis_client, chapter_id=chapter)
+    pages = {"verse:chapter_id:1:page:1:limit:10", "verse:chapter_id:2:page:1:limit:10"}
+    assert pages <= await all_keys(redis_client)
+    await chapters.invalidate(redis=redis_client, chapter_id=1, verse_id=1)
+    left = await all_keys(redis_client)
+    assert "verse:chapter_id:1:page:1:limit:10" not in left
+    assert "verse:chapter_id:2:page:1:limit:10" in left
+    with pytest.raises(FastRDBError) as raised:
+        await chapters.invalidate(redis=redis_client, verse_id=1)
+    assert raised.value.field == "chapter_id"
+
+
 async def test_invalidate_all_drops_every_row_of_the_table(
     engine: AsyncEngine, maker: async_sessionmaker[AsyncSession], redis_client: Redis
 ) -> None:
