@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import signal
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +25,7 @@ from fastrdb.audit import Auditor, Round, database_engine, find_instances
 from fastrdb.errors import ConfigurationError
 from tests import audit_app
 from tests.audit_app import items, users, verses
-from tests.conftest import REDIS_URL, Database
+from tests.conftest import CLUSTER, DATABASES, REDIS_URL, Database
 from tests.models import (
     Author,
     Book,
@@ -39,6 +41,7 @@ from tests.models import (
     book_tags,
 )
 from tests.processes import finish, start_interpreter
+from tests.servers import RedisServer
 
 Redis = redis.asyncio.Redis
 INSTANCES = [users, items, verses]
@@ -431,3 +434,46 @@ async def test_interval_prints_a_rate_per_round_until_sigterm(
     summary = json.loads(done.stdout.splitlines()[-1])
     assert summary["rounds"] >= 2
     assert summary["stale"] == 0
+
+
+SECURITY_PAGE = (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CLUSTER, reason="starts a Redis server of its own")
+@pytest.mark.parametrize("database", DATABASES[:1], indirect=True)
+async def test_the_documented_read_only_user_runs_the_audit(
+    database: Database, maker: async_sessionmaker[AsyncSession]
+) -> None:
+    """As `fastrdb_audit` (its line read from docs/security.md: SCAN, GET, PTTL, read-only
+    keys) the command audits every entry of the users instance and finds a stale one, with no
+    refusal in ACL LOG; a user without PTTL gets exit status 2 and the refusal, not silence."""
+    [line] = [
+        shlex.split(text)
+        for text in SECURITY_PAGE.splitlines()
+        if text.startswith("ACL SETUSER fastrdb_audit ")
+    ]
+    password = next(argument[1:] for argument in line if argument.startswith(">"))
+    server = RedisServer().start()
+    admin = Redis(port=server.port, db=1)
+    try:
+        assert await admin.execute_command(*line) in (b"OK", "OK", True)
+        await fill(maker, admin)
+        url = f"redis://fastrdb_audit:{password}@127.0.0.1:{server.port}/1"
+        app = ("--app", "tests.audit_app:users", "--database", plain_url(database))
+        common = (*app, "--redis", url)
+        status, out, err = await run_cli(*common)
+        assert (status, err) == (0, ""), out
+        assert "round 1: audited 5, stale 0" in out
+        await poison(admin, "user:email:u2@x.io", renamed)
+        status, out, err = await run_cli(*common)
+        assert status == 1, err
+        assert "stale row user:email:u2@x.io" in out
+        assert await admin.execute_command("ACL", "LOG") == []
+        await admin.execute_command("ACL", "SETUSER", "fastrdb_audit", "-pttl")
+        status, out, err = await run_cli(*common)
+        assert status == 2
+        assert "NoPermissionError" in err
+    finally:
+        await admin.aclose()
+        server.kill()

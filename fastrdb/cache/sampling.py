@@ -95,7 +95,9 @@ async def read_entry(client: AsyncRedis, key: str) -> tuple[Raw | None, int]:
     string is no entry of FastRDB's: None."""
     try:
         value = await client.get(key)
-    except ResponseError:  # WRONGTYPE
-        return None, -2
+    except ResponseError as exc:
+        if str(exc).startswith("WRONGTYPE"):
+            return None, -2
+        raise  # NOPERM and the like: not the key's fault
     ttl = await client.pttl(key)
     return value, int(ttl)
