@@ -11,18 +11,17 @@ from redis.exceptions import ResponseError
 
 from fastrdb._types import AsyncRedis, Raw
 from fastrdb.cache.store import is_cluster
+from fastrdb.keys import glob_escape
 
 __all__ = ["SCAN_COUNT", "Sampler", "glob_prefix", "read_entry"]
 
 SCAN_COUNT = 1000
 """The ``COUNT`` hint of each ``SCAN`` call: how many hash-table slots one call walks."""
 
-_GLOB_SPECIAL = frozenset("*?[]\\")
-
 
 def glob_prefix(text: str) -> str:
     """A Redis glob matching every key that starts with ``text`` (its glob characters escaped)."""
-    return "".join("\\" + char if char in _GLOB_SPECIAL else char for char in text) + "*"
+    return glob_escape(text) + "*"
 
 
 class Sampler:
