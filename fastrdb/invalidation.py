@@ -49,11 +49,12 @@ async def invalidate_row(
     missing = [field for pattern in patterns for field in pattern.missing(values)]
     snapshots = [dict(values)]
     if missing:
-        if db is None:
+        if db is None or not values:
             raise FastRDBError(
                 missing[0],
                 f"is needed to name the keys of a {mapper.class_.__name__} row: give it, or "
-                "db= to read the row from the database",
+                "db= and other values of the row to read it from the database "
+                "(invalidate_all() drops the whole table)",
             )
         rows = await _read_rows(db, mapper, values)
         if not rows:

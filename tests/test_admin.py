@@ -395,6 +395,10 @@ async def test_invalidate_names_a_missing_placeholder(
     with pytest.raises(FastRDBError) as raised:
         await items.invalidate(redis=redis_client, sku="a1", colour="red")
     assert raised.value.field == "colour"
+    async with maker() as db:
+        with pytest.raises(FastRDBError) as raised:  # no values: not every row of the table
+            await items.invalidate(redis=redis_client, db=db)
+    assert raised.value.field == "sku"
 
 
 async def test_invalidate_drops_only_the_pages_its_prefix_names(
