@@ -34,3 +34,12 @@ def test_a_patch_without_an_answer_is_never_held_against_a_get() -> None:
     history = History()
     history.add([Exchange("S", 1, 0, 10, 0, "a"), patch(1, 15, 20, "b")])
     assert history.stale([get(1, 30, "a")]) == 0
+
+
+def test_a_read_showing_an_unknown_write_settles_it() -> None:
+    """Once a GET showed a write only seen sent, a later GET may not show what it overwrote."""
+    history = History()
+    history.add([patch(1, 10, 20, "a"), Exchange("S", 1, 0, 30, 0, "b"), get(1, 40, "b")])
+    assert history.stale([get(1, 35, "a")]) == 0  # before the read that showed "b" finished
+    assert history.stale([get(1, 45, "a"), get(1, 45, "user 1")]) == 2
+    assert history.stale([get(1, 45, "b")]) == 0

@@ -10,6 +10,11 @@ A GET is stale when the value it shows had been overwritten before the GET was s
 finished before ``w`` started (so ``w`` committed after it). The seeded value counts as written
 before everything. Overlapping PATCHes may commit in either order, so they are never held
 against each other.
+
+A write whose outcome is unknown (only ``S`` was seen: the client stopped, the answer was an
+error, or the writer was killed mid-commit) may or may not have committed, so it is never held
+against a GET, until a successful read shows its value: it committed before that read
+finished, and from then on it counts as a write that finished then.
 """
 
 from __future__ import annotations
@@ -59,6 +64,17 @@ class History:
             elif ex.kind == "P" and ex.status == 200:
                 self.written[ex.row, ex.name] = (ex.started, ex.finished)
                 self.by_row[ex.row].append((ex.finished, ex.started))
+        settled: dict[tuple[int, str], float] = {}
+        for ex in exchanges:  # a read showing an unknown write settles it: it committed
+            shown = self.written.get((ex.row, ex.name))
+            if ex.kind == "G" and ex.status == 200 and shown is not None and shown[1] == math.inf:
+                settled[ex.row, ex.name] = min(
+                    settled.get((ex.row, ex.name), math.inf), ex.finished
+                )
+        for (row, name), finished in settled.items():
+            started = self.written[row, name][0]
+            self.written[row, name] = (started, finished)
+            self.by_row[row].append((finished, started))
         self._index.clear()
 
     def _latest_start_before(self, row: int, moment: float) -> float:

@@ -1,0 +1,1 @@
+"""scripts/soak: the example app under load and chaos, every response checked (run.py)."""
