@@ -182,6 +182,7 @@ async def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     try:
         progress(f"seeding {args.rows:,} rows into 2 databases on {db.server}")
         await db.seed(list(names.values()), args.rows)
+        progress("seeded; starting change capture and the apps")
         capture = args.capture == "auto" and await db.logical()
         if capture:
             processes.append(
