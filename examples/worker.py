@@ -23,13 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
 from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import sessionmaker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from examples.embedded import sync_url
+from examples.embedded import sync_redis, sync_url
 from examples.models import User
 from fastrdb.events import listen
 
@@ -51,7 +50,7 @@ def main() -> None:
 
     engine = create_engine(sync_url(os.environ["DATABASE_URL"]))
     sessions = sessionmaker(engine)
-    client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=0.5)
+    client = sync_redis(os.environ["REDIS_URL"], socket_timeout=0.5)
     handle = listen(sessions, client)
     hook = os.environ.get("FASTRDB_WORKER_HOOK")
     if hook:

@@ -2,6 +2,8 @@
 
 - ``redis``: the soak's redis-server is SIGKILLed, stays down ``redis_down`` seconds and is
   started again on the same port, empty (the window is recorded);
+- ``cluster-master`` (with ``--cluster``): a master of the Redis Cluster is SIGKILLed; the
+  window lasts until its replica took over; then it is started again and rejoins as a replica;
 - ``before-commit`` / ``after-commit``: the writer worker is SIGKILLed with a commit stopped
   at that point (bench/soak/hook.py) and started again (the callable does it).
 """
@@ -13,9 +15,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from tests.servers import RedisServer
+import redis
 
-EVENTS = ("redis", "before-commit", "after-commit")
+from tests.servers import RedisClusterServers, RedisServer
+
+EVENTS = ("redis", "cluster-master", "before-commit", "after-commit")
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class Kill:
 
 @dataclass
 class Chaos:
-    redis: RedisServer
+    redis: RedisServer | RedisClusterServers
     kill_worker: Callable[[str], Awaitable[Kill]]
     events: tuple[str, ...]
     interval: float
@@ -59,12 +63,53 @@ class Chaos:
             number += 1
             if event == "redis":
                 await self.restart_redis()
+            elif event == "cluster-master":
+                await self.kill_master(number)
             else:
                 self.kills.append(await self.kill_worker(event))
 
     async def restart_redis(self) -> None:
+        assert isinstance(self.redis, RedisServer)
         down = time.monotonic() * 1e6
         await asyncio.to_thread(self.redis.kill)
         await asyncio.sleep(self.redis_down)
         await asyncio.to_thread(self.redis.start)
         self.outages.append(Outage(down, time.monotonic() * 1e6))
+
+    async def kill_master(self, number: int) -> None:
+        cluster = self.redis
+        assert isinstance(cluster, RedisClusterServers)
+        self.outages.append(await asyncio.to_thread(_kill_master, cluster, number))
+
+
+def _kill_master(cluster: RedisClusterServers, number: int) -> Outage:
+    """Kill a master, wait for its replica to take over, start it again as a replica."""
+    masters = [server for server in cluster.servers if _role(server) == "master"]
+    victim = masters[number % len(masters)]
+    down = time.monotonic() * 1e6
+    victim.kill()
+    cluster.wait_failed_over(victim.port, 60)
+    up = time.monotonic() * 1e6
+    victim.start()  # its nodes file makes it rejoin, as a replica of the new master
+    cluster.wait_ok(60)
+    deadline = time.monotonic() + 60
+    while _role(victim) != "slave" or not _synced(victim):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the node on port {victim.port} did not rejoin as a replica")
+        time.sleep(0.1)
+    return Outage(down, up)
+
+
+def _info(server: RedisServer) -> dict[str, object]:
+    try:
+        return dict(redis.Redis(port=server.port, socket_timeout=1).info("replication"))
+    except redis.RedisError:
+        return {}
+
+
+def _role(server: RedisServer) -> object:
+    return _info(server).get("role") if server.alive else None
+
+
+def _synced(server: RedisServer) -> bool:
+    return _info(server).get("master_link_status") == "up"

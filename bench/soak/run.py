@@ -41,7 +41,7 @@ from bench.http.run import free_port, stop, wait_ready
 from bench.soak.chaos import EVENTS, Chaos, Kill
 from bench.soak.figures import Figures, measure
 from bench.soak.services import Database, Worker, environment, start_app, start_capture
-from tests.servers import RedisServer
+from tests.servers import RedisClusterServers, RedisServer
 
 BREAKER_COOLDOWN = 5.0  # fastrdb.Settings.breaker_cooldown: how long reads bypass Redis after
 
@@ -78,7 +78,11 @@ class Phase:
 
 
 async def run_phase(
-    phase: Phase, args: argparse.Namespace, redis: RedisServer, db: Database, seconds: float
+    phase: Phase,
+    args: argparse.Namespace,
+    redis: RedisServer | RedisClusterServers,
+    db: Database,
+    seconds: float,
 ) -> tuple[Figures, Chaos, float]:
     """Load, chaos and checks for ``seconds``; the figures, what the chaos did and when the
     load began (``time.monotonic()``)."""
@@ -173,8 +177,15 @@ def summary(phase: Phase, figures: Figures, chaos: Chaos, started: float) -> dic
 
 
 async def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    redis = RedisServer().start()
-    progress(f"redis-server on port {redis.port}")
+    redis: RedisServer | RedisClusterServers
+    if args.cluster:
+        redis = await asyncio.to_thread(RedisClusterServers(masters=3, replicas=1).start)
+        redis_url = f"redis+cluster://127.0.0.1:{redis.ports[0]}"
+        progress(f"Redis Cluster of 3 masters and 3 replicas on ports {redis.ports}")
+    else:
+        redis = RedisServer().start()
+        redis_url = f"redis://127.0.0.1:{redis.port}/0"
+        progress(f"redis-server on port {redis.port}")
     db = await asyncio.to_thread(Database.start, args.database)
     names = {app: f"{args.database_prefix}_{app}" for app in ("fastrdb", "twin")}
     processes: list[subprocess.Popen[bytes]] = []
@@ -188,7 +199,7 @@ async def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             processes.append(
                 start_capture(
                     db.url(names["fastrdb"], "postgresql"),
-                    redis.url,
+                    redis_url,
                     names["fastrdb"],
                     folder / "capture.log",
                 )
@@ -200,7 +211,7 @@ async def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         phases = {}
         for app, name in names.items():
             port = free_port()
-            env = environment(DATABASE_URL=db.url(name), REDIS_URL=redis.url)
+            env = environment(DATABASE_URL=db.url(name), REDIS_URL=redis_url)
             process = start_app(app, port, env, folder / f"{app}.log")
             processes.append(process)
             phases[app] = Phase(app, port, name, env, folder, process)
@@ -218,7 +229,10 @@ async def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         with contextlib.suppress(Exception):
             await db.drop(list(names.values()))
         db.stop()
-        redis.kill()
+        if isinstance(redis, RedisClusterServers):
+            redis.stop()
+        else:
+            redis.kill()
     return report
 
 
@@ -258,13 +272,14 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def chaos_lines(report: dict[str, Any]) -> list[str]:
+def chaos_lines(report: dict[str, Any], cluster: bool) -> list[str]:
     lines = []
     for app in ("fastrdb", "twin"):
         outages = report[app]["outages"]
         kills = report[app]["kills"]
         windows = ", ".join(f"{o['down_s']:.1f}-{o['up_s']:.1f} s" for o in outages)
-        lines.append(f"- {app}: Redis restarted {len(outages)}x (down {windows or '-'})")
+        what = "a Redis Cluster master killed" if cluster else "Redis restarted"
+        lines.append(f"- {app}: {what} {len(outages)}x (down {windows or '-'})")
         for point in ("before-commit", "after-commit"):
             mine = [k for k in kills if k["point"] == point]
             if mine:
@@ -290,6 +305,12 @@ def main() -> None:
     parser.add_argument("--database-prefix", default="soak")
     parser.add_argument("--chaos", choices=["on", "off"], default="on")
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="a Redis Cluster of 3 masters with a replica each instead of one redis-server; "
+        "the chaos kills a master instead of restarting Redis",
+    )
+    parser.add_argument(
         "--capture",
         choices=["auto", "off"],
         default="auto",
@@ -297,7 +318,9 @@ def main() -> None:
         "what a worker killed after COMMIT leaves without it (stale answers: exit status 1)",
     )
     parser.add_argument(
-        "--events", default=",".join(EVENTS), help="the chaos events, in turn (%(default)s)"
+        "--events",
+        help="the chaos events, in turn, among "
+        f"{', '.join(EVENTS)} (default: redis or cluster-master, before-commit, after-commit)",
     )
     parser.add_argument("--chaos-interval", type=float, default=5.0, help="seconds between events")
     parser.add_argument("--redis-down", type=float, default=2.0, help="seconds Redis stays down")
@@ -310,10 +333,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args()
+    if args.events is None:
+        args.events = f"{'cluster-master' if args.cluster else 'redis'},before-commit,after-commit"
     args.events = [event for event in args.events.split(",") if event]
     unknown = set(args.events) - set(EVENTS)
     if unknown:
         parser.error(f"--events: unknown {', '.join(sorted(unknown))} (known: {', '.join(EVENTS)})")
+    wrong = "redis" if args.cluster else "cluster-master"
+    if wrong in args.events:
+        parser.error(f"--events: {wrong} needs {'no ' if args.cluster else ''}--cluster")
     if args.twin_duration is None:
         args.twin_duration = max(5.0, args.duration / 4)
     began = time.time()
@@ -338,7 +366,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(report, indent=2))
     print(table(report))
     print()
-    for line in chaos_lines(report):
+    for line in chaos_lines(report, args.cluster):
         print(line)
     print(
         f"\n{args.duration:g} s + {args.twin_duration:g} s of load, "
