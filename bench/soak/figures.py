@@ -24,7 +24,9 @@ class Figures:
     errors_in_outages: int
     """Of ``errors``, those that overlapped a Redis-down window (with its allowance)."""
     stale: int
-    stale_examples: list[str]
+    stale_examples: list[dict[str, object]]
+    """Up to 5 stale answers, each with the writes of its row around it (seconds from the
+    start of the load) and the Redis-down windows near it."""
 
 
 def measure(
@@ -35,6 +37,7 @@ def measure(
     settles: list[Exchange],
     outages: list[Outage],
     allowance_us: float,
+    began_us: float,
 ) -> Figures:
     """``http``: the load generator's exchanges (and the checks after kills); ``worker``: the
     writer worker's; ``settles``: reads of the database that settle writes of killed workers."""
@@ -50,7 +53,10 @@ def measure(
     stale = history.stale(answered)
     examples = []
     if stale:
-        examples = [f"{ex}" for ex in answered if history.stale([ex])][:5]
+        everything = http + worker + settles
+        examples = [
+            explain(ex, everything, outages, began_us) for ex in answered if history.stale([ex])
+        ][:5]
     written = [ex for ex in answered + worker if ex.kind == "P" and ex.status == 200]
     return Figures(
         app,
@@ -65,3 +71,32 @@ def measure(
         stale,
         examples,
     )
+
+
+def explain(
+    stale: Exchange, exchanges: list[Exchange], outages: list[Outage], began_us: float
+) -> dict[str, object]:
+    """A stale answer with what happened to its row within 5 s before it."""
+
+    def seconds(moment: float) -> float:
+        return round((moment - began_us) / 1e6, 4)
+
+    def describe(ex: Exchange) -> str:
+        until = seconds(ex.finished) if ex.finished else "?"
+        return f"{ex.kind} {ex.status} {ex.name} {seconds(ex.started)}..{until}"
+
+    near = [
+        ex
+        for ex in exchanges
+        if ex.row == stale.row and stale.started - 5e6 <= ex.started <= stale.finished
+    ]
+    return {
+        "answer": describe(stale),
+        "row": stale.row,
+        "row_history": [describe(ex) for ex in sorted(near, key=lambda ex: ex.started)],
+        "redis_down": [
+            f"{seconds(o.down)}..{seconds(o.up)}"
+            for o in outages
+            if o.down - 10e6 <= stale.started <= o.up + 10e6
+        ],
+    }

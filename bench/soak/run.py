@@ -148,6 +148,7 @@ async def run_phase(
         phase.settles,
         chaos.outages,
         (BREAKER_COOLDOWN + 1) * 1e6,
+        began * 1e6,
     )
     return figures, chaos, began
 
@@ -374,6 +375,9 @@ def main() -> None:
         f"change capture {'on' if report['capture'] else 'off'}; {report['seconds']} s in all; "
         f"load average {report['load_average'][0]:.1f} at the end"
     )
+    for app in ("fastrdb", "twin"):
+        for example in report[app]["figures"]["stale_examples"]:
+            print(f"stale ({app}): {json.dumps(example)}")
     for failure in failures:
         print(f"FAILED: {failure}")
     sys.exit(1 if failures else 0)
