@@ -49,6 +49,14 @@ class Settings:
     """Entries kept in this process per FastRDB instance (the near cache, kept coherent by
     Redis client-side caching; see docs/near-cache.md). ``0``: no near cache."""
 
+    max_pending: int = 10_000
+    """The most items kept in memory per Redis server for invalidations it could not take:
+    row versions (a changed row's values before and after), one per table kept whole. Past
+    it the tables with the most row versions are kept whole instead (every entry of the table
+    is dropped on replay, found by a ``SCAN`` of its patterns' prefixes); past it in tables,
+    everything (every FastRDB entry of the server is dropped on replay). See
+    docs/failures.md."""
+
     def __post_init__(self) -> None:
         for name in ("redis_timeout", "breaker_cooldown", "lease_ttl", "lease_wait", "lease_poll"):
             if getattr(self, name) <= 0:
@@ -59,6 +67,11 @@ class Settings:
             raise ConfigurationError("near_cache_size", "must be an integer")
         if self.near_cache_size < 0:
             raise ConfigurationError("near_cache_size", "must be 0 (off) or a number of entries")
+        max_pending = self.max_pending
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            raise ConfigurationError(
+                "max_pending", f"must be a whole number of items, 1 or more, got {max_pending!r}"
+            )
         if self.max_limit < 1:
             raise ConfigurationError("max_limit", "must be at least 1")
         negative_exp = self.negative_exp

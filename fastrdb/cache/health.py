@@ -50,6 +50,10 @@ class Mergeable(Protocol):
         """The tables they concern, sorted."""
         ...
 
+    def bound(self, limit: int) -> None:
+        """Keep at most ``limit`` items, coarsening (safely) past it."""
+        ...
+
 
 class ServerState:
     """What every client of one Redis server (address, database and namespace) shares in this
@@ -209,14 +213,26 @@ class ClientHealth:
             )
 
     def keep(self, undelivered: Mergeable) -> None:
-        """Remember invalidations to replay; they are merged with any already waiting."""
+        """Remember invalidations to replay; they are merged with any already waiting, within
+        ``settings.max_pending`` items (coarser past it: whole tables, then everything)."""
         server = self.server
         server.kept += 1
-        if server.pending is None:
-            server.pending = undelivered
+        pending = server.pending
+        if pending is None:
+            pending = server.pending = undelivered
             server.pending_since = time.time()
+            scope = pending.scope()
         else:
-            server.pending.merge(undelivered)
+            scope = pending.scope()
+            pending.merge(undelivered)
+        pending.bound(self.settings.max_pending)
+        if pending.scope() != scope:
+            log.warning(
+                "cache_invalidate_coarsened",
+                scope=pending.scope(),
+                tables=pending.tables(),
+                max_pending=self.settings.max_pending,
+            )
 
     @property
     def kept(self) -> int:

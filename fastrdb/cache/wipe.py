@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
+from urllib.parse import unquote
 
 from fastrdb.cache.store import (
     Caller,
@@ -41,7 +42,14 @@ from fastrdb.cache.store import (
 from fastrdb.keys import Namespace, glob_escape
 from fastrdb.schemes import Scheme
 
-__all__ = ["Wiped", "narrowed_glob", "registries_of", "row_globs", "wipe_table"]
+__all__ = [
+    "Wiped",
+    "list_tables",
+    "narrowed_glob",
+    "registries_of",
+    "row_globs",
+    "wipe_table",
+]
 
 _BATCH = 500
 """Keys dropped per invalidation call."""
@@ -152,3 +160,9 @@ def wipe_table(call: Caller, client: Any, namespace: Namespace, table: str) -> W
             )
         result.passes += 1
     return result
+
+
+def list_tables(call: Caller, client: Any, namespace: Namespace) -> list[str]:
+    """Every table the namespace's index names (each table whose entries were ever leased)."""
+    members = call(client.smembers(namespace.tables()))
+    return sorted(unquote(decode_text(member)) for member in members)

@@ -30,7 +30,7 @@ class Changes:
     needs them, so wide rows cost nothing beyond their pattern fields.
     """
 
-    __slots__ = ("own_tokens", "rows", "touched", "whole", "written")
+    __slots__ = ("everything", "own_tokens", "rows", "touched", "whole", "written")
 
     def __init__(self) -> None:
         self.rows: dict[str, list[dict[str, Any]]] = {}
@@ -42,18 +42,49 @@ class Changes:
         """Tables changed in rows whose values are unknown: their negative entries go too."""
         self.whole: set[str] = set()
         """Tables whose every entry goes, found by a scan (:mod:`fastrdb.cache.wipe`)."""
+        self.everything = False
+        """Every entry of every table goes (:meth:`bound` found too many tables)."""
 
     def __bool__(self) -> bool:
-        return bool(self.rows)
+        return bool(self.rows) or self.everything
 
     def size(self) -> int:
-        """How many items are kept: row versions, plus tables changed in unknown rows."""
+        """How many items are kept: row versions, plus tables changed in unknown rows or kept
+        whole; one for everything."""
+        if self.everything:
+            return 1
         return sum(len(snapshots) for snapshots in self.rows.values()) + len(self.touched)
 
     def scope(self) -> str:
         """``rows``: the exact keys of each row are known; ``tables``: some tables are kept
-        whole (:meth:`wipe`)."""
+        whole (:meth:`wipe`); ``everything``: every entry goes."""
+        if self.everything:
+            return "everything"
         return "tables" if self.whole else "rows"
+
+    def bound(self, limit: int) -> None:
+        """Keep at most ``limit`` items (:meth:`size`): past it, the tables with the most row
+        versions are kept whole instead (one item each, dropping more than the versions would);
+        if there are still too many tables, everything. Both are safe: they drop a superset
+        of the keys the row versions name."""
+        size = self.size()
+        if size <= limit:
+            return
+        by_versions = sorted(
+            (table for table in self.rows if table not in self.whole),
+            key=lambda table: len(self.rows[table]),
+            reverse=True,
+        )
+        for table in by_versions:
+            if size <= limit:
+                return
+            size -= len(self.rows[table]) - (0 if table in self.touched else 1)
+            self.wipe((table,))
+        if size > limit:
+            self.rows.clear()
+            self.touched.clear()
+            self.whole.clear()
+            self.everything = True
 
     def tables(self) -> list[str]:
         return sorted(self.rows)
@@ -81,17 +112,30 @@ class Changes:
             self.touched.add(table)
 
     def wipe(self, tables: Iterable[str]) -> None:
-        """Record that every entry of ``tables`` must go, single-row keys of any value too."""
+        """Record that every entry of ``tables`` must go, single-row keys of any value too
+        (their row versions are no longer needed)."""
         tables = list(tables)
         self.touch(tables)
         self.whole.update(tables)
+        for table in tables:
+            self.rows[table] = []
 
     def merge(self, other: Changes) -> None:
         """Fold ``other`` in; its write-through leases are not carried over."""
+        if self.everything:
+            return
+        if other.everything:
+            self.rows.clear()
+            self.touched.clear()
+            self.whole.clear()
+            self.everything = True
+            return
         for table, snapshots in other.rows.items():
-            self.rows.setdefault(table, []).extend(snapshots)
+            kept = self.rows.setdefault(table, [])
+            if table not in self.whole:
+                kept.extend(snapshots)
         self.touched |= other.touched
-        self.whole |= other.whole
+        self.wipe(other.whole - self.whole)
 
     def plan(self, schemes: Mapping[str, list[Scheme]], namespace: Namespace) -> InvalidationPlan:
         """The keys to drop, given the patterns published for each changed table."""

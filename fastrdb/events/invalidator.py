@@ -31,7 +31,7 @@ from fastrdb._compat import greenlet_spawn, in_greenlet
 from fastrdb._logging import log
 from fastrdb.cache.health import ClientHealth
 from fastrdb.cache.store import Caller, deliver_invalidation
-from fastrdb.cache.wipe import wipe_table
+from fastrdb.cache.wipe import list_tables, wipe_table
 from fastrdb.events.bindings import CHANGES_KEY, Binding, binding_of, refreshers_of
 from fastrdb.events.changes import Changes, Written
 from fastrdb.keys import Namespace
@@ -154,8 +154,7 @@ def _deliver(
             dropped = deliver_invalidation(
                 call, client, namespace, tables, partial(changes.plan, namespace=namespace)
             )
-            for table in sorted(changes.whole):
-                dropped += wipe_table(call, client, namespace, table).dropped
+            dropped += _wipe(call, client, namespace, changes)
             break
         except asyncio.CancelledError:
             health.keep(changes)
@@ -178,6 +177,18 @@ def _deliver(
     delivered.update(tables)
     log.debug("cache_invalidate", tables=tables, dropped=dropped)
     return True
+
+
+def _wipe(call: Caller, client: Any, namespace: Namespace, changes: Changes) -> int:
+    """Drop the tables kept whole (every table, for ``everything``): a scan of the keyspace
+    restricted to their patterns, so a rare path, logged."""
+    wiped = list_tables(call, client, namespace) if changes.everything else sorted(changes.whole)
+    dropped = 0
+    for table in wiped:
+        result = wipe_table(call, client, namespace, table)
+        log.info("cache_wipe", table=table, dropped=result.dropped, row_keys=result.row_keys)
+        dropped += result.dropped
+    return dropped
 
 
 async def replay(client: Any, health: ClientHealth) -> None:
