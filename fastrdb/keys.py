@@ -27,6 +27,7 @@ __all__ = [
     "glob_escape",
     "lease_key",
     "deps_key",
+    "indexed_table",
     "tables_index",
     "with_digest",
 ]
@@ -208,6 +209,11 @@ def tables_index(schemes_key: str) -> tuple[str, str]:
     table's encoded name, which holds no ``:``."""
     head, _, table = schemes_key.rpartition(":schemes:")
     return f"{head}:tables", table
+
+
+def indexed_table(member: bytes | str) -> str:
+    """The table a member of the namespace's index of tables names (see :func:`tables_index`)."""
+    return unquote(member.decode() if isinstance(member, bytes) else member)
 
 
 def glob_covers(glob: str, key: str) -> bool:

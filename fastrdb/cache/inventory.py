@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import unquote
 
 from fastrdb.cache.store import decode_text
-from fastrdb.keys import Namespace, lease_key
+from fastrdb.keys import Namespace, indexed_table, lease_key
 from fastrdb.schemes import Scheme
 
 __all__ = ["NOT_COUNTED", "RegistryFigures", "TableFigures", "read_inventory"]
@@ -66,7 +65,7 @@ class TableFigures:
 async def tables_of(client: Any, namespace: Namespace) -> list[str]:
     """The tables the namespace's index names (tables whose entries were leased since)."""
     members = await client.smembers(namespace.tables())
-    return sorted(unquote(decode_text(member)) for member in members)
+    return sorted(map(indexed_table, members))
 
 
 async def read_inventory(

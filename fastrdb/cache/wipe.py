@@ -30,7 +30,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from urllib.parse import unquote
 
 from fastrdb.cache.store import (
     Caller,
@@ -39,7 +38,7 @@ from fastrdb.cache.store import (
     deliver_invalidation,
     is_cluster,
 )
-from fastrdb.keys import Namespace, glob_escape
+from fastrdb.keys import Namespace, glob_escape, indexed_table
 from fastrdb.schemes import Scheme
 
 __all__ = [
@@ -165,4 +164,4 @@ def wipe_table(call: Caller, client: Any, namespace: Namespace, table: str) -> W
 def list_tables(call: Caller, client: Any, namespace: Namespace) -> list[str]:
     """Every table the namespace's index names (each table whose entries were ever leased)."""
     members = call(client.smembers(namespace.tables()))
-    return sorted(unquote(decode_text(member)) for member in members)
+    return sorted(map(indexed_table, members))
