@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from structlog.testing import capture_logs
 
+import fastrdb
 from fastrdb import FastRDB, Settings
 from fastrdb.cache import scripts
 from fastrdb.cache.health import health_of
@@ -263,6 +264,56 @@ async def test_the_documented_app_user_runs_crud_events_and_the_near_cache(
     finally:
         await client.aclose()
         worker_client.close()
+
+
+@pytest.mark.parametrize("database", DATABASES[:1], indirect=True)
+async def test_the_documented_app_user_drops_a_whole_table(
+    acl: AclRedis, async_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    """As `fastrdb_app`: invalidate_all (the sweep that also replays a table kept whole after a
+    long outage, `max_pending`) SCANs and drops the table's entries, with no refusal."""
+    line = acl_line("fastrdb_app")
+    await acl.create(line)
+    client = Redis.from_url(acl.url(line))
+    crud = make_users()
+    try:
+        async with async_maker() as db:
+            await add(crud, db, client)
+        assert await name_of(crud, async_maker, client) == "A"
+        assert await acl.admin.exists("user:email:a@x.io") == 1
+        await crud.invalidate_all(redis=client)
+        assert await acl.admin.exists("user:email:a@x.io") == 0
+        healthy(client)
+        assert await acl.admin.execute_command("ACL", "LOG") == []
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("database", DATABASES[:1], indirect=True)
+async def test_a_user_without_scan_keeps_the_whole_table_and_reads_the_database(
+    acl: AclRedis, async_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    """The app line less +scan: a table sweep is refused (named), kept for replay, and until
+    then reads go to the database: nothing stale, nothing raised."""
+    line = [argument for argument in acl_line("fastrdb_app") if argument != "+scan"]
+    assert len(line) == len(acl_line("fastrdb_app")) - 1
+    await acl.create(line)
+    client = Redis.from_url(acl.url(line))
+    crud = make_users()
+    try:
+        async with async_maker() as db:
+            await add(crud, db, client)
+        with capture_logs() as logs:
+            await crud.invalidate_all(redis=client)
+            async with async_maker() as db:  # a change no session sees, then a read
+                await db.execute(update(User).values(name="Z"))
+                await db.commit()
+            assert await name_of(crud, async_maker, client) == "Z"
+        assert any(names(entry, "command", "SCAN") for entry in logs), logs
+        assert fastrdb.health(client).pending_scope == "tables"
+        assert not fastrdb.health(client).serving
+    finally:
+        await client.aclose()
 
 
 # Each needed part of the line, and what a user without it is told.
