@@ -417,8 +417,8 @@ async def bench_database(name: str, url: str, args: argparse.Namespace) -> list[
             "reads",
             worst / 100,
             f"{min(reads)}..{max(reads)}",
-            "≤ 3 reads",
-            worst <= 3,
+            "1 read",
+            worst <= 1,
         )
     )
 

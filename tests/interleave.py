@@ -76,3 +76,41 @@ class CountSelects:
         text = statement.lstrip().upper()
         if text.startswith("SELECT") and self._table in text:
             self.count += 1
+
+
+class HoldGetReply:
+    """Hold back, until ``release()``, the reply to the next GET of ``key`` on ``client``: Redis
+    has answered (a miss, say), the reader has not seen it yet, and the test lets something
+    happen in between (another reader's fill). ``held`` is set once Redis has answered."""
+
+    def __init__(self, client: Any, key: str) -> None:
+        self._client = client
+        self._key = key
+        self._armed = True
+        self.held = asyncio.Event()
+        self._released = asyncio.Event()
+
+    def __enter__(self) -> HoldGetReply:
+        original = self._client.get
+
+        async def get(name: Any, *args: Any, **kwargs: Any) -> Any:
+            reply = await original(name, *args, **kwargs)
+            if self._armed and name in (self._key, self._key.encode()):
+                self._armed = False
+                self.held.set()
+                await self._released.wait()
+            return reply
+
+        self._client.get = get
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._released.set()
+        del self._client.get
+
+    async def wait_held(self) -> None:
+        async with asyncio.timeout(10):
+            await self.held.wait()
+
+    def release(self) -> None:
+        self._released.set()

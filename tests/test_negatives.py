@@ -15,7 +15,8 @@ from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from fastrdb import FastRDB, Settings
-from tests.interleave import CountSelects, PauseAfterSelect
+from tests.conftest import async_redis_client
+from tests.interleave import CountSelects, HoldGetReply, PauseAfterSelect
 from tests.models import User, UserCreate, UserResponse, UserUpdate, Verse, VerseSchema, VerseUpdate
 
 Redis = redis.asyncio.Redis
@@ -158,31 +159,54 @@ async def test_a_write_that_makes_the_row_match_drops_it(
     assert await found(maker, redis_client) == "new"
 
 
+patient = FastRDB[Verse, VerseSchema, VerseUpdate, VerseSchema](
+    Verse,
+    VerseSchema,
+    pattern="verse:{chapter_id}:{verse_id}",
+    settings=Settings(lease_wait=60, lease_ttl=60, redis_timeout=10),
+)
+"""Waits for a fill however loaded the machine is (a waiting reader never reads for itself)."""
+
+
+async def patient_missing(maker: async_sessionmaker[AsyncSession], redis: Any) -> bool:
+    """Whether get(chapter 3, verse 2) found a row, through ``patient``."""
+    async with maker() as db:
+        try:
+            await patient.get(db=db, redis=redis, chapter_id=3, verse_id=2)
+        except NoResultFound:
+            return False
+        return True
+
+
 async def test_a_404_storm_costs_one_database_read(
     engine: AsyncEngine, maker: async_sessionmaker[AsyncSession], redis_client: Redis
 ) -> None:
-    """100 concurrent gets of a missing row, each with its own session: one SELECT (at most
-    three, as for rows that exist); the others wait for the lease holder's negative entry
-    (patiently, so a loaded machine cannot turn waiting readers into readers of their own)."""
-    patient = FastRDB[Verse, VerseSchema, VerseUpdate, VerseSchema](
-        Verse,
-        VerseSchema,
-        pattern="verse:{chapter_id}:{verse_id}",
-        settings=Settings(lease_wait=30, redis_timeout=5),
-    )
-
-    async def read() -> bool:
-        async with maker() as db:
-            try:
-                await patient.get(db=db, redis=redis_client, chapter_id=3, verse_id=2)
-            except NoResultFound:
-                return False
-            return True
-
+    """100 concurrent gets of a missing row, each with its own session: one SELECT; the others
+    wait for the lease holder's negative entry, or find it when they ask for the lease."""
     with CountSelects(engine, "verses") as counted:
-        results = await asyncio.gather(*(read() for _ in range(100)))
+        results = await asyncio.gather(*(patient_missing(maker, redis_client) for _ in range(100)))
     assert results == [False] * 100
-    assert counted.count <= 3, counted.count  # 1 but for a reader between fill and lease
+    assert counted.count == 1, counted.count
+
+
+async def test_a_404_whose_miss_came_before_another_readers_negative_fill_takes_it(
+    engine: AsyncEngine, maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """Reader B's GET misses; before B asks for the lease, reader A misses, leases, finds no
+    row and fills the negative entry; B then finds that entry, not a free lease: one SELECT."""
+    client = async_redis_client()  # B's
+    with (
+        CountSelects(engine, "verses") as counted,
+        HoldGetReply(client, KEY) as held,
+    ):
+        reader_b = asyncio.create_task(patient_missing(maker, client))
+        await held.wait_held()
+        assert await patient_missing(maker, redis_client) is False
+        assert await redis_client.get(KEY) == b"null"
+        held.release()
+        assert await reader_b is False
+    await client.aclose()
+    assert counted.count == 1, counted.count
 
 
 async def test_a_miss_read_before_an_insert_cannot_fill_after_it(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import redis.asyncio
@@ -10,7 +11,8 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from fastrdb import FastRDB, FastRDBError, PaginatedResponse, Settings
-from tests.interleave import CountSelects, PauseAfterSelect
+from tests.conftest import async_redis_client
+from tests.interleave import CountSelects, HoldGetReply, PauseAfterSelect
 from tests.models import User, UserCreate, UserResponse, UserUpdate
 from tests.test_crud import add_user, users
 
@@ -104,29 +106,56 @@ async def test_a_count_read_before_a_commit_cannot_fill_after_it(
     assert await count(maker, redis_client) == 2
 
 
+patient = FastRDB[User, UserCreate, UserUpdate, UserResponse](
+    User,
+    UserResponse,
+    pattern="user:email:{email}",
+    settings=Settings(lease_wait=60, lease_ttl=60, redis_timeout=10),
+)
+"""Waits for a fill however loaded the machine is (a waiting reader never reads for itself)."""
+
+
+async def patient_count(maker: async_sessionmaker[AsyncSession], redis: Any) -> int:
+    async with maker() as db:
+        return await patient.count(db=db, redis=redis)
+
+
 async def test_concurrent_count_misses_cost_one_database_read(
     engine: AsyncEngine, maker: async_sessionmaker[AsyncSession], redis_client: Redis
 ) -> None:
-    """50 concurrent counts on a cold key, each with its own session: one SELECT, or two or
-    three when a reader's GET came just before the fill and its lease request just after."""
-    patient = FastRDB[User, UserCreate, UserUpdate, UserResponse](
-        User,
-        UserResponse,
-        pattern="user:email:{email}",
-        settings=Settings(lease_wait=30, redis_timeout=5),
-    )
-    async with maker() as db:  # the client's first user sets its timeout
+    """50 concurrent counts on a cold key, each with its own session: one SELECT; the others
+    wait for the lease holder's fill, or find it when they ask for the lease."""
+    async with maker() as db:  # the client's first user sets its timeouts
         await patient.create(
             db=db, redis=redis_client, obj_in=UserCreate(email="a@x.io", name="A"), email="a@x.io"
         )
-
-    async def read() -> int:
-        async with maker() as db:
-            return await patient.count(db=db, redis=redis_client)
-
     with CountSelects(engine, "users") as counted:
-        assert await asyncio.gather(*(read() for _ in range(50))) == [1] * 50
-    assert counted.count <= 3, counted.count  # as for get: see test_races.py
+        counts = await asyncio.gather(*(patient_count(maker, redis_client) for _ in range(50)))
+    assert counts == [1] * 50
+    assert counted.count == 1, counted.count
+
+
+async def test_a_count_whose_miss_came_before_another_readers_fill_takes_it(
+    engine: AsyncEngine, maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """Reader B's GET of the count misses; before B asks for the lease, reader A misses,
+    leases, counts and fills; B then finds A's count, not a free lease: one SELECT."""
+    async with maker() as db:
+        await patient.create(
+            db=db, redis=redis_client, obj_in=UserCreate(email="a@x.io", name="A"), email="a@x.io"
+        )
+    client = async_redis_client()  # B's
+    with (
+        CountSelects(engine, "users") as counted,
+        HoldGetReply(client, COUNT_KEY) as held,
+    ):
+        reader_b = asyncio.create_task(patient_count(maker, client))
+        await held.wait_held()
+        assert await patient_count(maker, redis_client) == 1
+        held.release()
+        assert await reader_b == 1
+    await client.aclose()
+    assert counted.count == 1, counted.count
 
 
 async def test_get_page_has_the_real_total_and_costs_two_hits_when_warm(

@@ -3,9 +3,11 @@
 It takes callables for decoding and loading and knows nothing of databases. The protocol:
 
 - a hit is one GET (:func:`cached`);
-- on a miss the reader takes the key's lease (a token, with a TTL) and loads; the fill lands
-  only while that same token still holds the lease, and every invalidation deletes the lease,
-  so a load that began before a commit can never be cached after that commit's invalidation;
+- on a miss the reader takes the key's lease (a token, with a TTL) and loads, unless the key
+  holds a value by then (another reader's fill landed since its GET): then it serves that, so a
+  storm of misses costs one load. The fill lands only while that same token still holds the
+  lease, and every invalidation deletes the lease, so a load that began before a commit can
+  never be cached after that commit's invalidation;
 - readers that find the lease held wait a little for the holder's fill; past ``lease_wait``
   they load for themselves and do not fill;
 - while Redis can't be used (breaker open, invalidations pending), concurrent misses of one key
@@ -145,6 +147,7 @@ async def read_through(
     log.debug("cache_miss", key=key_ref(entry.key), **context)
     settings = health.settings
     deadline: float | None = None
+    unless_filled = True
     while True:
         token = secrets.token_hex(8)
         taken = await store.acquire(
@@ -155,10 +158,20 @@ async def read_through(
             schemes_key=entry.schemes_key,
             schemes=entry.schemes,
             registries=entry.registries,
+            unless_filled=unless_filled,
         )
         if taken is None:
             stats.bypasses += 1
             return (await load()).value
+        if not isinstance(taken, bool):
+            # Another reader's fill landed since this reader's GET: serve it.
+            try:
+                value = decode(taken)
+            except ValueError:
+                unless_filled = False  # a corrupt entry: lease it, to replace it
+                continue
+            stats.hits += 1
+            return value
         if taken:
             return await _load_and_fill(client, health, entry, token, load, exp, stats, context)
         stats.lease_waits += 1

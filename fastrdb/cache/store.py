@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar, cast, overload
 
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
@@ -164,6 +164,7 @@ async def peek(client: Any, health: ClientHealth, key: str) -> tuple[Raw | None,
     return await _guarded(health, "peek", call, None)
 
 
+@overload
 async def acquire(
     client: Any,
     health: ClientHealth,
@@ -173,7 +174,35 @@ async def acquire(
     schemes_key: str,
     schemes: Sequence[Scheme],
     registries: Sequence[str] = (),
-) -> bool | None:
+    unless_filled: Literal[False] = False,
+) -> bool | None: ...
+
+
+@overload
+async def acquire(
+    client: Any,
+    health: ClientHealth,
+    key: str,
+    token: str,
+    *,
+    schemes_key: str,
+    schemes: Sequence[Scheme],
+    registries: Sequence[str] = (),
+    unless_filled: bool,
+) -> bool | Raw | None: ...
+
+
+async def acquire(
+    client: Any,
+    health: ClientHealth,
+    key: str,
+    token: str,
+    *,
+    schemes_key: str,
+    schemes: Sequence[Scheme],
+    registries: Sequence[str] = (),
+    unless_filled: bool = False,
+) -> bool | Raw | None:
     """Take the fill lease of ``key``: True if taken, False if held, None if Redis can't answer.
 
     Before the lease is taken the patterns behind ``key`` are published (and the table named
@@ -181,26 +210,35 @@ async def acquire(
     reads them after its commit knows to drop this lease. After it, ``key`` joins the given
     registries, so an invalidation that reads a registry before the key joined deletes the lease
     this fill depends on.
+
+    ``unless_filled`` (a reader after a miss): if ``key`` holds a value by now, return that
+    value instead and take nothing: a reader whose GET came just before another reader's fill
+    must not read the database again for it.
     """
     members = [scheme.member() for scheme in schemes]
     ttl_ms = int(health.settings.lease_ttl * 1000)
     index, table = tables_index(schemes_key)
+    check = "1" if unless_filled else "0"
 
-    async def sequential() -> bool:
+    async def sequential() -> bool | Raw:
         pipe = client.pipeline(transaction=False)  # one round trip to the nodes concerned
         pipe.sadd(index, table)
         if members:
             pipe.sadd(schemes_key, *members)
         await pipe.execute()
-        taken = bool(await client.set(lease_key(key), token, nx=True, px=ttl_ms))
+        # The key and its lease share a slot: one script takes the lease or returns the value.
+        reply = await LEASE.run_async(client, (key, lease_key(key)), (token, ttl_ms, check))
+        if not isinstance(reply, int):
+            return cast(Raw, reply)
         for registry in registries:
             await client.sadd(registry, key)
-        return taken
+        return bool(reply)
 
-    async def scripted() -> bool:
-        keys = (lease_key(key), schemes_key, index, *registries)
-        args: tuple[str | int, ...] = (token, ttl_ms, len(members), *members, key, table)
-        return bool(await LEASE.run_async(client, keys, args))
+    async def scripted() -> bool | Raw:
+        keys = (key, lease_key(key), schemes_key, index, *registries)
+        args = (token, ttl_ms, check, table, len(members), *members)
+        reply = await LEASE.run_async(client, keys, args)
+        return bool(reply) if isinstance(reply, int) else cast(Raw, reply)
 
     # On a cluster the keys live in different slots: separate calls, in this order.
     return await _guarded(health, "acquire", sequential if is_cluster(client) else scripted, None)
