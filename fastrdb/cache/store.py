@@ -236,7 +236,7 @@ async def acquire(
 
     async def scripted() -> bool | Raw:
         keys = (key, lease_key(key), schemes_key, index, *registries)
-        args = (token, ttl_ms, check, table, len(members), *members)
+        args: tuple[str | int, ...] = (token, ttl_ms, check, table, len(members), *members)
         reply = await LEASE.run_async(client, keys, args)
         return bool(reply) if isinstance(reply, int) else cast(Raw, reply)
 
