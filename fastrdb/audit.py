@@ -5,9 +5,9 @@ For each :class:`~fastrdb.FastRDB` instance, :class:`Auditor` samples keys of it
 the key itself (the pattern's placeholders decoded by :func:`fastrdb.keys.decode_value`, typed
 by their columns), reads that query again in a new database transaction, serializes it with the
 instance's response schema and compares it field by field with the cached value. An entry that
-differs is looked at again (cache and database) before it is reported: if either changed in
-between, or the entry is gone, a write committed while it was being compared, and it is not
-reported as stale. Only field names are reported, never values.
+differs is looked at again (cache and database, a second later) before it is reported: if
+either changed in between, or the entry is gone, a write committed while it was being compared,
+and it is not reported as stale. Only field names are reported, never values.
 
 What a key cannot tell is not guessed: a key with a digest suffix (extra filters, an
 ``order_by``) hashes the values it stands for, so it is counted as not audited.
@@ -15,6 +15,7 @@ What a key cannot tell is not guessed: a key with a digest suffix (extra filters
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -351,7 +352,9 @@ def differences(cached: Any, fresh: Any, path: str = "") -> list[str]:
 class Auditor:
     """Sample rounds over the cached entries of ``instances``, each compared with ``engine``'s
     database (see the module's docstring). Read-only: it never writes to Redis or the
-    database."""
+    database. ``recheck_after``: seconds between the first comparison of an entry that differs
+    and the second look, so that an invalidation still on its way when the row's write
+    committed has landed by then."""
 
     def __init__(
         self,
@@ -360,12 +363,18 @@ class Auditor:
         redis: AsyncRedis,
         *,
         sample: int = 100,
+        recheck_after: float = 1.0,
         checkpoint: Checkpoint | None = None,
     ) -> None:
         if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
             raise ConfigurationError(
                 "sample", f"must be a positive number of entries, got {sample!r}"
             )
+        if isinstance(recheck_after, bool) or not recheck_after >= 0:
+            raise ConfigurationError(
+                "recheck_after", f"must be 0 or more seconds, got {recheck_after!r}"
+            )
+        self._recheck_after = recheck_after
         self._targets = [_Target(crud) for crud in instances]
         self._engine = engine
         self._redis = redis
@@ -431,9 +440,11 @@ class Auditor:
         fields = entry_differences(query, cached, fresh)
         if not fields:
             return
-        # Look again: a write that committed while this entry was compared has dropped the
-        # entry (or changed the row since): that is no staleness.
+        # Look again, a little later: a write that committed while this entry was compared
+        # has dropped the entry by then (its invalidation may still be on its way at commit
+        # time), or changed the row since. That is no staleness.
         await self._pause("compared", key)
+        await asyncio.sleep(self._recheck_after)
         raw_again, _ = await read_entry(self._redis, key)
         try:
             fresh_again = await self._read(target, query)

@@ -158,14 +158,18 @@ def capture(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
+def _positive(kind: type[int] | type[float], *, zero: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number above 0 (or 0 and above, with ``zero``)."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if value < 0 or (value == 0 and not zero) or value != value:
+            raise argparse.ArgumentTypeError(
+                f"must be {'0 or more' if zero else 'positive'}, got {text}"
+            )
         return value
 
     return parse
@@ -209,6 +213,14 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
         help="run continuously: a round every S seconds, each printing its own rate, until "
         "SIGTERM or SIGINT; exit status 1 if any round found a stale entry",
     ),
+    arg(
+        "--recheck-after",
+        type=_positive(float, zero=True),
+        default=1.0,
+        metavar="S",
+        help="seconds before an entry that differs is looked at again, cache and database "
+        "(default: 1); if either changed meanwhile, a write was committing: not reported",
+    ),
     arg("--json", action="store_true", help="one JSON object per round (then a summary)"),
 )
 def audit(args: argparse.Namespace) -> int:
@@ -237,7 +249,9 @@ def audit(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        auditor = Auditor(instances, engine, client, sample=args.sample)
+        auditor = Auditor(
+            instances, engine, client, sample=args.sample, recheck_after=args.recheck_after
+        )
         rounds = audited = stale = 0
         try:
             while not stop.is_set():

@@ -111,6 +111,7 @@ def round_text(found: Round) -> str:
 
 
 async def audit_once(engine: AsyncEngine, redis_client: Redis, **options: Any) -> Round:
+    options.setdefault("recheck_after", 0)
     return await Auditor(INSTANCES, engine, redis_client, **options).round()
 
 
@@ -212,10 +213,57 @@ async def test_a_write_committed_while_comparing_is_not_reported(
                 await session.commit()
             committed.append(checked)
 
-    found = await Auditor(INSTANCES, audit_engine, redis_client, checkpoint=rename).round()
+    auditor = Auditor(INSTANCES, audit_engine, redis_client, recheck_after=0, checkpoint=rename)
+    found = await auditor.round()
     assert committed == [key]
     assert found.stale == 0
     assert sum(report.changed for report in found.reports) == 1
+
+
+@pytest.mark.parametrize("recheck_after", [0.0, 3.0])
+async def test_an_invalidation_still_on_its_way_is_waited_for(
+    recheck_after: float,
+    maker: async_sessionmaker[AsyncSession],
+    redis_client: Redis,
+    audit_engine: AsyncEngine,
+    engine: AsyncEngine,
+) -> None:
+    """A rename committed between the audit's read of the entry and its database read, whose
+    invalidation lands half a second after the commit (a slow Redis), is not reported when
+    the second look waits (recheck_after=3); without the wait (0, the invalidation landing
+    only after the round) the entry is reported."""
+    await fill(maker, redis_client)
+    key = "user:email:u1@x.io"
+    round_over = asyncio.Event()
+    landed: list[asyncio.Task[Any]] = []
+
+    async def invalidate_later() -> None:
+        if recheck_after:
+            await asyncio.sleep(0.5)
+        else:
+            await round_over.wait()
+        await redis_client.delete(key)
+
+    async def rename_slowly(at: str, checked: str) -> None:
+        if at == "cached" and checked == key and not landed:
+            async with engine.begin() as connection:  # committed; its invalidation: later
+                await connection.execute(
+                    text("UPDATE users SET name = 'Renamed' WHERE email = 'u1@x.io'")
+                )
+            landed.append(asyncio.create_task(invalidate_later()))
+
+    auditor = Auditor(
+        INSTANCES,
+        audit_engine,
+        redis_client,
+        recheck_after=recheck_after,
+        checkpoint=rename_slowly,
+    )
+    found = await auditor.round()
+    round_over.set()
+    await landed[0]
+    reported = key in {f.key for r in found.reports for f in r.stale}
+    assert reported == (not recheck_after)
 
 
 async def test_an_entry_that_stays_stale_is_reported_in_a_later_round(
@@ -237,7 +285,9 @@ async def test_an_entry_that_stays_stale_is_reported_in_a_later_round(
                 await connection.execute(text("UPDATE users SET bio = 'b' WHERE email = 'u1@x.io'"))
             changed.append(checked)
 
-    auditor = Auditor(INSTANCES, audit_engine, redis_client, checkpoint=write_unseen)
+    auditor = Auditor(
+        INSTANCES, audit_engine, redis_client, recheck_after=0, checkpoint=write_unseen
+    )
     first = await auditor.round()
     assert changed == [key]
     assert key not in {f.key for r in first.reports for f in r.stale}
@@ -269,7 +319,7 @@ async def test_an_entry_embedding_a_renamed_row_names_the_nested_field(
     async with maker() as db:
         await books.get(db=db, redis=redis_client, id=1)
         await books.get_multi(db=db, redis=redis_client, limit=5, page=1)
-    auditor = Auditor([books], audit_engine, redis_client)
+    auditor = Auditor([books], audit_engine, redis_client, recheck_after=0)
     found = await auditor.round()
     assert (found.audited, found.stale) == (2, 0)
     async with engine.begin() as connection:
