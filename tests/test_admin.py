@@ -298,18 +298,38 @@ async def test_flush_racing_a_fill_leaves_no_old_value(
 
 
 class ScanPausing(redis.asyncio.Redis):
-    """A client whose first SCAN for ``item:`` keys answers what Redis held when it ran, but
-    only after ``resume`` is set: a fill can land behind the cursor meanwhile."""
+    """A client whose first batch of SCANs that looks for ``item:`` keys runs in two halves:
+    the ``item:*`` SCANs, then (once ``resume`` is set) the others, each answered by Redis
+    when it runs. It stands for a scan that visits the value's slot before the lease's: a
+    fill can land in between, behind the cursor."""
 
     scanned: asyncio.Event
     resume: asyncio.Event
 
-    async def scan(self, cursor: Any = 0, match: Any = None, *args: Any, **kwargs: Any) -> Any:
-        reply = await super().scan(cursor, match, *args, **kwargs)
-        if match == "item:*" and not self.resume.is_set():
-            self.scanned.set()
-            await self.resume.wait()
-        return reply
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        execute = pipe.execute
+
+        async def split(raise_on_error: bool = True) -> list[Any]:
+            stack = list(pipe.command_stack)
+            first = [i for i, (args, _) in enumerate(stack) if "item:*" in args]
+            if not first or self.resume.is_set():
+                return await execute(raise_on_error)
+            replies: dict[int, Any] = {}
+            for part in (first, [i for i in range(len(stack)) if i not in first]):
+                if part is not first:
+                    self.scanned.set()
+                    await self.resume.wait()
+                half = super(ScanPausing, self).pipeline(transaction=False)
+                for index in part:
+                    args, options = stack[index]
+                    half.execute_command(*args, **options)
+                replies.update(zip(part, await half.execute(raise_on_error), strict=True))
+            pipe.command_stack.clear()
+            return [replies[index] for index in range(len(stack))]
+
+        pipe.execute = split
+        return pipe
 
 
 @pytest.mark.skipif(CLUSTER, reason="the pausing client is a single-Redis client")

@@ -14,8 +14,9 @@ value behind the cursor of the first pass, deleting the lease the first pass wou
 Every lease present when the wipe starts is gone when the first pass ends (found and deleted,
 or used by its fill, or expired), so the second pass finds every value such a fill stored.
 
-Cost: ``2 * (1 + 2 * number of row patterns)`` full ``SCAN`` iterations of the keyspace (COUNT 1000,
-MATCH filtering server-side), on every master of a cluster; the published patterns and the
+Cost: ``2 * (1 + 2 * number of row patterns)`` full ``SCAN`` iterations of the keyspace (COUNT
+1000, MATCH filtering server-side; on one Redis the iterations of a pass advance together, one
+round trip per step), on every master of a cluster; the published patterns and the
 table's index entry stay (they are not entries, and a lease already taken relies on them).
 
 Functions here are synchronous in form, like the invalidation: they run on any client through
@@ -99,26 +100,36 @@ def _row_key_of(name: str, patterns: Sequence[re.Pattern[str]]) -> str | None:
     return None
 
 
-def _scan(call: Caller, client: Any, glob: str) -> Iterator[str]:
-    """Every key matching ``glob``, on one Redis or on every master of a cluster."""
+def _scan(call: Caller, client: Any, globs: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """(glob, key) for every key matching one of ``globs``, on one Redis (the globs' cursors
+    advance together: one round trip per step) or on every master of a cluster."""
     if is_cluster(client):
         for node in client.get_primaries():
-            cursor = 0
-            while True:
-                cursors, names = call(
-                    client.scan(cursor, match=glob, count=_COUNT, target_nodes=node)
-                )
-                yield from map(decode_text, names)
-                cursor = int(next(iter(cursors.values()))) if cursors else 0
-                if not cursor:
-                    break
+            for glob in globs:
+                cursor = 0
+                while True:
+                    cursors, names = call(
+                        client.scan(cursor, match=glob, count=_COUNT, target_nodes=node)
+                    )
+                    for name in names:
+                        yield glob, decode_text(name)
+                    cursor = int(next(iter(cursors.values()))) if cursors else 0
+                    if not cursor:
+                        break
         return
-    cursor = 0
-    while True:
-        cursor, names = call(client.scan(cursor, match=glob, count=_COUNT))
-        yield from map(decode_text, names)
-        if not cursor:
-            break
+    cursors = dict.fromkeys(globs, 0)
+    while cursors:
+        pipe = client.pipeline(transaction=False)
+        for glob, cursor in cursors.items():
+            pipe.scan(cursor, match=glob, count=_COUNT)
+        replies = call(pipe.execute())
+        for (glob, _), (cursor, names) in zip(list(cursors.items()), replies, strict=True):
+            for name in names:
+                yield glob, decode_text(name)
+            if int(cursor):
+                cursors[glob] = int(cursor)
+            else:
+                del cursors[glob]
 
 
 def _read_schemes(call: Caller, client: Any, namespace: Namespace, table: str) -> list[Scheme]:
@@ -139,13 +150,15 @@ def wipe_table(call: Caller, client: Any, namespace: Namespace, table: str) -> W
         schemes = _read_schemes(call, client, namespace, table)
         patterns = [scheme.pattern.regex for scheme in schemes if scheme.kind == "row"]
         registries = registries_of(namespace, table)
-        registries += _scan(call, client, narrowed_glob(namespace, table))
+        narrowed = narrowed_glob(namespace, table)
         row_keys: dict[str, None] = {}
-        for glob in row_globs(schemes):
-            for name in _scan(call, client, glob):
-                key = _row_key_of(name, patterns)
-                if key is not None:
-                    row_keys[key] = None
+        for glob, name in _scan(call, client, [narrowed, *row_globs(schemes)]):
+            if glob == narrowed:
+                registries.append(name)
+                continue
+            key = _row_key_of(name, patterns)
+            if key is not None:
+                row_keys[key] = None
         keys = list(row_keys)
         result.row_keys = max(result.row_keys, len(keys))
         for start in range(0, max(len(keys), 1), _BATCH):
