@@ -27,10 +27,10 @@ class ConfigurationError(Exception):
     application, never the fault of a request.
 
     ``argument`` names the constructor argument (``pattern``, ``list_pattern``,
-    ``invalidate_pattern_prefix``, ``create_schema``, ...) and ``field`` the placeholder or
-    schema field at fault, when there is one. It is deliberately not a :class:`FastRDBError`
-    (nor a ``ValueError``): an application that maps those to HTTP 422 must not blame its
-    clients for it.
+    ``invalidate_pattern_prefix``, ``response_schema``, ``create_schema``, ...) and ``field``
+    the placeholder or schema field at fault, when there is one. It is deliberately not a
+    :class:`FastRDBError` (nor a ``ValueError``): an application that maps those to HTTP 422
+    must not blame its clients for it.
     """
 
     def __init__(self, argument: str, message: str, *, field: str | None = None) -> None:

@@ -11,8 +11,9 @@ the schema against the model's mapper, recursively through nested models, and an
   chains), so an ``AsyncSession`` never lazy-loads while the response is built.
 
 A field it cannot trace — read from a Python property, a hybrid, an association proxy, or a
-relationship whose field type is not a pydantic model — is refused with an error naming the
-field: FastRDB could not tell when such a value changes, and would serve it stale.
+relationship whose field type is not a pydantic model — is refused with a ``ConfigurationError``
+naming ``response_schema`` and the field: FastRDB could not tell when such a value changes, and
+would serve it stale. That is a mistake in the set-up, never the fault of a request.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from sqlalchemy.orm.strategy_options import _AbstractLoad
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.util import find_tables
 
-from fastrdb.errors import FastRDBError
+from fastrdb.errors import ConfigurationError
 
 __all__ = ["Embedding", "embedding"]
 
@@ -55,8 +56,8 @@ class Embedding:
 
 
 def embedding(mapper: Mapper[Any], schema: type[BaseModel]) -> Embedding:
-    """Walk ``schema`` against ``mapper`` (configured); raise ``FastRDBError`` naming a field
-    whose value cannot be traced to columns and relationships."""
+    """Walk ``schema`` against ``mapper`` (configured); raise ``ConfigurationError`` naming a
+    field whose value cannot be traced to columns and relationships."""
     tables: dict[Table, None] = {}
     options = _walk(mapper, schema, "", (), tables)
     return Embedding(tuple(tables), tuple(options))
@@ -77,7 +78,7 @@ def _walk(
             prop = _property(mapper, attribute)
             if prop is None:
                 if _defined_on(mapper.class_, attribute):
-                    raise FastRDBError(
+                    raise _refused(
                         where,
                         f"is read from {mapper.class_.__name__}.{attribute}, which is not a "
                         "mapped column or relationship: FastRDB cannot tell when it changes "
@@ -91,7 +92,7 @@ def _walk(
             elif isinstance(prop, RelationshipProperty):
                 options.append(_relationship(mapper, prop, field, where, stack, schema, tables))
             elif not isinstance(prop, CompositeProperty):
-                raise FastRDBError(
+                raise _refused(
                     where,
                     f"is read from {mapper.class_.__name__}.{attribute} "
                     f"({type(prop).__name__}), which FastRDB cannot trace",
@@ -111,13 +112,13 @@ def _relationship(
     """Record what a relationship field embeds; return the option that loads it."""
     nested = list(dict.fromkeys(_models_in(field.annotation)))
     if not nested:
-        raise FastRDBError(
+        raise _refused(
             where,
             f"is filled from the relationship {mapper.class_.__name__}.{prop.key}: give it a "
             "pydantic model type (or a list of one) so FastRDB can trace what it embeds",
         )
     if prop.lazy in ("dynamic", "write_only"):
-        raise FastRDBError(
+        raise _refused(
             where,
             f"is filled from {mapper.class_.__name__}.{prop.key}, a {prop.lazy} relationship, "
             "which cannot be loaded with the row",
@@ -133,13 +134,18 @@ def _relationship(
     nested_options: list[_AbstractLoad] = []
     for model in nested:
         if (target, model) in below:
-            raise FastRDBError(
+            raise _refused(
                 where,
                 f"nests {model.__name__} inside itself: a recursive response schema cannot be "
                 "loaded in one read",
             )
         nested_options.extend(_walk(target, model, where + ".", below, tables))
     return loader.options(*nested_options) if nested_options else loader
+
+
+def _refused(where: str, message: str) -> ConfigurationError:
+    """The refusal of the response schema's field ``where`` (dotted through nested models)."""
+    return ConfigurationError("response_schema", f"field {where!r} {message}", field=where)
 
 
 def _attributes_read(schema: type[BaseModel], name: str, field: FieldInfo, where: str) -> list[str]:
@@ -151,7 +157,7 @@ def _attributes_read(schema: type[BaseModel], name: str, field: FieldInfo, where
     elif isinstance(alias, AliasChoices) and all(isinstance(c, str) for c in alias.choices):
         read.extend(typing.cast(list[str], alias.choices))
     elif alias is not None:
-        raise FastRDBError(where, "reads through an alias path, which FastRDB cannot trace")
+        raise _refused(where, "reads through an alias path, which FastRDB cannot trace")
     config = schema.model_config
     if not read or config.get("populate_by_name") or config.get("validate_by_name"):
         read.append(name)

@@ -26,7 +26,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
-from fastrdb import FastRDB, FastRDBError, Settings
+from fastrdb import ConfigurationError, FastRDB, FastRDBError, Settings
 from fastrdb.cache import store
 from fastrdb.cache.scripts import DROP
 from fastrdb.events import listen
@@ -582,11 +582,44 @@ def test_an_untraceable_field_is_refused_at_construction(
     model: type, schema: type[BaseModel], field: str
 ) -> None:
     """A field read from something that is not a mapped column or a relationship to a pydantic
-    model is refused when the FastRDB instance is built (mappers configured), naming the field."""
+    model is refused when the FastRDB instance is built (mappers configured): a set-up mistake,
+    ConfigurationError (not a FastRDBError) naming response_schema and the field."""
     configure_mappers()
-    with pytest.raises(FastRDBError) as raised:
+    with pytest.raises(ConfigurationError) as raised:
         FastRDB(model, schema, pattern="x:{id}")
+    assert not isinstance(raised.value, FastRDBError)
+    assert raised.value.argument == "response_schema"
     assert raised.value.field == field
+    assert str(raised.value).startswith(f"response_schema: field {field!r} ")
+
+
+async def test_an_untraceable_field_is_refused_at_first_use_before_mappers_are_configured(
+    db: AsyncSession, redis_client: Redis
+) -> None:
+    """Built while its mapper is not configured yet (models still being imported), the
+    instance refuses the untraceable field at its first call, with the same ConfigurationError."""
+
+    class LampBase(DeclarativeBase):
+        pass
+
+    class Lamp(LampBase):
+        __tablename__ = "lamps"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+        @property
+        def glow(self) -> str:
+            return "bright"
+
+    class LampOut(BaseModel):
+        model_config = ConfigDict(from_attributes=True)
+        id: int
+        glow: str
+
+    assert not inspect(Lamp).configured
+    lamps = FastRDB(Lamp, LampOut, pattern="lamp:{id}")
+    with pytest.raises(ConfigurationError) as raised:
+        await lamps.get(db=db, redis=redis_client, id=1)
+    assert (raised.value.argument, raised.value.field) == ("response_schema", "glow")
 
 
 def test_traceable_shapes_are_accepted() -> None:
