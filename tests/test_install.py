@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tarfile
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -46,6 +47,28 @@ def pip_install(python: Path, *requirements: str | Path) -> None:
     run(sys.executable, "-m", "pip", "--python", python, "install", "--quiet", *requirements)
 
 
+def project_urls() -> dict[str, str]:
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        urls: dict[str, str] = tomllib.load(file)["project"]["urls"]
+    return urls
+
+
+def test_project_urls_follow_the_repository_layout() -> None:
+    """pyproject names Homepage, Documentation, Changelog and Issues: the others are paths under
+    the homepage, and the ones into the tree (docs/, CHANGELOG.md) exist in this one."""
+    urls = project_urls()
+    assert set(urls) == {"Homepage", "Documentation", "Changelog", "Issues"}
+    home = urls["Homepage"]
+    assert home.startswith("https://") and not home.endswith("/")
+    assert urls["Issues"] == home + "/issues"
+    for label, kind, path in (
+        ("Documentation", "tree", "docs"),
+        ("Changelog", "blob", "CHANGELOG.md"),
+    ):
+        assert urls[label] == f"{home}/{kind}/main/{path}"
+        assert (ROOT / path).exists(), path
+
+
 @pytest.mark.slow
 def test_the_wheel_installs_and_works_without_extras(tmp_path: Path) -> None:
     """Build the sdist and the wheel from the source tree, install the wheel with no extras in
@@ -69,6 +92,11 @@ def test_the_wheel_installs_and_works_without_extras(tmp_path: Path) -> None:
         names = archive.namelist()
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names), names
     assert "fastrdb/py.typed" in names and "fastrdb/cache/lua/lease.lua" in names
+    (metadata_name,) = (name for name in names if name.endswith(".dist-info/METADATA"))
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = archive.read(metadata_name).decode()
+    for label, url in project_urls().items():
+        assert f"Project-URL: {label}, {url}" in metadata, metadata
     assert not any(name.startswith(("tests/", "examples/", "bench/")) for name in names)
     with tarfile.open(sdist) as archive:
         members = {
