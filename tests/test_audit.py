@@ -266,6 +266,49 @@ async def test_an_invalidation_still_on_its_way_is_waited_for(
     assert reported == (not recheck_after)
 
 
+async def test_rounds_during_listened_writes_and_reads_report_nothing(
+    maker: async_sessionmaker[AsyncSession],
+    writer: async_sessionmaker[AsyncSession],
+    redis_client: Redis,
+    audit_engine: AsyncEngine,
+) -> None:
+    """Audit rounds running while listened sessions rename users and readers fill their
+    entries again find entries that changed while compared, never a stale one: every write
+    drops what it makes stale before its commit returns."""
+    await fill(maker, redis_client)
+    emails = [f"u{n}@x.io" for n in range(3)]
+    done = asyncio.Event()
+
+    async def write() -> None:
+        for step in range(40):
+            async with writer() as session:
+                email = emails[step % 3]
+                user = (await session.execute(select(User).where(User.email == email))).scalar_one()
+                user.name = f"Name {step}"
+                await session.commit()
+            await asyncio.sleep(0)
+        done.set()
+
+    async def read() -> None:
+        while not done.is_set():
+            async with maker() as db:
+                for email in emails:
+                    await users.get(db=db, redis=redis_client, email=email)
+                await users.get_multi(db=db, redis=redis_client, limit=10, page=1)
+
+    auditor = Auditor(INSTANCES, audit_engine, redis_client, recheck_after=0.05)
+    rounds: list[Round] = []
+
+    async def audit() -> None:
+        while not done.is_set() or not rounds:
+            rounds.append(await auditor.round())
+
+    async with asyncio.timeout(120):
+        await asyncio.gather(write(), read(), audit())
+    assert sum(found.audited for found in rounds) > 0
+    assert [f.key for found in rounds for r in found.reports for f in r.stale] == []
+
+
 async def test_an_entry_that_stays_stale_is_reported_in_a_later_round(
     maker: async_sessionmaker[AsyncSession],
     redis_client: Redis,
