@@ -18,18 +18,22 @@ class Finished:
     stderr: str
 
 
-async def start_python(code: str, *args: str) -> asyncio.subprocess.Process:
+async def start_python(
+    code: str, *args: str, stdin: int | None = None
+) -> asyncio.subprocess.Process:
     """Start ``python -c code args…`` rooted at the repository."""
-    return await start_interpreter("-c", code, *args)
+    return await start_interpreter("-c", code, *args, stdin=stdin)
 
 
-async def start_interpreter(*argv: str) -> asyncio.subprocess.Process:
-    """Start ``python argv…`` rooted at the repository, its output captured."""
+async def start_interpreter(*argv: str, stdin: int | None = None) -> asyncio.subprocess.Process:
+    """Start ``python argv…`` rooted at the repository, its output captured (and its input
+    a pipe with ``stdin=asyncio.subprocess.PIPE``)."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         *argv,
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=stdin,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

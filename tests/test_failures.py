@@ -15,7 +15,9 @@ from structlog.testing import capture_logs
 from fastrdb import FastRDB, Settings
 from fastrdb.cache.health import health_of
 from fastrdb.events import listen
+from tests.conftest import Database
 from tests.models import User, UserCreate, UserResponse, UserUpdate
+from tests.processes import finish, start_python
 from tests.servers import Proxy, RedisServer
 
 SETTINGS = Settings(redis_timeout=0.2, breaker_threshold=2, breaker_cooldown=0.3)
@@ -193,3 +195,67 @@ def test_a_sync_worker_commits_while_redis_is_down(
         assert session.query(User).count() == 1
     handle.remove()
     client.close()
+
+
+WRITER = """
+import sys
+
+import redis
+from sqlalchemy import create_engine, update
+from sqlalchemy.orm import sessionmaker
+
+from fastrdb import Settings
+from fastrdb.events import listen
+from tests.models import User
+
+sessions = sessionmaker(create_engine(sys.argv[1]))
+client = redis.Redis(port=int(sys.argv[2]), socket_timeout=0.5, socket_connect_timeout=0.5)
+listen(sessions, client, settings=Settings(breaker_threshold=1, breaker_cooldown=600))
+print("ready", flush=True)
+for line in sys.stdin:
+    with sessions() as session:
+        session.execute(update(User).where(User.email == "a@x.io").values(name=line.strip()))
+        session.commit()
+    print("committed", flush=True)
+"""
+
+
+@pytest.mark.slow
+async def test_a_commit_while_the_breaker_is_open_still_invalidates_for_other_processes(
+    maker: async_sessionmaker[AsyncSession], database: Database, server: RedisServer
+) -> None:
+    """Redis is back, but a worker's breaker is still open: its next commit must still drop
+    the key, or another process (whose breaker closed) serves the pre-commit value."""
+    crud = make_crud()
+    client = client_for(server.port)
+    writer = await start_python(
+        WRITER, database.sync_url, str(server.port), stdin=asyncio.subprocess.PIPE
+    )
+    assert writer.stdin is not None and writer.stdout is not None
+
+    async def commit(name: str) -> None:
+        assert writer.stdin is not None and writer.stdout is not None
+        writer.stdin.write(f"{name}\n".encode())
+        await writer.stdin.drain()
+        async with asyncio.timeout(60):
+            assert await writer.stdout.readline() == b"committed\n"
+
+    async def name() -> str:
+        async with maker() as db:
+            return (await crud.get(db=db, redis=client, email="a@x.io")).name
+
+    try:
+        async with asyncio.timeout(60):
+            assert await writer.stdout.readline() == b"ready\n"
+        async with maker() as db:
+            await crud.create(db=db, redis=client, obj_in=UserCreate(email="a@x.io", name="Old"))
+        server.kill()
+        await commit("During")  # not delivered: the worker's breaker opens (for 10 minutes)
+        server.start()  # empty, on the same port
+        assert await name() == "During"  # this process never saw Redis fail: it fills again
+        await commit("New")  # commit() returned
+        assert await name() == "New"
+    finally:
+        writer.stdin.close()
+        await finish(writer)
+        await client.aclose()

@@ -92,9 +92,9 @@ def invalidate(
     Never raises for Redis trouble; a cancellation is re-raised once the changes are kept.
     """
     health = binding.health
-    if not health.allow():
-        health.keep(changes)
-        return
+    # Not gated by the breaker: Redis may be back for another process already (its breaker
+    # closed first), serving what this commit made stale, and only this delivery stops it.
+    # The breaker spares reads the timeout; a commit pays at most one bounded call.
     if binding.is_async and not in_greenlet():
         health.keep(changes)
         log.error("cache_invalidate_deferred", reason="async client outside the greenlet bridge")
