@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import shlex
 import time
@@ -18,6 +19,7 @@ import pytest
 import redis
 import redis.asyncio
 import redis.cluster
+import structlog
 from pydantic import BaseModel
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from sqlalchemy import Engine, String, create_engine, select, text, update
@@ -32,10 +34,12 @@ from structlog.testing import capture_logs
 
 import fastrdb
 from fastrdb import FastRDB, Settings
+from fastrdb.audit import Auditor, database_engine
 from fastrdb.cache import scripts
 from fastrdb.cache.health import health_of
 from fastrdb.cache.near import literal_prefix
 from fastrdb.capture import Capture
+from fastrdb.cli import main as cli_main
 from fastrdb.events import listen
 from tests.conftest import CLUSTER, DATABASES
 from tests.dbservers import MariaDBServer, PostgresServer
@@ -86,6 +90,16 @@ async def eventually(condition: Callable[[], Awaitable[bool]], what: str) -> Non
     while not await condition():
         assert time.monotonic() < deadline, f"never: {what}"
         await asyncio.sleep(0.01)
+
+
+@pytest.fixture(autouse=True)
+def structlog_left_as_found() -> Iterator[None]:
+    """capture_logs() leaves structlog configured; FastRDB then logs through it (to stdout by
+    default): put it back as the test found it, for the tests that follow."""
+    configured = structlog.is_configured()
+    yield
+    if not configured:
+        structlog.reset_defaults()
 
 
 @dataclass
@@ -220,7 +234,7 @@ def test_the_documented_key_patterns_follow_the_rule_on_the_page() -> None:
     patterns these tests use (`~P*`, `~{P*` per literal prefix, `~N:*`, `~{N:*`)."""
     prefixes = {literal_prefix(text) for text in PATTERNS.values()}
     prefixes.add(f"{PATIENT.namespace}:")
-    for user in ("fastrdb_app", "fastrdb_capture"):
+    for user in ("fastrdb_app", "fastrdb_capture", "fastrdb_admin"):
         globs = [argument[1:] for argument in acl_line(user) if argument.startswith("~")]
         for prefix in prefixes:
             for key in (prefix + "x", "{" + prefix + "x}:lease"):
@@ -264,6 +278,39 @@ async def test_the_documented_app_user_runs_crud_events_and_the_near_cache(
     finally:
         await client.aclose()
         worker_client.close()
+
+
+async def test_the_documented_admin_user_runs_stats_and_flush(
+    acl: AclRedis,
+    async_maker: async_sessionmaker[AsyncSession],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """As `fastrdb_admin`: `fastrdb stats` names the table and its registries, `fastrdb flush`
+    drops every entry of it; no refusal in ACL LOG."""
+    app_line, admin_line = acl_line("fastrdb_app"), acl_line("fastrdb_admin")
+    await acl.create(app_line)
+    await acl.create(admin_line)
+    client = Redis.from_url(acl.url(app_line))
+    crud = make_users()
+    try:
+        async with async_maker() as db:
+            await add(crud, db, client)
+            await crud.get_multi(db=db, redis=client, limit=10, page=1)
+            await crud.count(db=db, redis=client)
+        stats = ["stats", "--redis", acl.url(admin_line), "--json"]
+        capsys.readouterr()  # only the command's output is read below
+        with capture_logs():  # FastRDB's events stay off stdout (structlog may be configured)
+            assert await asyncio.to_thread(cli_main, stats) == 0
+        document = json.loads(capsys.readouterr().out)
+        assert [table["table"] for table in document["tables"]] == ["users"]
+        assert document["tables"][0]["registries"]["lists"]["members"] == 2  # page and count
+        flush = ["flush", "--redis", acl.url(admin_line), "--table", "users", "--yes"]
+        assert await asyncio.to_thread(cli_main, flush) == 0
+        left = {key.decode() for key in await acl.admin.keys("*")}
+        assert left == {"fastrdb:schemes:users", "fastrdb:tables"}, left
+        assert await acl.admin.execute_command("ACL", "LOG") == []
+    finally:
+        await client.aclose()
 
 
 @pytest.mark.parametrize("database", DATABASES[:1], indirect=True)
@@ -743,15 +790,17 @@ async def test_the_app_user_with_the_cluster_additions_runs_on_a_redis_cluster(
     async_maker: async_sessionmaker[AsyncSession],
     sync_maker: sessionmaker[Session],
 ) -> None:
-    """The app's line plus its cluster line, on every node of a 3-master Redis Cluster: CRUD,
-    a listened async commit and a worker's sync commit, with no refusal on any node."""
-    line, additions = acl_line("fastrdb_app"), acl_line("fastrdb_app", cluster=True)
+    """The app's, the audit's and the admin's lines plus their cluster lines, on every node
+    of a 3-master Redis Cluster: CRUD, a listened async commit, a worker's sync commit, an
+    audit round and `fastrdb flush`, with no refusal on any node."""
+    line = acl_line("fastrdb_app")
     for port in acl_cluster.ports:
         with redis.Redis(port=port) as node:
             node.flushall()
-            node.execute_command("ACL", "DELUSER", line[2])
-            node.execute_command(*line)
-            node.execute_command(*additions)
+            for user in ("fastrdb_app", "fastrdb_audit", "fastrdb_admin"):
+                node.execute_command("ACL", "DELUSER", user)
+                node.execute_command(*acl_line(user))
+                node.execute_command(*acl_line(user, cluster=True))
             node.execute_command("ACL", "LOG", "RESET")
     credentials = {"username": line[2], "password": password_of(line)}
     port = acl_cluster.ports[0]
@@ -776,6 +825,26 @@ async def test_the_app_user_with_the_cluster_additions_runs_on_a_redis_cluster(
         assert crud.stats()["hits"] > 0
         healthy(client)
         healthy(worker_client)
+        audit_password = password_of(acl_line("fastrdb_audit"))
+        auditor = AsyncRedisCluster(
+            host="127.0.0.1", port=port, username="fastrdb_audit", password=audit_password
+        )
+        engine = database_engine(str(async_maker.kw["bind"].url))
+        try:
+            found = await Auditor([crud], engine, auditor).round()
+            assert (found.audited, found.stale) == (1, 0)  # the row (commits dropped the rest)
+        finally:
+            await auditor.aclose()
+            await engine.dispose()
+        admin_url = (
+            f"redis+cluster://fastrdb_admin:{password_of(acl_line('fastrdb_admin'))}"
+            f"@127.0.0.1:{port}"
+        )
+        flush = ["flush", "--redis", admin_url, "--table", "users", "--yes"]
+        with capture_logs():
+            assert await asyncio.to_thread(cli_main, flush) == 0
+        with redis.cluster.RedisCluster(host="127.0.0.1", port=port) as root:
+            assert root.exists("user:email:a@x.io") == 0
     finally:
         app.remove()
         worker.remove()
