@@ -199,8 +199,9 @@ def _positive(kind: type[int] | type[float], *, zero: bool = False) -> Callable[
         type=_positive(int),
         default=100,
         metavar="N",
-        help="entries sampled per instance and round (default: 100). Cost: SCAN … MATCH on "
-        "each pattern's literal prefix, COUNT 1000, until N entries are found: each call walks "
+        help="entries sampled per instance and round (default: 100). Cost: the count entry "
+        "by name, then SCAN … MATCH on the row and page patterns' literal prefixes, COUNT "
+        "1000, until N entries are found: each call walks "
         "about 1000 slots of the whole keyspace (a sparse prefix takes more calls, at most one "
         "full walk per round; later rounds carry on where the last one stopped); then GET + "
         "PTTL and one database read per entry, twice for an entry that differs. Never KEYS",
