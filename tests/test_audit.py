@@ -545,7 +545,7 @@ async def test_the_documented_read_only_user_runs_the_audit(
     [line] = [
         shlex.split(text)
         for text in SECURITY_PAGE.splitlines()
-        if text.startswith("ACL SETUSER fastrdb_audit ")
+        if text.startswith("ACL SETUSER fastrdb_audit on ")
     ]
     password = next(argument[1:] for argument in line if argument.startswith(">"))
     server = RedisServer().start()
