@@ -29,6 +29,7 @@ __all__ = [
     "deps_key",
     "indexed_table",
     "tables_index",
+    "wait_key",
     "with_digest",
 ]
 
@@ -185,6 +186,17 @@ def lease_key(key: str) -> str:
 def deps_key(key: str) -> str:
     """The set of keys derived from ``key`` (extra-filter variants), in ``key``'s slot."""
     return "{" + key + "}:deps"
+
+
+def wait_key(key: str) -> str | None:
+    """A marker key in ``key``'s Redis Cluster slot, written just before a ``WAIT`` for
+    replicas; None for a key with a ``}`` but no hash tag (no name can share its slot)."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            key = key[start + 1 : end]  # the hash tag: what Redis hashes
+    return None if "}" in key else "{" + key + "}:wait"
 
 
 def with_digest(key: str, extras: Mapping[str, object]) -> str:
@@ -358,6 +370,10 @@ class Namespace:
         """The set of tables that have cache entries (members: encoded table names), so an
         operator's tools find them without scanning the keyspace (see :func:`tables_index`)."""
         return f"{self.prefix}:tables"
+
+    def wait(self) -> str:
+        """The marker an invalidation writes just before a ``WAIT`` for replicas (one Redis)."""
+        return f"{self.prefix}:wait"
 
     def count(self, table: str) -> str:
         """The key of ``count()`` of ``table`` (a digest suffix holds any filters)."""

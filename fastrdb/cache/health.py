@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from fastrdb._logging import log
 from fastrdb.cache.refusals import note_refusal
+from fastrdb.cache.replicas import check_client
 from fastrdb.settings import DEFAULT_SETTINGS, Settings
 
 __all__ = [
@@ -271,10 +272,12 @@ def known_server(client: Any, namespace: str) -> ServerState:
 
 
 def health_of(client: Any, settings: Settings | None = None) -> ClientHealth:
-    """The health record of ``client``; the first caller's settings configure it."""
+    """The health record of ``client``; the first caller's settings configure it (and are
+    checked against it: ``ConfigurationError``)."""
     health = _HEALTH.get(client)
     if health is None:
         settings = settings or DEFAULT_SETTINGS
+        check_client(client, settings)
         health = _HEALTH[client] = ClientHealth(
             settings,
             own_timeout=not _client_bounds_calls(client, settings.redis_timeout),

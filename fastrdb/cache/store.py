@@ -28,6 +28,7 @@ from fastrdb._types import Raw
 from fastrdb.cache.deadline import watchdog
 from fastrdb.cache.health import REDIS_ERRORS, ClientHealth
 from fastrdb.cache.near import forget
+from fastrdb.cache.replicas import Wait, run_then_wait, wait_on_masters
 from fastrdb.cache.scripts import DROP, FILL, INVALIDATE, LEASE, RELEASE
 from fastrdb.keys import Namespace, deps_key, lease_key, tables_index
 from fastrdb.schemes import Scheme
@@ -277,13 +278,14 @@ class Caller:
         self.is_async = is_async
         self._timeout = timeout
 
-    def __call__(self, reply: Any) -> Any:
+    def __call__(self, reply: Any, extra: float = 0.0) -> Any:
+        """The reply; ``extra`` seconds are added to the bound (a call that waits on purpose)."""
         if not self.is_async:
             return reply
-        return await_in_greenlet(self._bounded(reply))
+        return await_in_greenlet(self._bounded(reply, self._timeout + extra))
 
-    async def _bounded(self, awaitable: Awaitable[_T]) -> _T:
-        async with asyncio.timeout(self._timeout):
+    async def _bounded(self, awaitable: Awaitable[_T], seconds: float) -> _T:
+        async with asyncio.timeout(seconds):
             return await awaitable
 
     def pause(self, seconds: float) -> None:
@@ -329,20 +331,26 @@ def deliver_invalidation(
     namespace: Namespace,
     tables: Sequence[str],
     plan: Callable[[Mapping[str, list[Scheme]]], InvalidationPlan],
+    *,
+    wait: Wait | None = None,
 ) -> int:
     """Plan with the patterns published for ``tables`` and drop the keys. Raises what Redis
-    raises.
+    raises, and :class:`~fastrdb.cache.replicas.NotReplicated` when ``wait`` asks for more
+    replicas than took the drop in time (the keys are gone from the master all the same).
 
     On one Redis this is a single round trip: the patterns are cached per client, and the
     script refuses to run (and the patterns are read again) unless each pattern set holds
     exactly the members they were planned from (checked by content, so a set emptied by
-    FLUSHDB or a restart and rebuilt with other patterns is read again).
+    FLUSHDB or a restart and rebuilt with other patterns is read again). With ``wait``, the
+    same pipeline then waits for the replicas (see :mod:`fastrdb.cache.replicas`).
     """
     if is_cluster(client):
         schemes = _read_schemes(call, client, namespace, tables)
         todo = plan({t: s for t, (_, s) in schemes.items()})
-        dropped = _deliver_per_slot(call, client, todo)
+        dropped, written = _deliver_per_slot(call, client, todo)
         forget(tables, todo.row_keys)
+        if wait is not None:
+            wait_on_masters(call, client, written, wait)
         return dropped
     cache = _scheme_caches.setdefault(client, {})
     for _ in range(5):
@@ -356,17 +364,26 @@ def deliver_invalidation(
             members = cache[table][0]
             args += [len(members), *members]
         args += todo.own_tokens
-        dropped = int(INVALIDATE.run(call, client, keys, args))
+        if wait is None:
+            dropped, acked = int(INVALIDATE.run(call, client, keys, args)), 0
+        else:
+            reply, acked = run_then_wait(
+                call, client, INVALIDATE, keys, args, wait, namespace.wait()
+            )
+            dropped = int(reply)
         if dropped >= 0:
             forget(tables, todo.row_keys)  # this process' near entries, before commit() returns
+            if wait is not None:
+                wait.require(acked, "redis")
             return dropped
         for table in tables:
             cache.pop(table, None)  # the published patterns changed meanwhile: read them again
     raise RuntimeError("the published key patterns kept changing during the invalidation")
 
 
-def _deliver_per_slot(call: Caller, client: Any, todo: InvalidationPlan) -> int:
-    """The same invalidation on a Redis Cluster, where one command touches one slot.
+def _deliver_per_slot(call: Caller, client: Any, todo: InvalidationPlan) -> tuple[int, list[str]]:
+    """The same invalidation on a Redis Cluster, where one command touches one slot: how many
+    keys it dropped, and the keys it wrote to (whose masters a wait for replicas covers).
 
     Registries are drained first (SMEMBERS, then SREM of exactly what was read), then every key
     is dropped with its lease. A reader registers a key only after taking its lease, so a key
@@ -383,13 +400,16 @@ def _deliver_per_slot(call: Caller, client: Any, todo: InvalidationPlan) -> int:
             pipe.srem(registry, *read)
     call(pipe.execute())
     dropped = 0
+    written = [registry for registry, read in zip(drained, members, strict=True) if read]
     for key, token in zip(todo.row_keys, todo.own_tokens, strict=True):
         dropped += int(DROP.run(call, client, (key, lease_key(key)), (token,)))
+        written.append(key)
     for read in members:
         for member in read:
             name = decode_text(member)
             dropped += int(DROP.run(call, client, (name, lease_key(name)), ("",)))
-    return dropped
+            written.append(name)
+    return dropped, written
 
 
 def decode_text(raw: Raw) -> str:

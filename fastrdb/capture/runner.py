@@ -17,6 +17,7 @@ from typing import Any
 from fastrdb._compat import greenlet_spawn
 from fastrdb._logging import log
 from fastrdb.cache.refusals import note_refusal
+from fastrdb.cache.replicas import Wait, check_client
 from fastrdb.cache.store import REDIS_ERRORS, Caller, deliver_invalidation
 from fastrdb.capture.rows import TableNames, to_changes
 from fastrdb.capture.source import Batch, CaptureSetupError, Source
@@ -60,6 +61,8 @@ class Runner:
         self.redis = redis
         self.tables = list(tables) if tables is not None else None
         self.namespace = Namespace(settings.namespace)
+        check_client(redis, settings)
+        self._wait = Wait.of(settings)
         self.poll_interval = poll_interval
         self.backoff = backoff
         self.lag_interval = lag_interval
@@ -141,7 +144,13 @@ class Runner:
         while True:
             try:
                 dropped = await greenlet_spawn(
-                    deliver_invalidation, self._call, self.redis, self.namespace, tables, plan
+                    deliver_invalidation,
+                    self._call,
+                    self.redis,
+                    self.namespace,
+                    tables,
+                    plan,
+                    wait=self._wait,
                 )
             except REDIS_ERRORS as exc:
                 self._redis_failed(exc, delay)

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from fastrdb._compat import greenlet_spawn, in_greenlet
 from fastrdb._logging import log
 from fastrdb.cache.health import ClientHealth
+from fastrdb.cache.replicas import Wait
 from fastrdb.cache.store import Caller, deliver_invalidation
 from fastrdb.cache.wipe import list_tables, wipe_table
 from fastrdb.events.bindings import CHANGES_KEY, Binding, binding_of, refreshers_of
@@ -149,10 +150,16 @@ def _deliver(
     tables = sorted(changes.rows)
     deadline = time.monotonic() + health.settings.redis_timeout
     pause = health.settings.lease_poll
+    wait = Wait.of(health.settings)
     while True:
         try:
             dropped = deliver_invalidation(
-                call, client, namespace, tables, partial(changes.plan, namespace=namespace)
+                call,
+                client,
+                namespace,
+                tables,
+                partial(changes.plan, namespace=namespace),
+                wait=wait,
             )
             dropped += _wipe(call, client, namespace, changes)
             break
