@@ -20,8 +20,9 @@ from sqlalchemy import ForeignKey, String, create_engine, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from fastrdb import FastRDB
+from fastrdb import FastRDB, Settings
 from fastrdb.capture import Capture, CaptureSetupError
+from fastrdb.settings import DEFAULT_SETTINGS
 from tests.conftest import DATABASES, REDIS_URL
 from tests.dbservers import MariaDBServer, PostgresServer
 from tests.interleave import PauseAfterSelect
@@ -178,9 +179,11 @@ def sessions(cap_engine: AsyncEngine) -> async_sessionmaker[Any]:
 
 
 @contextlib.asynccontextmanager
-async def capturing(served: Served, client: Any) -> AsyncIterator[Capture]:
+async def capturing(
+    served: Served, client: Any, settings: Settings = DEFAULT_SETTINGS
+) -> AsyncIterator[Capture]:
     """A capture running as a task, as an app runs it in its lifespan."""
-    capture = Capture(served.url, client, poll_interval=0.002, max_backoff=0.2)
+    capture = Capture(served.url, client, settings=settings, poll_interval=0.002, max_backoff=0.2)
     task = asyncio.create_task(capture.run())
     ready = asyncio.create_task(capture.sync())
     try:
@@ -494,6 +497,45 @@ async def test_redis_down_holds_the_position_and_delivers_after_it_returns(
     finally:
         await client.aclose()
         server.kill()
+
+
+@pytest.mark.slow
+async def test_a_drop_no_replica_took_is_not_confirmed(
+    served: Served, sessions: async_sessionmaker[Any]
+) -> None:
+    """With wait_replicas=1 and the replica cut off, capture drops the keys on the master but
+    confirms nothing and retries; once the replica is back it acknowledges, and capture
+    moves on."""
+    from tests.test_replicas import WAIT, Pair
+
+    pair = await Pair().start(fronts=1)
+    client = pair.client()
+    try:
+        async with capturing(served, client, settings=WAIT) as running:
+            await seed(sessions, client, running)
+            await pair.caught_up()
+            delivered = running.stats.deliveries
+            assert pair.link is not None
+            pair.link.pause()
+            async with sessions() as db:
+                await db.execute(text("UPDATE cap_authors SET name = 'later' WHERE id = 1"))
+                await db.commit()
+            async with asyncio.timeout(30):
+                while running.stats.redis_failures < 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            assert running.stats.deliveries == delivered
+            assert await cached(client, "author:1", "author:2") == ["author:2"]
+            if served.kind == "postgresql":
+                assert await _slot_holds_changes(served)
+            pair.link.resume()
+            await synced(running)
+            assert running.stats.deliveries > delivered
+            replica = redis.asyncio.Redis(port=pair.replica.port)
+            assert await cached(replica, "author:1", "author:2") == ["author:2"]
+            await replica.aclose()
+    finally:
+        await client.aclose()
+        await pair.stop()
 
 
 async def _slot_holds_changes(served: Served) -> bool:
