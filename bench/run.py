@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import platform
 import random
+import shutil
 import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import redis as sync_redis
 import redis.asyncio
 import structlog
 from pydantic import BaseModel, ConfigDict
@@ -38,8 +43,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fastrdb import FastRDB, Settings
 from fastrdb.cache import store
-from fastrdb.cache.health import ClientHealth
+from fastrdb.cache.health import ClientHealth, health_of
+from fastrdb.cache.replicas import Wait
 from fastrdb.events import listen
+from fastrdb.keys import Namespace
 
 REDIS_HOST = os.environ.get("BENCH_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("BENCH_REDIS_PORT", "6379"))
@@ -224,8 +231,11 @@ async def bench_database(name: str, url: str, args: argparse.Namespace) -> list[
     await client.flushdb()
     crud = make_crud()
     email, key = "u1@bench.io", "bench:account:u1@bench.io"
-    if args.near_only:
-        results.extend(await bench_near(name, maker, client, args))
+    if args.near_only or args.replicas_only:
+        if args.near_only:
+            results.extend(await bench_near(name, maker, client, args))
+        if args.replicas_only:
+            results.extend(await bench_replicas(name, engine, args))
         await client.aclose()
         await engine.dispose()
         return results
@@ -433,6 +443,9 @@ async def bench_database(name: str, url: str, args: argparse.Namespace) -> list[
 
     # 10. the near cache
     results.extend(await bench_near(name, maker, client, args))
+
+    # 11. waiting for a replica
+    results.extend(await bench_replicas(name, engine, args))
     await client.aclose()
     await full_client.aclose()
     await engine.dispose()
@@ -772,6 +785,154 @@ async def bench_near(
     return results
 
 
+@contextlib.contextmanager
+def replicated_redis() -> Iterator[int]:
+    """A redis-server with one replica, both on free loopback ports in a temporary folder,
+    stopped by process id: the master's port."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    processes = []
+    with tempfile.TemporaryDirectory(prefix="fastrdb-bench-") as folder:
+        try:
+            for port, extra in (
+                (ports[0], []),
+                (ports[1], ["--replicaof", "127.0.0.1", str(ports[0])]),
+            ):
+                processes.append(
+                    subprocess.Popen(
+                        [
+                            shutil.which("redis-server") or "redis-server",
+                            "--port",
+                            str(port),
+                            "--bind",
+                            "127.0.0.1",
+                            "--save",
+                            "",
+                            "--appendonly",
+                            "no",
+                            "--dir",
+                            folder,
+                            "--dbfilename",
+                            f"{port}.rdb",
+                            *extra,
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+            replica = sync_redis.Redis(port=ports[1])
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(sync_redis.RedisError):
+                    if replica.info("replication").get("master_link_status") == "up":
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the bench replica did not sync")
+                time.sleep(0.05)
+            replica.close()
+            yield ports[0]
+        finally:
+            for process in processes:
+                process.kill()
+                process.wait(10)
+
+
+async def bench_replicas(name: str, engine: AsyncEngine, args: argparse.Namespace) -> list[Result]:
+    """Case 11: what Settings(wait_replicas=1) costs (one replica, on loopback): one
+    invalidation alone (a sync client, so only Redis is timed), then a whole commit."""
+    progress(f"{name}: 11 invalidation and commit with wait_replicas=1 vs without")
+    results = []
+    with replicated_redis() as port:
+        waiting = redis.asyncio.Redis(port=port)
+        plain = redis.asyncio.Redis(port=port)
+        crud = make_crud()
+        maker = async_sessionmaker(engine, expire_on_commit=False)
+        async with maker() as db:  # publish the pattern: the commits drop a key
+            await crud.get(db=db, redis=plain, email="u3@bench.io")
+
+        blocking = sync_redis.Redis(port=port)
+        namespace = Namespace("fastrdb")
+        row = "bench:account:u3@bench.io"
+
+        def plan(_: Any) -> store.InvalidationPlan:
+            return store.InvalidationPlan(row_keys=[row], own_tokens=[""])
+
+        def invalidator(wait: Wait | None) -> Op:
+            call = store.Caller(False, 1.0)
+
+            async def op() -> None:
+                blocking.set(row, "x")  # something to drop, as after a fill
+                store.deliver_invalidation(
+                    call, blocking, namespace, ["bench_accounts"], plan, wait=wait
+                )
+
+            return op
+
+        results.append(
+            ratio_result(
+                "11 wait replicas",
+                name,
+                "SET + invalidation, wait_replicas=1",
+                "SET + invalidation",
+                await compare(
+                    invalidator(Wait(1, 1.0)), invalidator(None), n=args.n, rounds=args.rounds
+                ),
+                None,
+            )
+        )
+        blocking.close()
+
+        wait = Settings(redis_timeout=1.0, wait_replicas=1, wait_timeout=1.0)
+        factories = {
+            client: async_sessionmaker(engine, expire_on_commit=False)
+            for client in (waiting, plain)
+        }
+        handles = [
+            listen(factories[waiting], waiting, settings=wait),
+            listen(factories[plain], plain, settings=Settings(redis_timeout=1.0)),
+        ]
+
+        def updater(factory: async_sessionmaker[AsyncSession]) -> Op:
+            async def op() -> None:
+                async with factory() as session:
+                    account = await session.get_one(Account, 3)
+                    account.counter += 1
+                    await session.commit()
+
+            return op
+
+        results.append(
+            ratio_result(
+                "11 wait replicas",
+                name,
+                "update + commit, listen()ed, wait_replicas=1",
+                "same, listen()ed without it",
+                await compare(
+                    updater(factories[waiting]),
+                    updater(factories[plain]),
+                    n=max(1, args.n // 5),
+                    rounds=args.rounds,
+                ),
+                None,
+            )
+        )
+        for handle in handles:
+            handle.remove()
+        health = health_of(waiting)
+        if health.errors or health.pending is not None:  # a WAIT that failed measures nothing
+            raise RuntimeError("case 11: the replica did not acknowledge every commit")
+        await waiting.aclose()
+        await plain.aclose()
+    for result in results:
+        result.note = (
+            f"+{result.subject_value - result.baseline_value:,.0f} µs: the WAIT round trip"
+        )
+    return results
+
+
 async def bench_redis_down(
     name: str, maker: async_sessionmaker[AsyncSession], args: argparse.Namespace
 ) -> Result:
@@ -836,6 +997,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--near-only", action="store_true", help="run only case 10 (the near cache)"
+    )
+    parser.add_argument(
+        "--replicas-only",
+        action="store_true",
+        help="run only case 11 (wait_replicas: starts a redis-server and a replica)",
     )
     parser.add_argument("--output", default="bench/results.json")
     args = parser.parse_args()
