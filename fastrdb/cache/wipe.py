@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from fastrdb.cache.replicas import Wait
 from fastrdb.cache.store import (
     Caller,
     InvalidationPlan,
@@ -142,9 +143,12 @@ def _fixed(plan: InvalidationPlan, _schemes: Mapping[str, list[Scheme]]) -> Inva
     return plan
 
 
-def wipe_table(call: Caller, client: Any, namespace: Namespace, table: str) -> Wiped:
-    """Drop every entry of ``table`` (see the module's docstring). Raises what Redis raises:
-    a caller that must not fail keeps the table for a later replay."""
+def wipe_table(
+    call: Caller, client: Any, namespace: Namespace, table: str, *, wait: Wait | None = None
+) -> Wiped:
+    """Drop every entry of ``table`` (see the module's docstring). Raises what Redis raises
+    (and ``NotReplicated`` when ``wait`` asks for replicas that did not acknowledge): a caller
+    that must not fail keeps the table for a later replay."""
     result = Wiped()
     for _ in range(2):
         schemes = _read_schemes(call, client, namespace, table)
@@ -168,7 +172,7 @@ def wipe_table(call: Caller, client: Any, namespace: Namespace, table: str) -> W
                 registries=registries if start == 0 else [],
             )
             result.dropped += deliver_invalidation(
-                call, client, namespace, [table], partial(_fixed, plan)
+                call, client, namespace, [table], partial(_fixed, plan), wait=wait
             )
         result.passes += 1
     return result

@@ -161,7 +161,7 @@ def _deliver(
                 partial(changes.plan, namespace=namespace),
                 wait=wait,
             )
-            dropped += _wipe(call, client, namespace, changes)
+            dropped += _wipe(call, client, namespace, changes, wait)
             break
         except asyncio.CancelledError:
             health.keep(changes)
@@ -186,13 +186,15 @@ def _deliver(
     return True
 
 
-def _wipe(call: Caller, client: Any, namespace: Namespace, changes: Changes) -> int:
+def _wipe(
+    call: Caller, client: Any, namespace: Namespace, changes: Changes, wait: Wait | None
+) -> int:
     """Drop the tables kept whole (every table, for ``everything``): a scan of the keyspace
     restricted to their patterns, so a rare path, logged."""
     wiped = list_tables(call, client, namespace) if changes.everything else sorted(changes.whole)
     dropped = 0
     for table in wiped:
-        result = wipe_table(call, client, namespace, table)
+        result = wipe_table(call, client, namespace, table, wait=wait)
         log.info("cache_wipe", table=table, dropped=result.dropped, row_keys=result.row_keys)
         dropped += result.dropped
     return dropped
