@@ -23,10 +23,16 @@ from fastrdb.errors import ConfigurationError, FastRDBError
 from fastrdb.events.collector import table_name
 from fastrdb.keys import KeyPattern, Namespace, encode_value, glob_covers, with_digest
 from fastrdb.relations import Embedding, embedding
-from fastrdb.schemes import Scheme
+from fastrdb.schemes import Scheme, SchemeKind
 from fastrdb.settings import Settings
 from fastrdb.setup_checks import check_placeholders, check_schema_fields, check_schemas, key_pattern
-from fastrdb.values import Converter, compares_as_text, convert_filters, converter_for
+from fastrdb.values import (
+    Converter,
+    compares_as_text,
+    convert_filters,
+    converter_for,
+    field_of,
+)
 
 __all__ = ["Columns", "ListPlan", "Plan", "RowPlan", "check_positive_int"]
 
@@ -119,14 +125,21 @@ class Plan(Generic[ModelT, ResponseT]):
         check_placeholders(self.name, mapper.columns.keys(), self._key_patterns())
         self.namespace = Namespace(settings.namespace)
         self.schemes_key = self.namespace.schemes(self.table)
-        self.row_schemes = (Scheme("row", pattern),)
-        self.prefix_schemes = (Scheme("prefix", self.prefix.text),) if self.prefix else ()
+        self.row_schemes = (self._scheme("row", self.row),)
+        self.prefix_schemes = (self._scheme("prefix", self.prefix),) if self.prefix else ()
         self.list_group = list_group(self.table)
         self.context = {"model": self.name, "pattern": pattern}
         self.list_context = {"model": self.name, "pattern": self.list.text}
         self._memo: dict[tuple[Any, ...], Any] = {}
         self._where_cache: dict[tuple[tuple[str, bool], ...], tuple[ColumnElement[bool], ...]] = {}
         self._checked_schemas: set[type] = set()
+
+    def _scheme(self, kind: SchemeKind, pattern: KeyPattern) -> Scheme:
+        """``pattern`` as published, with each placeholder's column and type (for capture)."""
+        columns = self.mapper.columns
+        return Scheme(
+            kind, pattern.text, tuple((name, field_of(columns[name])) for name in pattern.fields)
+        )
 
     def _key_patterns(self) -> tuple[tuple[str, KeyPattern | None], ...]:
         return (

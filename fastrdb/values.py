@@ -21,8 +21,9 @@ from sqlalchemy import Column
 from sqlalchemy import types as sqltypes
 
 from fastrdb.errors import FastRDBError
+from fastrdb.schemes import Field
 
-__all__ = ["Converter", "compares_as_text", "convert_filters", "converter_for"]
+__all__ = ["Converter", "compares_as_text", "convert_filters", "converter_for", "field_of"]
 
 Converter = Callable[[str, Any], Any]
 """``(field, value) -> value in the column's Python type``; ``None`` is passed through."""
@@ -256,3 +257,40 @@ def compares_as_text(column: Column[Any] | Any, dialect: str) -> bool:
         return False
     collation = column_type.collation
     return collation is None or collation in binary
+
+
+_KINDS: dict[type, str] = {
+    int: "int",
+    bool: "bool",
+    str: "str",
+    Decimal: "dec",
+    float: "float",
+    uuid.UUID: "uuid",
+    datetime: "datetime",
+    date: "date",
+    time: "time",
+    bytes: "bytes",
+}
+
+
+def field_of(column: Column[Any] | Any) -> Field:
+    """What a process without the models must know of ``column`` to format a key from a value
+    the database logged: the column's name, and the Python type the app reads it as."""
+    name = str(getattr(column, "name", None) or getattr(column, "key", ""))
+    column_type = getattr(column, "type", None)
+    if column_type is None or isinstance(column_type, sqltypes.TypeDecorator):
+        return Field(name, "other")
+    if isinstance(column_type, sqltypes.Uuid) and not column_type.as_uuid:
+        return Field(name, "uuid_text")
+    try:
+        python_type = column_type.python_type
+    except NotImplementedError:
+        return Field(name, "other")
+    if isinstance(python_type, type) and issubclass(python_type, enum.Enum):
+        members = list(python_type.__members__.values())
+        stored = list(getattr(column_type, "enums", ()))
+        if len(stored) != len(members):
+            return Field(name, "other")
+        labels = zip(stored, (member.name for member in members), strict=True)
+        return Field(name, "enum", tuple(sorted(labels)))
+    return Field(name, _KINDS.get(python_type, "other"))

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import os
 import signal
 import textwrap
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import date, datetime, time
+from decimal import Decimal
 from typing import Any
 
 import pytest
 import redis.asyncio
 from pydantic import BaseModel
-from sqlalchemy import ForeignKey, String, create_engine, text, update
+from sqlalchemy import Enum, ForeignKey, Numeric, String, create_engine, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -53,6 +57,50 @@ class Book(Base):
     title: Mapped[str] = mapped_column(String(100))
 
 
+class Color(enum.Enum):
+    RED = "r"
+    GREEN = "g"
+
+
+class Gadget(Base):
+    """A row whose patterns hold every type the key encoder tags, and an attribute whose
+    column has another name."""
+
+    __tablename__ = "cap_gadgets"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(50))
+    color: Mapped[Color] = mapped_column(Enum(Color))
+    token: Mapped[uuid.UUID]
+    price: Mapped[Decimal] = mapped_column(Numeric(10, 2))
+    made: Mapped[datetime]
+    day: Mapped[date]
+    at: Mapped[time]
+    ok: Mapped[bool]
+    note: Mapped[str | None] = mapped_column(String(50))
+    serial_code: Mapped[str] = mapped_column("serial", String(50))
+
+
+class GadgetOut(BaseModel):
+    id: int
+    name: str
+
+
+GADGET_PATTERNS = {
+    "color": "gadget:{color}:{id}",
+    "token": "gadget:token:{token}",
+    "price": "gadget:price:{price}",
+    "made": "gadget:made:{made}",
+    "day": "gadget:day:{day}:{at}",
+    "flags": "gadget:ok:{ok}:{note}:{id}",
+    "serial": "gadget:serial:{serial_code}",
+}
+gadgets = {
+    name: FastRDB[Gadget, GadgetOut, GadgetOut, GadgetOut](Gadget, GadgetOut, pattern=pattern)
+    for name, pattern in GADGET_PATTERNS.items()
+}
+
+
 class AuthorOut(BaseModel):
     id: int
     name: str
@@ -82,6 +130,7 @@ TRIGGERS = {
     "postgresql": [
         "ALTER TABLE cap_authors REPLICA IDENTITY FULL",
         "ALTER TABLE cap_books REPLICA IDENTITY FULL",
+        "ALTER TABLE cap_gadgets REPLICA IDENTITY FULL",
         "CREATE FUNCTION count_book() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
         " UPDATE cap_authors SET books = books + 1 WHERE id = NEW.author_id; RETURN NEW; END $$",
         "CREATE TRIGGER count_book AFTER INSERT ON cap_books FOR EACH ROW"
@@ -153,6 +202,7 @@ def served(request: pytest.FixtureRequest) -> Served:
     engine = create_engine(served.sync_url)
     with engine.begin() as connection:
         connection.execute(text("DELETE FROM cap_books"))
+        connection.execute(text("DELETE FROM cap_gadgets"))
         connection.execute(text("DELETE FROM cap_authors"))
         if served.kind == "postgresql":
             connection.execute(
@@ -716,3 +766,97 @@ async def test_without_full_replica_identity_pages_and_new_keys_still_go(
         with engine.begin() as connection:
             connection.execute(text("ALTER TABLE cap_books REPLICA IDENTITY FULL"))
         engine.dispose()
+
+
+async def test_keys_of_every_encoded_type_and_renamed_columns_are_named(
+    sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """Patterns over an Enum, a UUID, a Decimal, date/time values, a boolean, a NULL and an
+    attribute whose column has another name: a capture-only write drops each key the app
+    filled (the published scheme says each placeholder's column and type)."""
+    token = uuid.UUID("6e3c0a4e-8d6e-4b8e-9c39-1a4a1b7a0c11")
+    row = {
+        "id": 1,
+        "color": Color.RED,
+        "token": token,
+        "price": Decimal("9.50"),
+        "made": datetime(2026, 11, 29, 10, 0, 0),
+        "day": date(2026, 11, 29),
+        "at": time(10, 30),
+        "ok": True,
+        "note": None,
+        "serial_code": "S-1/a",
+    }
+    async with sessions() as db:
+        db.add(Gadget(name="g", **row))
+        await db.commit()
+    await synced(capture)
+    async with sessions() as db:
+        for crud in gadgets.values():
+            fields = crud._plan.row.fields
+            await crud.get(db=db, redis=redis_client, **{f: row[f] for f in fields})
+    filled = sorted(
+        key.decode() for key in await redis_client.keys("gadget:*") if b"lease" not in key
+    )
+    assert len(filled) == len(GADGET_PATTERNS), filled
+    assert "gadget:%enum_RED:1" in filled and "gadget:serial:S-1%2Fa" in filled
+    async with sessions() as db:
+        await db.execute(text("UPDATE cap_gadgets SET name = 'renamed' WHERE id = 1"))
+        await db.commit()
+    await synced(capture)
+    assert sorted(await cached(redis_client, *filled)) == [], filled
+
+
+async def test_a_pattern_published_by_an_earlier_version_still_names_its_keys(
+    sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """A scheme member without fields (``["row", text]``, as earlier versions publish it)
+    is still read: its placeholders name columns, values as logged."""
+    await seed(sessions, redis_client, capture, count=1)
+    await redis_client.sadd("fastrdb:schemes:cap_authors", '["row","legacy:{name}"]')
+    await redis_client.set("legacy:a1", "stale")
+    async with sessions() as db:
+        await db.execute(text("UPDATE cap_authors SET books = 5 WHERE id = 1"))
+        await db.commit()
+    await synced(capture)
+    assert await cached(redis_client, "legacy:a1", "author:1") == []
+
+
+books_by_author = FastRDB[Book, BookOut, BookOut, BookOut](
+    Book,
+    BookOut,
+    pattern="bookid:{id}",
+    list_pattern="books:author:{author_id}:{page}:{limit}",
+    invalidate_pattern_prefix="books:author:{author_id}:*",
+)
+
+
+async def test_narrowed_pages_are_drained_by_capture_only_writes(
+    sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """Pages kept in a narrowed registry (``invalidate_pattern_prefix``): a capture-only
+    write drops the pages of the row's old and new values, and only those."""
+    await seed(sessions, redis_client, capture, count=3)
+    pages = [f"books:author:{n}:1:10" for n in (1, 2, 3)]
+
+    async def fill_pages(*authors: int) -> None:
+        async with sessions() as db:
+            for n in authors:
+                await books_by_author.get_multi(
+                    db=db, redis=redis_client, limit=10, page=1, author_id=n
+                )
+        assert await cached(redis_client, *pages) == [pages[n - 1] for n in authors]
+
+    await fill_pages(1, 2, 3)
+    assert await redis_client.exists("fastrdb:lists:cap_books:books%3Aauthor%3A1%3A%2A")
+    async with sessions() as db:  # moves book 1 from author 1 to author 2
+        await db.execute(text("UPDATE cap_books SET author_id = 2 WHERE id = 1"))
+        await db.commit()
+    await synced(capture)
+    assert await cached(redis_client, *pages) == [pages[2]]
+    await fill_pages(2, 3)  # author 1 has no book left: an empty page is not stored
+    async with sessions() as db:  # a book of author 3 changes in place
+        await db.execute(text("UPDATE cap_books SET title = 'x' WHERE id = 3"))
+        await db.commit()
+    await synced(capture)
+    assert await cached(redis_client, *pages) == [pages[1]]

@@ -132,3 +132,61 @@ async def test_a_cluster_url_makes_a_cluster_client() -> None:
     assert isinstance(plain, redis.asyncio.Redis)
     await plain.aclose()
     await cluster.aclose()
+
+
+def test_published_fields_round_trip_and_old_members_stay_readable() -> None:
+    """A scheme with fields is published beside its plain form; readers keep the described
+    one, and a plain member from an earlier version is read as before."""
+    from fastrdb.schemes import Field, parse_members
+
+    described = Scheme(
+        "row",
+        "user:{email_address}:{color}",
+        (
+            ("email_address", Field("email", "str")),
+            ("color", Field("color", "enum", (("r", "RED"),))),
+        ),
+    )
+    plain, full = described.members()
+    assert plain == '["row","user:{email_address}:{color}"]'
+    assert Scheme.from_member(full) == described
+    assert parse_members([plain, full]) == [described]
+    assert parse_members([plain]) == [Scheme("row", "user:{email_address}:{color}")]
+    assert Scheme.from_member('["row","u:{a}",{"b":["b","str"]}]') is None  # wrong fields
+    assert Scheme.from_member('["row","u:{a}",{"a":["a","nope"]}]') is None  # unknown kind
+
+
+def test_logged_values_become_the_types_the_app_formats() -> None:
+    """Capture turns logged values into the app's types before formatting a key: MariaDB's
+    0/1, TIME as timedelta, a Uuid's 32 hex digits, an Enum's stored label."""
+    from datetime import time, timedelta
+
+    from fastrdb.capture.typed import scheme_values
+    from fastrdb.keys import parse_pattern
+    from fastrdb.schemes import Field
+
+    scheme = Scheme(
+        "row",
+        "g:{ok}:{at}:{token}:{color}:{mail}",
+        (
+            ("ok", Field("ok", "bool")),
+            ("at", Field("at", "time")),
+            ("token", Field("token", "uuid")),
+            ("color", Field("color", "enum", (("g", "GREEN"), ("r", "RED")))),
+            ("mail", Field("email", "str")),
+        ),
+    )
+    row = {
+        "ok": 1,
+        "at": timedelta(hours=10, minutes=30),
+        "token": "6e3c0a4e8d6e4b8e9c391a4a1b7a0c11",
+        "color": "r",
+        "email": "a@x.io",
+    }
+    values = scheme_values(scheme, row)
+    assert values is not None
+    assert values["at"] == time(10, 30)
+    assert parse_pattern(scheme.text).format(values) == (
+        "g:%true:%time_10%3A30%3A00:%uuid_6e3c0a4e-8d6e-4b8e-9c39-1a4a1b7a0c11:%enum_RED:a@x.io"
+    )
+    assert scheme_values(scheme, {"ok": 1}) is None  # a column the row lacks

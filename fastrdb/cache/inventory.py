@@ -15,7 +15,7 @@ from typing import Any
 
 from fastrdb.cache.store import decode_text
 from fastrdb.keys import Namespace, indexed_table, lease_key
-from fastrdb.schemes import Scheme
+from fastrdb.schemes import Scheme, parse_members
 
 __all__ = ["NOT_COUNTED", "RegistryFigures", "TableFigures", "read_inventory"]
 
@@ -80,14 +80,10 @@ async def read_inventory(
 
 async def _table(client: Any, namespace: Namespace, table: str, probe: int) -> TableFigures:
     figures = TableFigures(table)
-    for member in sorted(map(decode_text, await client.smembers(namespace.schemes(table)))):
-        scheme = Scheme.from_member(member)
-        if scheme is None:
-            figures.unreadable_patterns += 1
-        elif scheme.kind == "row":
-            figures.row_patterns.append(scheme.text)
-        else:
-            figures.prefix_patterns.append(scheme.text)
+    published = list(map(decode_text, await client.smembers(namespace.schemes(table))))
+    figures.unreadable_patterns = sum(1 for m in published if Scheme.from_member(m) is None)
+    for text in sorted({(s.kind, s.text) for s in parse_members(published)}):
+        (figures.row_patterns if text[0] == "row" else figures.prefix_patterns).append(text[1])
     registries = {
         "lists": namespace.lists(table),
         "negatives": namespace.negatives(table),

@@ -31,7 +31,7 @@ from fastrdb.cache.near import forget
 from fastrdb.cache.replicas import Wait, run_then_wait, wait_on_masters
 from fastrdb.cache.scripts import DROP, FILL, INVALIDATE, LEASE, RELEASE
 from fastrdb.keys import Namespace, deps_key, lease_key, tables_index
-from fastrdb.schemes import Scheme
+from fastrdb.schemes import Scheme, parse_members
 
 __all__ = [
     "MISS",
@@ -216,7 +216,7 @@ async def acquire(
     value instead and take nothing: a reader whose GET came just before another reader's fill
     must not read the database again for it.
     """
-    members = [scheme.member() for scheme in schemes]
+    members = [member for scheme in schemes for member in scheme.members()]
     ttl_ms = int(health.settings.lease_ttl * 1000)
     index, table = tables_index(schemes_key)
     check = "1" if unless_filled else "0"
@@ -320,8 +320,7 @@ def _read_schemes(
         pipe.smembers(namespace.schemes(table))
     read: SchemeCache = {}
     for table, members in zip(tables, call(pipe.execute()), strict=True):
-        parsed = (Scheme.from_member(member) for member in members)
-        read[table] = (list(members), [scheme for scheme in parsed if scheme is not None])
+        read[table] = (list(members), parse_members(members))
     return read
 
 

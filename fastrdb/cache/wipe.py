@@ -41,7 +41,7 @@ from fastrdb.cache.store import (
     is_cluster,
 )
 from fastrdb.keys import Namespace, glob_escape, indexed_table
-from fastrdb.schemes import Scheme
+from fastrdb.schemes import Scheme, parse_members
 
 __all__ = [
     "Wiped",
@@ -134,9 +134,7 @@ def _scan(call: Caller, client: Any, globs: Sequence[str]) -> Iterator[tuple[str
 
 
 def _read_schemes(call: Caller, client: Any, namespace: Namespace, table: str) -> list[Scheme]:
-    members = call(client.smembers(namespace.schemes(table)))
-    parsed = (Scheme.from_member(member) for member in members)
-    return [scheme for scheme in parsed if scheme is not None]
+    return parse_members(call(client.smembers(namespace.schemes(table))))
 
 
 def _fixed(plan: InvalidationPlan, _schemes: Mapping[str, list[Scheme]]) -> InvalidationPlan:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from fastrdb.capture.typed import scheme_values
 from fastrdb.events.changes import Changes
 
 __all__ = ["RowChange", "TableNames", "Transaction", "to_changes"]
@@ -77,6 +78,7 @@ def to_changes(transactions: Sequence[Transaction], names: TableNames) -> Change
     touched, so plans drop what depends on values it cannot name (the table's pages).
     """
     changes = Changes()
+    changes.reader = scheme_values  # rows are logged by column name, values in the log's types
     for transaction in transactions:
         for row in transaction.rows:
             tables = names(row.schema, row.table)

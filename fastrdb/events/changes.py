@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +10,10 @@ from fastrdb.cache.store import InvalidationPlan
 from fastrdb.keys import Namespace
 from fastrdb.schemes import Scheme
 
-__all__ = ["Changes", "Written"]
+__all__ = ["Changes", "ValuesReader", "Written"]
+
+ValuesReader = Callable[[Scheme, Mapping[str, Any]], Mapping[str, Any] | None]
+"""``(scheme, recorded row) -> the values of the scheme's placeholders`` (None: unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +33,7 @@ class Changes:
     needs them, so wide rows cost nothing beyond their pattern fields.
     """
 
-    __slots__ = ("everything", "own_tokens", "rows", "touched", "whole", "written")
+    __slots__ = ("everything", "own_tokens", "reader", "rows", "touched", "whole", "written")
 
     def __init__(self) -> None:
         self.rows: dict[str, list[dict[str, Any]]] = {}
@@ -44,6 +47,9 @@ class Changes:
         """Tables whose every entry goes, found by a scan (:mod:`fastrdb.cache.wipe`)."""
         self.everything = False
         """Every entry of every table goes (:meth:`bound` found too many tables)."""
+        self.reader: ValuesReader | None = None
+        """How a recorded row gives a pattern's values, when rows are not recorded by the
+        placeholders' names (capture records them by column): None if they are."""
 
     def __bool__(self) -> bool:
         return bool(self.rows) or self.everything
@@ -147,10 +153,12 @@ class Changes:
             if table in self.touched:
                 registries[namespace.negatives(table)] = None
             table_schemes = schemes.get(table, ())
-            for values in snapshots:
+            reader = self.reader
+            for snapshot in snapshots:
                 for scheme in table_schemes:
                     pattern = scheme.pattern
-                    if pattern.missing(values):
+                    values = snapshot if reader is None else reader(scheme, snapshot)
+                    if values is None or pattern.missing(values):
                         continue
                     text = pattern.format(values)
                     if scheme.kind == "row":
