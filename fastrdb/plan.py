@@ -10,6 +10,7 @@ response schemas) and how one read loads it. It never touches a session or Redis
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -88,8 +89,8 @@ class Columns:
 class Plan(Generic[ModelT, ResponseT]):
     """The keys, filters and reads of one model's calls (see the module's docstring).
 
-    ``owner`` is the ``FastRDB`` instance: at first use its generic arguments name the
-    create and update schemas to check.
+    ``owner`` is the ``FastRDB`` instance (held weakly): at first use its generic arguments
+    name the create and update schemas to check.
     """
 
     def __init__(
@@ -102,7 +103,7 @@ class Plan(Generic[ModelT, ResponseT]):
         invalidate_pattern_prefix: str | None,
         settings: Settings,
     ) -> None:
-        self._owner = owner
+        self._owner = weakref.ref(owner)
         self.mapper = mapper
         self.model: type[ModelT] = mapper.class_
         self.name = mapper.class_.__name__
@@ -154,7 +155,7 @@ class Plan(Generic[ModelT, ResponseT]):
     def columns(self) -> Columns:
         columns = Columns(self.mapper)
         check_placeholders(self.name, columns.attributes, self._key_patterns())
-        check_schemas(self.name, columns.attributes, self._owner)
+        check_schemas(self.name, columns.attributes, self._owner())
         return columns
 
     @cached_property
