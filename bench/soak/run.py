@@ -26,6 +26,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -140,6 +141,11 @@ async def run_phase(
     http = read_logs([log for log in logs if log.exists()])
     for client in phase.checks:
         http += [Exchange(*parse(line)) for line in client.lines]
+    for name, kept in (("writes", phase.writes), ("settles", phase.settles), ("http", http)):
+        lines = (
+            f"{e.kind} {e.row} {e.status} {e.started:.0f} {e.finished:.0f} {e.name}\n" for e in kept
+        )
+        (phase.folder / f"{name}-{phase.app}.history").write_text("".join(lines))
     figures = measure(
         phase.app,
         seconds,
@@ -333,6 +339,12 @@ def main() -> None:
     parser.add_argument("--zipf", type=float, default=1.1)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", help="also write the report here")
+    parser.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="copy the logs and every exchange (*.history: kind row status started finished "
+        "name, as bench/http/check.py reads them) to DIR",
+    )
     args = parser.parse_args()
     if args.events is None:
         args.events = f"{'cluster-master' if args.cluster else 'redis'},before-commit,after-commit"
@@ -355,6 +367,8 @@ def main() -> None:
                 sys.stderr.write(f"--- {log.name}\n{log.read_text()[-3000:]}\n")
             raise
         failures = verdict(report, args)
+        if args.keep:
+            shutil.copytree(folder, args.keep, dirs_exist_ok=True)
         if failures:
             for log in sorted(folder.glob("*.log")):
                 sys.stderr.write(f"--- {log.name}\n{log.read_text()[-3000:]}\n")
