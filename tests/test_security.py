@@ -196,8 +196,8 @@ async def run_every_path(
 ) -> FastRDB[User, UserCreate, UserUpdate, UserResponse]:
     """CRUD, a listened async commit, a worker's listened sync commit, the near cache."""
     crud = make_users(NEAR)
-    app = listen(maker, client)
-    worker = listen(sync_maker, worker_client)
+    app = listen(maker, client, settings=PATIENT)
+    worker = listen(sync_maker, worker_client, settings=PATIENT)
     try:
         async with maker() as db:
             assert (await add(crud, db, client)).name == "A"
@@ -225,7 +225,7 @@ async def run_every_path(
 
 def healthy(client: Any) -> None:
     health = health_of(client)
-    assert health.errors == 0, "a Redis call failed"
+    assert health.errors == 0, f"a Redis call failed: {health.last_error}"
     assert health.pending is None, "an invalidation was not delivered"
 
 
@@ -408,7 +408,7 @@ async def test_a_user_missing_one_part_is_told_which_and_crud_answers(
     await acl.create(line)
     client = Redis.from_url(acl.url(line))
     crud = make_users(NEAR)
-    handle = listen(async_maker, client)
+    handle = listen(async_maker, client, settings=PATIENT)
     try:
         with capture_logs() as logs:
             async with asyncio.timeout(60):
@@ -528,7 +528,7 @@ async def test_no_cached_value_or_key_reaches_the_logs(
     client = Redis.from_url(url)
     admin = Redis.from_url(url)
     crud = make_users(Settings(near_cache_size=16))
-    handle = listen(async_maker, client)
+    handle = listen(async_maker, client, settings=PATIENT)
     try:
         with capture_logs() as logs:
             async with async_maker() as db:
@@ -807,8 +807,8 @@ async def test_the_app_user_with_the_cluster_additions_runs_on_a_redis_cluster(
     client = AsyncRedisCluster(host="127.0.0.1", port=port, **credentials)
     worker_client = redis.cluster.RedisCluster(host="127.0.0.1", port=port, **credentials)
     crud = make_users()
-    app = listen(async_maker, client)
-    worker = listen(sync_maker, worker_client)
+    app = listen(async_maker, client, settings=PATIENT)
+    worker = listen(sync_maker, worker_client, settings=PATIENT)
     try:
         async with async_maker() as db:
             assert (await add(crud, db, client)).name == "A"
