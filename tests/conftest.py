@@ -20,6 +20,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
+import structlog
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -61,6 +62,17 @@ def sync_redis_client() -> Any:
     if port:
         return redis.cluster.RedisCluster(host="127.0.0.1", port=int(port))
     return redis.Redis.from_url(REDIS_URL)
+
+
+@pytest.fixture(autouse=True)
+def structlog_left_unconfigured() -> Iterator[None]:
+    """Undo what a test leaves configured in structlog: ``capture_logs`` restores the
+    processors through ``configure()``, which marks structlog configured, and FastRDB would then
+    print every later test's events (debug included) to stdout, into the CLI's JSON output."""
+    configured = structlog.is_configured()
+    yield
+    if not configured and structlog.is_configured():
+        structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session", autouse=CLUSTER)
