@@ -21,13 +21,15 @@ import pytest
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
-from sqlalchemy import select
+import redis.cluster
+from sqlalchemy import create_engine, select
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session, sessionmaker
 
 from fastrdb import ConfigurationError, FastRDB, Settings
 from fastrdb.cache.health import health_of
@@ -581,3 +583,72 @@ async def test_cluster_run_across_a_lossy_failover(
         await eventually(cached_again, what="caching to resume")
     handle.remove()
     await client.aclose()
+
+
+# -- blocking clients (a worker's sync Session) ----------------------------------------------
+
+
+def sync_rename(maker: sessionmaker[Session], email: str, name: str) -> None:
+    with maker() as session:
+        user = session.execute(select(User).where(User.email == email)).scalar_one()
+        user.name = name
+        session.commit()
+
+
+async def test_a_sync_worker_waits_for_the_replica(
+    pair: Pair,
+    maker: async_sessionmaker[AsyncSession],
+    sync_maker: sessionmaker[Session],
+) -> None:
+    """A worker's sync Session with a blocking client: delivered once the replica acknowledged,
+    kept while it cannot."""
+    await pair.start(fronts=1)
+    reader = pair.client()
+    await cached_everywhere(make_crud(WAIT), maker, reader, pair.replica.port, "old")
+    client = redis.Redis(port=pair.fronts[0].port, socket_timeout=5)
+    handle = listen(sync_maker, client, settings=WAIT)
+    health = health_of(client)
+    # in a thread: the replica's link is a proxy running on this event loop
+    await asyncio.to_thread(sync_rename, sync_maker, "a@x.io", "one")
+    assert (health.pending, health.errors) == (None, 0)
+    assert await replica_value(pair.replica.port, KEY) is None
+
+    await pair.caught_up()
+    assert pair.link is not None
+    pair.link.pause()
+    await asyncio.to_thread(sync_rename, sync_maker, "a@x.io", "two")
+    assert health.pending is not None
+    handle.remove()
+    client.close()
+    await reader.aclose()
+
+
+@pytest.mark.slow
+async def test_a_sync_worker_waits_on_every_master_of_a_cluster(
+    cluster: RedisClusterServers, sqlite_engine: AsyncEngine
+) -> None:
+    """The blocking cluster client waits on the master holding each dropped key, on that
+    master's own connection: acknowledged while the replica follows, kept once it cannot."""
+    maker = async_sessionmaker(sqlite_engine, expire_on_commit=False)
+    reader = redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=cluster.ports[0])
+    async with maker() as db:
+        await make_crud(WAIT).create(
+            db=db, redis=reader, obj_in=UserCreate(email="a@x.io", name="old")
+        )
+    sync_engine = create_engine(str(sqlite_engine.url).replace("+aiosqlite", ""))
+    worker = sessionmaker(sync_engine)
+    client = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster.ports[0])
+    handle = listen(worker, client, settings=WAIT)
+    health = health_of(client)
+    await asyncio.to_thread(sync_rename, worker, "a@x.io", "one")
+    assert (health.pending, health.errors) == (None, 0)
+
+    master, replica = shard_of(cluster, client, KEY)
+    isolate(master, replica)
+    await asyncio.to_thread(sync_rename, worker, "a@x.io", "two")
+    assert health.pending is not None
+    replica.resume()
+    handle.remove()
+    client.close()
+    sync_engine.dispose()
+    await reader.aclose()
