@@ -22,6 +22,7 @@ import redis.cluster
 import structlog
 from pydantic import BaseModel
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.credentials import UsernamePasswordCredentialProvider
 from sqlalchemy import Engine, String, create_engine, select, text, update
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -359,6 +360,39 @@ async def test_a_user_without_scan_keeps_the_whole_table_and_reads_the_database(
         assert any(names(entry, "command", "SCAN") for entry in logs), logs
         assert fastrdb.health(client).pending_scope == "tables"
         assert not fastrdb.health(client).serving
+    finally:
+        await client.aclose()
+
+
+async def tracking_user(crud: Any, client: Redis, admin: Redis) -> str:
+    """The Redis user the near cache's own tracking connection is authenticated as."""
+    tracker = crud._near.of(client).tracker
+    assert tracker.up and tracker.client_id is not None
+    listed = await admin.execute_command("CLIENT", "LIST", "ID", tracker.client_id)
+    text = listed.decode() if isinstance(listed, bytes) else str(listed)
+    return dict(part.split("=", 1) for part in text.split() if "=" in part)["user"]
+
+
+@pytest.mark.parametrize("database", DATABASES[:1], indirect=True)
+@pytest.mark.parametrize("how", ["url", "credential_provider"])
+async def test_the_tracking_connection_authenticates_as_the_client_does(
+    acl: AclRedis, async_maker: async_sessionmaker[AsyncSession], how: str
+) -> None:
+    """The near cache's tracking connection logs in as the client's own user, whether the
+    client has a username and password or a credential provider."""
+    line = acl_line("fastrdb_app")
+    await acl.create(line)
+    if how == "url":
+        client = Redis.from_url(acl.url(line))
+    else:
+        provider = UsernamePasswordCredentialProvider(line[2], password_of(line))
+        client = Redis(port=acl.server.port, db=1, credential_provider=provider)
+    crud = make_users(NEAR)
+    try:
+        async with async_maker() as db:
+            await add(crud, db, client)
+        await a_near_hit(crud, async_maker, client)
+        assert await tracking_user(crud, client, acl.admin) == line[2]
     finally:
         await client.aclose()
 

@@ -464,11 +464,9 @@ class Tracker:
                 if self.tls is not None:
                     await conn.start_tls(loop, self.tls, host)
             first: list[bytes] = []
-            password = address.get("password")
-            if password:
-                username = address.get("username")
-                auth = ("AUTH", username, password) if username else ("AUTH", password)
-                first.append(_command(*auth))
+            credentials = await _credentials(address)
+            if credentials:
+                first.append(_command("AUTH", *credentials))
             first.append(_command("CLIENT", "ID"))
             replies = await self._exchange(conn, b"".join(first), len(first))
             client_id = replies[-1]
@@ -619,6 +617,7 @@ def tracker_for(
     reached over TLS with ``tls`` when given."""
     identity = (
         *(address.get(name) for name in ("host", "port", "path", "username", "password")),
+        address.get("credential_provider"),
         tls is not None,
     )
     per_loop = _trackers.get(loop)
@@ -642,6 +641,20 @@ def forget(tables: Iterable[str], row_keys: Iterable[str]) -> None:
         names += (list_group(table), embeds_group(table))
     for tracker in list(_all):
         tracker.invalidate(names)
+
+
+async def _credentials(address: dict[str, Any]) -> tuple[str, ...]:
+    """``(password,)`` or ``(username, password)`` as the client authenticates: from its
+    ``credential_provider`` (asked each time, as redis-py does: tokens expire) or its
+    ``username``/``password``; empty for none."""
+    provider = address.get("credential_provider")
+    if provider is not None:
+        return tuple(await provider.get_credentials_async())
+    password = address.get("password")
+    if not password:
+        return ()
+    username = address.get("username")
+    return (username, password) if username else (password,)
 
 
 def _tls_context(pool: Any) -> ssl.SSLContext | Literal[False] | None:
