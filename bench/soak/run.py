@@ -190,7 +190,10 @@ async def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         redis_url = f"redis+cluster://127.0.0.1:{redis.ports[0]}"
         progress(f"Redis Cluster of 3 masters and 3 replicas on ports {redis.ports}")
     else:
-        redis = RedisServer().start()
+        redis = RedisServer()
+        if args.redis_persist:  # a restart reloads every entry: replays are what drops them
+            redis.extra = ["--appendonly", "yes", "--appendfsync", "always"]
+        redis.start()
         redis_url = f"redis://127.0.0.1:{redis.port}/0"
         progress(f"redis-server on port {redis.port}")
     db = await asyncio.to_thread(Database.start, args.database)
@@ -331,6 +334,12 @@ def main() -> None:
     )
     parser.add_argument("--chaos-interval", type=float, default=5.0, help="seconds between events")
     parser.add_argument("--redis-down", type=float, default=2.0, help="seconds Redis stays down")
+    parser.add_argument(
+        "--redis-persist",
+        action="store_true",
+        help="Redis keeps its data across restarts (appendonly, fsync always): cached entries "
+        "survive an outage, and only the replayed invalidations drop the stale ones",
+    )
     parser.add_argument("--settle", type=float, default=1.0, help="seconds after a kill")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rows", type=int, default=10_000)
