@@ -19,7 +19,6 @@ import pytest
 import redis
 import redis.asyncio
 import redis.cluster
-import structlog
 from pydantic import BaseModel
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.credentials import UsernamePasswordCredentialProvider
@@ -91,16 +90,6 @@ async def eventually(condition: Callable[[], Awaitable[bool]], what: str) -> Non
     while not await condition():
         assert time.monotonic() < deadline, f"never: {what}"
         await asyncio.sleep(0.01)
-
-
-@pytest.fixture(autouse=True)
-def structlog_left_as_found() -> Iterator[None]:
-    """capture_logs() leaves structlog configured; FastRDB then logs through it (to stdout by
-    default): put it back as the test found it, for the tests that follow."""
-    configured = structlog.is_configured()
-    yield
-    if not configured:
-        structlog.reset_defaults()
 
 
 @dataclass
