@@ -353,7 +353,8 @@ def make_certificates(folder: Path) -> dict[str, Path]:
 
 class RedisTLSServer(RedisServer):
     """A redis-server that speaks only TLS (``--port 0 --tls-port P``), with a throwaway
-    certificate; clients need no certificate of their own."""
+    certificate; clients must present one signed by the same CA (``certificates``: the
+    server's own pair serves)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -366,11 +367,12 @@ class RedisTLSServer(RedisServer):
             "--tls-ca-cert-file",
             str(self.certificates["ca"]),
             "--tls-auth-clients",
-            "no",
+            "yes",
         ]
 
     @property
     def url(self) -> str:
+        """The URL, without the client certificate (pass ``ssl_certfile``/``ssl_keyfile``)."""
         return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.certificates['ca']}"
 
     def _port_arguments(self) -> list[str]:

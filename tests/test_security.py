@@ -518,13 +518,19 @@ async def test_crud_events_and_the_near_cache_run_over_tls(
         worker_client.close()
 
 
-async def test_a_plain_connection_to_the_tls_port_is_refused(tls_server: RedisTLSServer) -> None:
-    """The server really speaks only TLS: a redis:// client cannot use it (so the test above
-    proves TLS)."""
-    plain = Redis(port=tls_server.port, socket_timeout=2, socket_connect_timeout=2)
-    with pytest.raises((redis.ConnectionError, redis.TimeoutError)):
-        await plain.ping()
-    await plain.aclose()
+async def test_the_tls_server_refuses_plain_and_certificate_less_clients(
+    tls_server: RedisTLSServer,
+) -> None:
+    """The server speaks only TLS and asks for a client certificate: a redis:// client and a
+    rediss:// client without a certificate cannot use it (so the test above proves that the
+    near cache's own connection carries the TLS settings, certificate included)."""
+    timeouts = {"socket_timeout": 2, "socket_connect_timeout": 2}
+    plain = Redis(port=tls_server.port, **timeouts)
+    bare = Redis.from_url(tls_server.url, **timeouts)
+    for client in (plain, bare):
+        with pytest.raises((redis.ConnectionError, redis.TimeoutError)):
+            await client.ping()
+        await client.aclose()
 
 
 # -- no values in logs --
