@@ -50,7 +50,8 @@ Redis = redis.asyncio.Redis
 
 pytestmark = pytest.mark.skipif(CLUSTER, reason="these tests start their own Redis servers")
 
-PAGE = (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = (ROOT / "docs" / "security.md").read_text()
 PATIENT = Settings(redis_timeout=5.0)  # a loaded machine must not turn a slow reply into a failure
 NEAR = Settings(redis_timeout=5.0, near_cache_size=16)
 
@@ -232,7 +233,7 @@ def test_the_documented_key_patterns_follow_the_rule_on_the_page() -> None:
         assert len(globs) == 4, "one pair for user:, one for fastrdb:"
 
 
-def granted(line: list[str]) -> set[str]:
+def granted_by(line: list[str]) -> set[str]:
     """The commands a line grants, upper case (``+client|id`` → ``CLIENT|ID``)."""
     return {argument[1:].upper() for argument in line if argument.startswith("+")}
 
@@ -240,11 +241,54 @@ def granted(line: list[str]) -> set[str]:
 def test_the_documented_lines_grant_every_command_the_scripts_call() -> None:
     """A command a Lua script calls is checked against the user's ACL like a direct call: the
     app's line grants what every script calls, capture's what its scripts call."""
-    assert {"EVALSHA", "EVAL"} <= granted(acl_line("fastrdb_app"))
+    assert {"EVALSHA", "EVAL"} <= granted_by(acl_line("fastrdb_app"))
     for script in scripts.ALL:
-        assert set(script.calls) <= granted(acl_line("fastrdb_app")), script.name
+        assert set(script.calls) <= granted_by(acl_line("fastrdb_app")), script.name
     for script in (scripts.INVALIDATE, scripts.DROP):
-        assert set(script.calls) <= granted(acl_line("fastrdb_capture")), script.name
+        assert set(script.calls) <= granted_by(acl_line("fastrdb_capture")), script.name
+
+
+# Client methods that send no command of their own, and methods named otherwise than theirs.
+NOT_COMMANDS = {
+    "aclose",
+    "call",
+    "execute",
+    "execute_pipeline",
+    "get_node_from_key",
+    "get_primaries",
+    "get_redis_connection",
+    "initialize",
+    "keyslot",
+    "pipeline",
+}
+RENAMED = {"sscan_iter": "SSCAN", "config_get": "CONFIG|GET"}
+RECEIVER = r"\b(?:client|redis|pipe|cluster|node|self\._client|self\._redis|self\.redis)"
+
+
+def test_every_redis_command_in_the_code_is_on_the_page() -> None:
+    """Every Redis command FastRDB's code sends (client methods, raw commands) is granted by
+    a documented ACL line, or named on the page where a setting needs it (`+wait`) or where
+    it is said not to be needed (`CONFIG GET`): a new call without its ACL fails here."""
+    sent: dict[str, str] = {}
+    for path in sorted((ROOT / "fastrdb").rglob("*.py")):
+        source = path.read_text()
+        for method in re.findall(RECEIVER + r"\.([a-z_]+)\(", source):
+            if method not in NOT_COMMANDS:
+                sent.setdefault(RENAMED.get(method, method.upper()), path.name)
+        for raw in re.findall(r'(?:PipelineCommand\(\d+, |execute_command\()"([A-Z]+)"', source):
+            sent.setdefault(raw, path.name)
+    granted: set[str] = set()
+    for line in PAGE.splitlines():
+        if line.startswith("ACL SETUSER "):
+            granted |= granted_by(shlex.split(line))
+    named = {"WAIT": "`+wait`", "CONFIG|GET": "`CONFIG GET`"}
+    missing = {
+        command: where
+        for command, where in sent.items()
+        if command not in granted and named.get(command, "\0") not in PAGE
+    }
+    assert not missing, f"sent by FastRDB, on no line of docs/security.md: {missing}"
+    assert {"GET", "EVALSHA", "SCAN", "SSCAN", "WAIT"} <= set(sent)  # the scan sees the code
 
 
 async def test_the_documented_app_user_runs_crud_events_and_the_near_cache(
