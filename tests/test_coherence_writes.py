@@ -3,6 +3,7 @@ writer's session state (issue 11, the write side), on every test database."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from collections.abc import Iterator
 from decimal import Decimal
@@ -11,12 +12,13 @@ from typing import Any
 import pytest
 import redis.asyncio
 from pydantic import BaseModel
-from sqlalchemy import insert, select, update
-from sqlalchemy.exc import NoResultFound
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import create_engine, event, insert, select, update
+from sqlalchemy.exc import NoResultFound, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from fastrdb import FastRDB
+from fastrdb._compat import await_in_greenlet
 from fastrdb.events import listen
 from tests.conftest import Database
 from tests.models import User, UserCreate, UserResponse, UserUpdate, Verse
@@ -507,3 +509,49 @@ async def test_a_collection_change_through_an_association_table(
         await session.commit()
     async with maker() as db:
         assert (await books.get(db=db, redis=redis_client, id=1)).tags == []
+
+
+# -- SQLite: the pre-image is read under the write lock --
+
+
+async def test_sqlite_pre_image_is_read_under_the_write_lock(
+    database: Database, engine: AsyncEngine, maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """SQLite has no FOR UPDATE, and its drivers begin a transaction only at the first write: a
+    pre-image read before it could be followed by another connection's commit. Forced: right
+    before the writer's UPDATE (after its pre-image read), another connection tries to move the
+    row from a@x.io to b@x.io and a reader caches b@x.io. The writer then sets c@x.io. Either
+    that connection waited for the writer's lock (the fix), or the key b@x.io must be dropped;
+    b@x.io must not serve a row that now has c@x.io."""
+    if database.name != "sqlite":
+        pytest.skip("PostgreSQL and MariaDB lock the pre-image with SELECT … FOR UPDATE")
+    async with maker() as db:
+        await add_user(db, redis_client, "a@x.io", "Ann")
+    other = create_engine(database.sync_url, connect_args={"timeout": 0.2})
+    outcome: list[str] = []
+
+    def commit_meanwhile(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not statement.startswith("UPDATE users") or outcome:
+            return
+        try:
+            with other.begin() as elsewhere:
+                elsewhere.execute(update(User).where(User.email == "a@x.io").values(email="b@x.io"))
+            outcome.append("committed")
+        except OperationalError as exc:
+            outcome.append("waited" if "locked" in str(exc) else str(exc))
+        with contextlib.suppress(NoResultFound):
+            await_in_greenlet(read(users, maker, redis_client, email="b@x.io"))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", commit_meanwhile)
+    try:
+        async with writer() as session:
+            user = (await session.execute(select(User))).scalar_one()
+            user.email = "c@x.io"
+            await session.commit()
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", commit_meanwhile)
+        other.dispose()
+    assert outcome in (["committed"], ["waited"]), outcome
+    with pytest.raises(NoResultFound):
+        await read(users, maker, redis_client, email="b@x.io")
+    assert (await read(users, maker, redis_client, email="c@x.io")).name == "Ann"

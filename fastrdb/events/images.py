@@ -3,6 +3,18 @@
 
 Values come back through the columns' types, so they are in each column's Python type as the
 database returns them, whatever the session held or the statement was given.
+
+The write lock: PostgreSQL and MariaDB take it with ``SELECT … FOR UPDATE``. SQLite has no
+row locks and ignores ``FOR UPDATE``, and its Python drivers (pysqlite, aiosqlite) open a
+transaction only right before an INSERT, UPDATE or DELETE: a pre-image read before the flush's
+first write would run outside any transaction, and another connection could commit a change to
+the row between that read and the write. So on SQLite, when the driver has no transaction open,
+a locked read first begins one with ``BEGIN IMMEDIATE``, which takes the database's write lock
+(RESERVED) at once; the driver sees the transaction and sends no BEGIN of its own, and the
+session's commit or rollback ends it. In a transaction that is already open the read cannot be
+stale either: a write in it already holds the lock, and a transaction that has only read cannot
+write after another connection committed (rollback journal: that commit waits for the reader;
+WAL: the write fails with ``SQLITE_BUSY_SNAPSHOT``).
 """
 
 from __future__ import annotations
@@ -15,7 +27,7 @@ from sqlalchemy.engine import Connection
 
 from fastrdb.events.shapes import Shape
 
-__all__ = ["Row", "read_by_identity", "read_where"]
+__all__ = ["Row", "hold_write_lock", "read_by_identity", "read_where"]
 
 Row = dict[str, Any]
 
@@ -28,6 +40,8 @@ def read_by_identity(
     """The rows of ``identities`` that exist, by identity; ``lock``: take their write lock."""
     wanted = list(dict.fromkeys(tuple(identity) for identity in identities))
     found: dict[tuple[Any, ...], Row] = {}
+    if lock and wanted:
+        hold_write_lock(connection)
     for start in range(0, len(wanted), _BATCH):
         query = shape.select_values().where(shape.by_primary_key(wanted[start : start + _BATCH]))
         if lock:
@@ -52,6 +66,7 @@ def read_where(
     if where is not None:
         query = query.where(where)
     if lock:
+        hold_write_lock(connection)
         query = shape.locked(query)
     rows: dict[tuple[Any, ...], Row] = {}
     for values in list(params) or [{}]:
@@ -59,3 +74,16 @@ def read_where(
             mapping = dict(row._mapping)
             rows[shape.identity(mapping)] = mapping
     return list(rows.values())
+
+
+def hold_write_lock(connection: Connection) -> None:
+    """Make sure ``connection``'s transaction holds the write lock before a pre-image is read:
+    on SQLite, begin it with ``BEGIN IMMEDIATE`` if the driver has none open (see above);
+    elsewhere ``FOR UPDATE`` on the read itself takes the rows' locks."""
+    if connection.dialect.name != "sqlite":
+        return
+    if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        return  # every statement commits by itself: there is no transaction to lock
+    driver = connection.connection.driver_connection
+    if getattr(driver, "in_transaction", True) is False:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
