@@ -239,6 +239,11 @@ async def bench_database(name: str, url: str, args: argparse.Namespace) -> list[
         await client.aclose()
         await engine.dispose()
         return results
+    if args.update_only:
+        results.extend(await bench_update(name, engine, maker, client, crud, email, args))
+        await client.aclose()
+        await engine.dispose()
+        return results
 
     # 1. hit
     progress(f"{name}: 1 cached get vs bare GET + validate")
@@ -291,59 +296,7 @@ async def bench_database(name: str, url: str, args: argparse.Namespace) -> list[
     results.extend(await bench_timers(name, client, key, args))
 
     # 3. / 4. ORM update + commit
-    plain = async_sessionmaker(engine, expire_on_commit=False)
-    listened = async_sessionmaker(engine, expire_on_commit=False)
-    full_client = bench_client(DB_FULL)
-    listened_full = async_sessionmaker(engine, expire_on_commit=False)
-    handles = [listen(listened, client), listen(listened_full, full_client)]
-    async with maker() as db:  # publish the pattern in both Redis databases
-        await crud.get(db=db, redis=full_client, email=email)
-
-    def updater(factory: async_sessionmaker[AsyncSession]) -> Op:
-        async def op() -> None:
-            async with factory() as session:
-                account = await session.get_one(Account, 2)
-                account.counter += 1
-                await session.commit()
-
-        return op
-
-    progress(f"{name}: 3 ORM update + commit, listened vs not")
-    results.append(
-        ratio_result(
-            "3 update",
-            name,
-            "ORM update + commit, listen()ed",
-            "same without FastRDB",
-            await compare(updater(listened), updater(plain), n=max(1, n // 5), rounds=rounds),
-            1.3,
-        )
-    )
-    if args.million:
-        if await full_client.dbsize() < 1_000_000:
-            progress(f"{name}: 4 writing 1,000,000 unrelated keys")
-            await full_client.flushdb()
-            async with maker() as db:
-                await crud.get(db=db, redis=full_client, email=email)
-            for start in range(0, 1_000_000, 10_000):
-                await full_client.mset(
-                    {f"unrelated:{i}": "x" for i in range(start, start + 10_000)}
-                )
-        progress(f"{name}: 4 update with 1,000,000 unrelated keys vs none")
-        results.append(
-            ratio_result(
-                "4 unrelated keys",
-                name,
-                "update, 1M unrelated keys in Redis",
-                "update, empty Redis",
-                await compare(
-                    updater(listened_full), updater(listened), n=max(1, n // 5), rounds=rounds
-                ),
-                1.2,
-            )
-        )
-    for handle in handles:
-        handle.remove()
+    results.extend(await bench_update(name, engine, maker, client, crud, email, args))
 
     # 5. 64 concurrent tasks of cached gets
     progress(f"{name}: 5 64 concurrent cached gets vs bare")
@@ -447,8 +400,77 @@ async def bench_database(name: str, url: str, args: argparse.Namespace) -> list[
     # 11. waiting for a replica
     results.extend(await bench_replicas(name, engine, args))
     await client.aclose()
-    await full_client.aclose()
     await engine.dispose()
+    return results
+
+
+async def bench_update(
+    name: str,
+    engine: AsyncEngine,
+    maker: async_sessionmaker[AsyncSession],
+    client: redis.asyncio.Redis,
+    crud: FastRDB[Account, AccountIn, AccountPatch, AccountOut],
+    email: str,
+    args: argparse.Namespace,
+) -> list[Result]:
+    """Case 3 (and 4 with ``--million``): an ORM update + commit in a listened session against
+    the same in a session nobody listens to."""
+    results: list[Result] = []
+    n, rounds = args.n, args.rounds
+    plain = async_sessionmaker(engine, expire_on_commit=False)
+    listened = async_sessionmaker(engine, expire_on_commit=False)
+    full_client = bench_client(DB_FULL)
+    listened_full = async_sessionmaker(engine, expire_on_commit=False)
+    handles = [listen(listened, client), listen(listened_full, full_client)]
+    async with maker() as db:  # publish the pattern in both Redis databases
+        await crud.get(db=db, redis=full_client, email=email)
+
+    def updater(factory: async_sessionmaker[AsyncSession]) -> Op:
+        async def op() -> None:
+            async with factory() as session:
+                account = await session.get_one(Account, 2)
+                account.counter += 1
+                await session.commit()
+
+        return op
+
+    progress(f"{name}: 3 ORM update + commit, listened vs not")
+    results.append(
+        ratio_result(
+            "3 update",
+            name,
+            "ORM update + commit, listen()ed",
+            "same without FastRDB",
+            await compare(updater(listened), updater(plain), n=max(1, n // 5), rounds=rounds),
+            1.3,
+        )
+    )
+    if args.million:
+        if await full_client.dbsize() < 1_000_000:
+            progress(f"{name}: 4 writing 1,000,000 unrelated keys")
+            await full_client.flushdb()
+            async with maker() as db:
+                await crud.get(db=db, redis=full_client, email=email)
+            for start in range(0, 1_000_000, 10_000):
+                await full_client.mset(
+                    {f"unrelated:{i}": "x" for i in range(start, start + 10_000)}
+                )
+        progress(f"{name}: 4 update with 1,000,000 unrelated keys vs none")
+        results.append(
+            ratio_result(
+                "4 unrelated keys",
+                name,
+                "update, 1M unrelated keys in Redis",
+                "update, empty Redis",
+                await compare(
+                    updater(listened_full), updater(listened), n=max(1, n // 5), rounds=rounds
+                ),
+                1.2,
+            )
+        )
+    for handle in handles:
+        handle.remove()
+    await full_client.aclose()
     return results
 
 
@@ -1002,6 +1024,11 @@ def main() -> None:
         "--replicas-only",
         action="store_true",
         help="run only case 11 (wait_replicas: starts a redis-server and a replica)",
+    )
+    parser.add_argument(
+        "--update-only",
+        action="store_true",
+        help="run only case 3 (a listened ORM update; 4 too with --million)",
     )
     parser.add_argument("--output", default="bench/results.json")
     args = parser.parse_args()
