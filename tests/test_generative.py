@@ -34,7 +34,7 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from decimal import Decimal
@@ -403,6 +403,10 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             """A step may have written the database since the last check (reads only fill)."""
             self.handles: list[ListenHandle] = []
             self.slots: list[Slot] = []
+            self.published: set[str] = set()
+            """FastRDB instances read through since the last FLUSHDB (their patterns are
+            published): priming reads through these only, so a partial pattern set stays
+            partial (family 15)."""
             world.examples += 1
             world.run(self._start())
 
@@ -517,16 +521,16 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                 slot.session.rollback()
 
         @contextmanager
-        def crud_session(self, index: int) -> Iterator[AsyncSession]:
+        def crud_session(self, index: int | None) -> Iterator[AsyncSession]:
             """An asyncio session for a FastRDB call: the long-lived session of the slot (it
             may hold copies: families 1 and 3), or a new one if the slot is the worker's sync
-            session."""
-            slot = self.slots[index % len(self.slots)]
-            maker = slot.maker if slot.is_async else self.makers["async"]
-            if slot.is_async:
-                yield slot.session
-                return
-            session = maker()
+            session or ``index`` is None."""
+            if index is not None:
+                slot = self.slots[index % len(self.slots)]
+                if slot.is_async:
+                    yield slot.session
+                    return
+            session = self.makers["async"]()
             try:
                 yield session
             finally:
@@ -541,7 +545,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
 
         def read(
             self,
-            index: int,
+            index: int | None,
             query: Query,
             call: Callable[[AsyncSession], Awaitable[Any]],
         ) -> None:
@@ -558,6 +562,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                 for key in after - before:
                     self.registry.setdefault(key, set()).add(query)
                     self.seen.pop(key, None)  # a new query for it: compare again
+            self.published.add(query.crud)
             if fresh_session:
                 if isinstance(served, list):
                     served = [item.model_dump(mode="json") for item in served]
@@ -590,11 +595,57 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                         raise
                     return
                 after = world.run(self._keys())
+            self.published.add(name)
             fields = KeyPattern(crud.pattern).fields
             query = Query(name, tuple((f, getattr(out, f)) for f in fields))
             for key in after - before:
                 self.registry.setdefault(key, set()).add(query)
                 self.seen.pop(key, None)  # a new query for it: compare again
+
+        # -- priming: what a write may make stale is in the cache before it runs --
+
+        def prime(
+            self, uids: list[int] | None = None, values: Mapping[str, Any] | None = None
+        ) -> None:
+            """Before a write to users: read the rows it may change (``None``: all) through
+            every published pattern, and the keys of the values it may set (a negative entry,
+            or another row's), each in a new session. So the entries a missed invalidation
+            would leave stale are there for the check right after the write, whatever ran
+            before it."""
+            names = self.published & set(ROW_NAMES)
+            if not names:
+                return
+            self._warm_users(None, uids, names)
+            stored = canonical(dict(values or {}))
+            ids = uids or list(USER_IDS)
+            for name in sorted(names):
+                fields = KeyPattern(CRUDS[name].pattern).fields
+                wanted = set(fields) - {"id"}
+                if not wanted or not wanted <= stored.keys():
+                    continue
+                for user_id in ids if "id" in fields else [None]:
+                    filters = {f: user_id if f == "id" else stored[f] for f in fields}
+                    self.read(
+                        None,
+                        Query(name, tuple(filters.items())),
+                        lambda db, crud=CRUDS[name], filters=filters: crud.get(
+                            db=db, redis=self.redis, **filters
+                        ),
+                    )
+            for name, field in (("cat", "cat"), ("colors", "color")):
+                if name in names and field in stored:
+                    filters = {field: stored[field]}
+                    self.read(
+                        None,
+                        Query(name, tuple(filters.items()), (3, 1, None, True)),
+                        lambda db, crud=CRUDS[name], filters=filters: crud.get_multi(
+                            db=db, redis=self.redis, limit=3, **filters
+                        ),
+                    )
+
+        def prime_others(self, *names: str) -> None:
+            """Before a write to the hierarchies, kids or authors: read their published rows."""
+            self._warm_others(None, [n for n in names if n in self.published])
 
         # -- the check --
 
@@ -669,10 +720,16 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             """Read every user (or one) through every pattern (or some), with its values as
             stored, and its pages: hot rows, so an entry a missed invalidation leaves behind is
             there to be found; a subset publishes a partial pattern set (family 15)."""
-            with world.sync_engine.connect() as connection:
-                ids = [uid] if uid is not None else list(connection.scalars(select(GenUser.id)))
-            enabled = list(names or ROW_NAMES)
-            for user_id in ids:
+            self._warm_users(slot, None if uid is None else [uid], names)
+
+        def _warm_users(
+            self, slot: int | None, uids: list[int] | None, names: Collection[str] | None
+        ) -> None:
+            if uids is None:
+                with world.sync_engine.connect() as connection:
+                    uids = list(connection.scalars(select(GenUser.id)))
+            enabled = [n for n in ROW_NAMES if names is None or n in names]
+            for user_id in uids:
                 user = world.run(self._fresh(Query("id", (("id", user_id),))))
                 if user == ABSENT:
                     continue
@@ -711,7 +768,10 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         @rule(slot=SLOTS)
         def warm_others(self, slot: int) -> None:
             """Read every row of the hierarchies, the kids and the books, and a page of each."""
-            for name in ("employee", "manager", "animal", "dog", "kid", "book"):
+            self._warm_others(slot, ("employee", "manager", "animal", "dog", "kid", "book"))
+
+        def _warm_others(self, slot: int | None, names: Collection[str]) -> None:
+            for name in names:
                 crud = CRUDS[name]
                 for rid in (1, 2, 3):
                     self.read(
@@ -818,6 +878,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         @rule(slot=SLOTS, name=st.sampled_from(["id", "email"]), row=user_rows())
         def crud_create(self, slot: int, name: str, row: dict[str, Any]) -> None:
             """FastRDB create (write-through)."""
+            self.prime([row["id"]], row)
             crud = CRUDS[name]
             obj_in = GenUserCreate(**canonical(row))
             self.write_through(
@@ -829,6 +890,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         @rule(slot=SLOTS, uid=st.sampled_from(USER_IDS), changes=user_changes())
         def crud_update(self, slot: int, uid: int, changes: dict[str, Any]) -> None:
             """FastRDB update by id (write-through; a held session if 1 and 3 are on)."""
+            self.prime([uid], changes)
             crud = CRUDS["id"]
             obj_in = GenUserUpdate(**canonical(changes))
             self.write_through(
@@ -840,6 +902,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         @rule(slot=SLOTS, uid=st.sampled_from(USER_IDS))
         def crud_delete(self, slot: int, uid: int) -> None:
             """FastRDB delete by id."""
+            self.prime([uid])
             self.wrote = True
             with self.crud_session(slot) as db, suppress(NoResultFound):
                 world.run(CRUDS["id"].delete(db=db, redis=self.redis, id=uid))
@@ -865,6 +928,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         )
         def orm_update(self, slot: int, uid: int, how: str, changes: dict[str, Any]) -> None:
             """Set attributes on the session's copy of a user and commit."""
+            self.prime([uid], changes)
 
             def work(s: Session) -> None:
                 user = self._user_for_write(s, uid, how)
@@ -897,6 +961,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         )
         def orm_delete(self, slot: int, uid: int, how: str) -> None:
             """Delete the session's copy of a user and commit."""
+            self.prime([uid])
 
             def work(s: Session) -> None:
                 user = self._user_for_write(s, uid, how)
@@ -910,6 +975,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         @rule(slot=SLOTS, row=user_rows(), merge=st.booleans())
         def orm_insert(self, slot: int, row: dict[str, Any], merge: bool) -> None:
             """Add (or merge) a whole user and commit."""
+            self.prime([row["id"]], row)
 
             def work(s: Session) -> None:
                 if merge:
@@ -940,6 +1006,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             kind: str,
         ) -> None:
             """Bulk ORM update() / delete() with a WHERE."""
+            self.prime(None, changes if kind == "update" else None)
             clause: Any
             if where == "id":
                 clause = GenUser.id == USER_IDS[arg % len(USER_IDS)]
@@ -961,6 +1028,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         @rule(slot=SLOTS, uid=st.sampled_from(USER_IDS), mail=st.sampled_from(MAILS))
         def core_update(self, slot: int, uid: int, mail: str) -> None:
             """Family 6: a Core update() of the table (renamed column) through the session."""
+            self.prime([uid], {"mail": mail})
             table = GenUser.__table__
 
             def work(s: Session) -> None:
@@ -972,6 +1040,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         @rule(slot=SLOTS, row=user_rows())
         def insert_values(self, slot: int, row: dict[str, Any]) -> None:
             """Family 4: insert(User).values(...)."""
+            self.prime([row["id"]], row)
 
             def work(s: Session) -> None:
                 s.execute(insert(GenUser).values(**row))
@@ -994,6 +1063,8 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             self, slot: int, rows: list[dict[str, Any]], fields: list[str], form: str
         ) -> None:
             """Family 4: the dialect's upsert, with .values() or a parameter list."""
+            for row in rows:
+                self.prime([row["id"]], row)
             stmt: Any
             if dialect == "postgresql":
                 from sqlalchemy.dialects.postgresql import insert as dialect_insert
@@ -1025,6 +1096,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         @rule(slot=SLOTS, old=st.sampled_from(USER_IDS), new=st.sampled_from(USER_IDS))
         def change_primary_key(self, slot: int, old: int, new: int) -> None:
             """Family 13: a bulk UPDATE that changes the primary key."""
+            self.prime([old, new])
 
             def work(s: Session) -> None:
                 s.execute(
@@ -1057,6 +1129,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             Not rolled back on SQLite: pysqlite emits no BEGIN before SAVEPOINT, so RELEASE
             commits (SQLAlchemy documents the event-hook workaround); the session's rollback
             then undoes nothing while the session believes it did."""
+            self.prime([uid], changes)
             if dialect == "sqlite":
                 commit = True
 
@@ -1090,6 +1163,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         )
         def write_employee(self, slot: int, rid: int, through: str, name: str, bulk: bool) -> None:
             """Joined-table inheritance: rename through the base or the subclass (bulk: 5)."""
+            self.prime_others("employee", "manager")
             model = GenEmployee if through == "base" else GenManager
 
             def work(s: Session) -> None:
@@ -1118,6 +1192,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         )
         def write_animal(self, slot: int, rid: int, through: str, name: str, bulk: bool) -> None:
             """Single-table inheritance: rename through the base or the subclass."""
+            self.prime_others("animal", "dog")
             model = GenAnimal if through == "base" else GenDog
 
             def work(s: Session) -> None:
@@ -1140,6 +1215,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         @rule(slot=SLOTS, pid=st.integers(1, 2))
         def remove_orphan(self, slot: int, pid: int) -> None:
             """Family 10: parent.kids.remove(kid) deletes the kid (delete-orphan, no backref)."""
+            self.prime_others("kid")
 
             def work(s: Session) -> None:
                 parent = s.get(GenParent, pid)
@@ -1153,6 +1229,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         @rule(slot=SLOTS, kid=st.integers(1, 3), label=st.sampled_from(["k1", "k2", "k9"]))
         def write_kid(self, slot: int, kid: int, label: str) -> None:
             """Rename a kid through the ORM."""
+            self.prime_others("kid")
 
             def work(s: Session) -> None:
                 row = s.get(GenKid, kid)
@@ -1170,6 +1247,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         )
         def rename_author(self, slot: int, aid: int, name: str, bulk: bool) -> None:
             """Rename an author (books embedding it go stale without family 16's fix)."""
+            self.prime_others("book")
 
             def work(s: Session) -> None:
                 if bulk:
@@ -1205,6 +1283,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             """Family 15: FLUSHDB (a Redis restart); the published patterns are rebuilt."""
             world.run(self.redis.flushdb())
             self.registry.clear()
+            self.published.clear()
 
     return Coherence
 
