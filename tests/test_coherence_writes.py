@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -555,3 +555,93 @@ async def test_sqlite_pre_image_is_read_under_the_write_lock(
     with pytest.raises(NoResultFound):
         await read(users, maker, redis_client, email="b@x.io")
     assert (await read(users, maker, redis_client, email="c@x.io")).name == "Ann"
+
+
+# -- the post-image: computed where the values sent are exact, read back elsewhere --
+
+_LOWERING_TRIGGER = {
+    "postgresql": (
+        [
+            "CREATE FUNCTION fastrdb_lower_mail() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN NEW.mail := lower(NEW.mail); RETURN NEW; END $$",
+            "CREATE TRIGGER fastrdb_lower_mail BEFORE UPDATE ON accts "
+            "FOR EACH ROW EXECUTE FUNCTION fastrdb_lower_mail()",
+        ],
+        [
+            "DROP TRIGGER IF EXISTS fastrdb_lower_mail ON accts",
+            "DROP FUNCTION IF EXISTS fastrdb_lower_mail()",
+        ],
+    ),
+    "sqlite": (
+        [
+            "CREATE TRIGGER fastrdb_lower_mail AFTER UPDATE OF mail ON accts "
+            "BEGIN UPDATE accts SET mail = lower(NEW.mail) WHERE id = NEW.id; END"
+        ],
+        ["DROP TRIGGER IF EXISTS fastrdb_lower_mail"],
+    ),
+    "mariadb": (
+        [
+            "CREATE TRIGGER fastrdb_lower_mail BEFORE UPDATE ON accts "
+            "FOR EACH ROW SET NEW.mail = lower(NEW.mail)"
+        ],
+        ["DROP TRIGGER IF EXISTS fastrdb_lower_mail"],
+    ),
+}
+
+
+@pytest.fixture
+async def lowering_trigger(database: Database, engine: AsyncEngine) -> AsyncIterator[None]:
+    """A trigger that stores ``accts.mail`` in lower case whatever an UPDATE sent."""
+    create, drop = _LOWERING_TRIGGER[database.name]
+    async with engine.begin() as connection:
+        for statement in drop + create:
+            await connection.exec_driver_sql(statement)
+    yield
+    async with engine.begin() as connection:
+        for statement in drop:
+            await connection.exec_driver_sql(statement)
+
+
+async def test_a_trigger_that_changes_a_pattern_field(
+    maker: Maker, redis_client: Redis, writer: Maker, lowering_trigger: None
+) -> None:
+    """A trigger stores another value than the UPDATE sent: the key of the value stored drops
+    (a negative entry cached for it before), since the post-image is read back."""
+    await add(maker, Acct(id=1, email_addr="a@x.io", name="Ann"))
+    with pytest.raises(NoResultFound):
+        await read(accts, maker, redis_client, email_addr="b@x.io")  # a negative entry
+    async with writer() as session:
+        (await session.get_one(Acct, 1)).email_addr = "B@X.IO"
+        await session.commit()
+    assert (await read(accts, maker, redis_client, email_addr="b@x.io")).name == "Ann"
+
+
+async def test_a_plain_update_reads_no_post_image(
+    database: Database, engine: AsyncEngine, maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """PostgreSQL and SQLite: an ORM UPDATE sending plain values to a table with no trigger,
+    ``onupdate`` or generated column reads the row once (its pre-image, under the lock), not
+    twice; the old value's key and the new value's negative entry both drop. MariaDB reads
+    the post-image back."""
+    await add(maker, Acct(id=1, email_addr="a@x.io", name="Ann"))
+    await cached(accts, maker, redis_client, email_addr="a@x.io")
+    with pytest.raises(NoResultFound):
+        await read(accts, maker, redis_client, email_addr="b@x.io")  # a negative entry
+    selects: list[str] = []
+
+    def count(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM accts" in statement:
+            selects.append(statement)
+
+    async with writer() as session:
+        acct = await session.get_one(Acct, 1)
+        event.listen(engine.sync_engine, "before_cursor_execute", count)
+        try:
+            acct.email_addr = "b@x.io"
+            await session.commit()
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert len(selects) == (2 if database.name == "mariadb" else 1), selects
+    with pytest.raises(NoResultFound):
+        await read(accts, maker, redis_client, email_addr="a@x.io")
+    assert (await read(accts, maker, redis_client, email_addr="b@x.io")).name == "Ann"

@@ -10,7 +10,9 @@ cascades). So, per row the flush writes:
   for the modified and deleted instances, and in ``before_update``/``before_delete`` (mapper
   events, which fire for every row the flush writes) for any row not read yet;
 - post-image (INSERT, UPDATE): read back by primary key in ``after_flush``, one SELECT per
-  hierarchy, so server defaults, ``onupdate`` columns and SQL expressions are seen as stored.
+  hierarchy, so server defaults, ``onupdate`` columns and SQL expressions are seen as stored;
+  except an UPDATE whose result is known exactly from the pre-image and the values it sent
+  (:mod:`fastrdb.events.exact`).
 
 DML statements run through the session are handled in :mod:`fastrdb.events.statements`.
 """
@@ -31,8 +33,9 @@ from sqlalchemy.orm import (
 )
 from sqlalchemy.sql.dml import Delete, Insert, Update
 
-from fastrdb.events.bindings import CHANGES_KEY, binding_of
+from fastrdb.events.bindings import CHANGES_KEY, Binding, binding_of
 from fastrdb.events.changes import Changes
+from fastrdb.events.exact import known_post_image
 from fastrdb.events.images import Row, read_by_identity
 from fastrdb.events.shapes import Shape, mapper_shape, table_name, table_shape
 from fastrdb.events.statements import Statement, param_sets, statement_table
@@ -56,12 +59,15 @@ Identity = tuple[Any, ...]
 class _Flush:
     """Images gathered during one flush, per hierarchy shape and identity."""
 
-    __slots__ = ("after", "before", "connection")
+    __slots__ = ("after", "before", "connection", "known")
 
     def __init__(self) -> None:
         self.connection: Connection | None = None
         self.before: dict[Shape, dict[Identity, Row]] = {}
         self.after: dict[Shape, dict[Identity, type]] = {}
+        """Rows to read back after the flush."""
+        self.known: dict[Shape, dict[Identity, tuple[type, Row]]] = {}
+        """Rows whose post-image is known without reading it back."""
 
 
 def changes_of(session: Session) -> Changes:
@@ -154,8 +160,18 @@ def after_write(mapper: Mapper[Any], connection: Connection, target: Any) -> Non
         return
     flush = _flush_of(session)
     flush.connection = connection
+    shape = mapper_shape(mapper)
     identity = tuple(mapper.primary_key_from_instance(target))
-    flush.after.setdefault(mapper_shape(mapper), {})[identity] = state.class_
+    known = None
+    if state.key is not None:  # an UPDATE (an INSERT has no pre-image)
+        before = flush.before.get(shape, {}).get(identity)
+        known = known_post_image(state, shape, before, connection)
+    if known is None:
+        flush.after.setdefault(shape, {})[identity] = state.class_
+        flush.known.get(shape, {}).pop(identity, None)
+    else:
+        flush.known.setdefault(shape, {})[identity] = (state.class_, known)
+        flush.after.get(shape, {}).pop(identity, None)
 
 
 def after_flush(session: Session, flush_context: UOWTransaction) -> None:
@@ -168,16 +184,32 @@ def after_flush(session: Session, flush_context: UOWTransaction) -> None:
     for shape, rows in flush.before.items():
         for row in rows.values():
             changes.add(shape.tables, row)
+    for shape, known in flush.known.items():
+        for identity, (cls, row) in known.items():
+            _add_after(changes, binding, shape, flush, identity, cls, row)
     if not flush.after:
         return
     connection = flush.connection or session.connection()
     for shape, written in flush.after.items():
         rows = read_by_identity(connection, shape, written, lock=False)
         for identity, row in rows.items():
-            if row != flush.before.get(shape, {}).get(identity):
-                changes.add(shape.tables, row)
-            if binding.refresh and identity in written:
-                changes.note_written(written[identity], identity, row)
+            _add_after(changes, binding, shape, flush, identity, written.get(identity), row)
+
+
+def _add_after(
+    changes: Changes,
+    binding: Binding,
+    shape: Shape,
+    flush: _Flush,
+    identity: Identity,
+    cls: type | None,
+    row: Row,
+) -> None:
+    """Record a row's post-image (unless it equals its pre-image)."""
+    if row != flush.before.get(shape, {}).get(identity):
+        changes.add(shape.tables, row)
+    if binding.refresh and cls is not None:
+        changes.note_written(cls, identity, row)
 
 
 def _touch_association_tables(session: Session, changes: Changes) -> None:

@@ -1,0 +1,171 @@
+"""Whether a flush's UPDATE left a row exactly as its pre-image with the values the UPDATE sent,
+so that its post-image is known without reading it back (one round trip less per flush).
+
+It is, when all of these hold; anywhere else the post-image is read back:
+
+- the database is PostgreSQL or SQLite (MariaDB may store a value other than the one sent,
+  depending on the connection's ``sql_mode``);
+- the row's pre-image was read under the write lock in this flush, and the UPDATE changed no
+  primary key column and has no version counter;
+- every value the UPDATE sent is a plain Python value that the column stores and returns
+  unchanged: ``None``, an ``int`` into an integer column, a ``str`` into a ``String`` or
+  ``Text`` column, a ``bool`` into a ``Boolean``, a ``uuid.UUID`` into a ``Uuid`` (not a SQL
+  expression, not a ``Numeric``, a date, an ``Enum`` or a ``TypeDecorator``);
+- no table of the row has a column with an ``onupdate`` or ``server_onupdate`` default or a
+  computed (generated) column, and the database reports no trigger, rule or generated column
+  on them (and, on PostgreSQL, no partitions or inheritance children). The database is asked
+  once per engine and table, in a savepoint of the writer's transaction; a trigger created
+  while the process runs is seen after a restart.
+
+Which columns the UPDATE sent follows SQLAlchemy's own rule: an attribute in the instance's
+committed state whose value is not equal to the committed one (a value assigned equal to an
+out-of-date copy's is not sent, and the database keeps the pre-image's).
+"""
+
+from __future__ import annotations
+
+import uuid
+import weakref
+from typing import Any
+
+from sqlalchemy import Column, Table, text, types
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import InstanceState
+from sqlalchemy.orm.base import NO_VALUE
+from sqlalchemy.sql.elements import ClauseElement
+
+from fastrdb.events.images import Row
+from fastrdb.events.shapes import Shape
+
+__all__ = ["known_post_image"]
+
+_EXACT: dict[type[Any], type] = {
+    types.Integer: int,
+    types.INTEGER: int,
+    types.BigInteger: int,
+    types.BIGINT: int,
+    types.SmallInteger: int,
+    types.SMALLINT: int,
+    types.String: str,
+    types.VARCHAR: str,
+    types.Text: str,
+    types.TEXT: str,
+    types.Unicode: str,
+    types.UnicodeText: str,
+    types.Boolean: bool,
+    types.BOOLEAN: bool,
+    types.Uuid: uuid.UUID,
+    types.UUID: uuid.UUID,
+}
+"""Column type (exact class) → the Python type (exact class) that it stores and returns as is."""
+
+_PROBES: dict[str, str] = {
+    "postgresql": """
+        SELECT c.relkind = 'r'
+           AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid
+                           AND NOT t.tgisinternal)
+           AND NOT EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid
+                           AND r.rulename <> '_RETURN')
+           AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid
+                           AND a.attgenerated <> '' AND NOT a.attisdropped)
+           AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid)
+        FROM pg_class c WHERE c.oid = to_regclass(:name)
+    """,
+    "sqlite": """
+        SELECT (SELECT count(*) FROM sqlite_master
+                WHERE type = 'trigger' AND tbl_name = :name COLLATE NOCASE)
+             + (SELECT count(*) FROM sqlite_temp_master
+                WHERE type = 'trigger' AND tbl_name = :name COLLATE NOCASE)
+             + (SELECT count(*) FROM pragma_table_xinfo(:name) WHERE hidden IN (2, 3))
+             = 0
+    """,
+}
+
+_plain_tables: weakref.WeakKeyDictionary[Engine, dict[str, bool]] = weakref.WeakKeyDictionary()
+
+
+def known_post_image(
+    state: InstanceState[Any], shape: Shape, before: Row | None, connection: Connection
+) -> Row | None:
+    """The row as this flush's UPDATE left it, from its pre-image and the values sent; None
+    where only reading it back can tell."""
+    if before is None or connection.dialect.name not in _PROBES:
+        return None
+    mapper = state.mapper
+    if mapper.version_id_col is not None:
+        return None
+    columns = dict(shape.columns)
+    after = dict(before)
+    for key, committed in state.committed_state.items():
+        column = columns.get(key)
+        if column is None:
+            continue  # not a column (a relationship: its foreign keys are columns of their own)
+        value = state.dict.get(key, NO_VALUE)
+        if isinstance(value, ClauseElement) or hasattr(value, "__clause_element__"):
+            return None
+        if value is NO_VALUE or key in shape.primary_key:
+            return None
+        if state.manager[key].impl.is_equal(value, committed) is True:
+            continue  # not sent: the row keeps what the pre-image read
+        if not _stores_as_is(column, value):
+            return None
+        after[key] = value
+    if not _plain(connection, shape):
+        return None
+    return after
+
+
+def _stores_as_is(column: Column[Any], value: Any) -> bool:
+    if value is None:
+        return True
+    column_type = column.type
+    if isinstance(column_type, types.Uuid) and not column_type.as_uuid:
+        return False
+    return _EXACT.get(type(column_type)) is type(value)
+
+
+def _plain(connection: Connection, shape: Shape) -> bool:
+    """No table of ``shape`` has anything that may change a row beyond the values sent."""
+    known = _plain_tables.setdefault(connection.engine, {})
+    for table in _tables(shape):
+        name = table.fullname
+        if name not in known:
+            known[name] = _plain_by_metadata(table) and _plain_in_database(connection, table)
+        if not known[name]:
+            return False
+    return True
+
+
+def _tables(shape: Shape) -> list[Table]:
+    tables: dict[str, Table] = {}
+    for _, column in shape.columns:
+        table = column.table
+        if isinstance(table, Table):
+            tables.setdefault(table.fullname, table)
+    return list(tables.values())
+
+
+def _plain_by_metadata(table: Table) -> bool:
+    return not any(
+        column.onupdate is not None
+        or column.server_onupdate is not None
+        or column.computed is not None
+        for column in table.columns
+    )
+
+
+def _plain_in_database(connection: Connection, table: Table) -> bool:
+    dialect = connection.dialect
+    if dialect.name == "sqlite" and table.schema is not None:
+        return False  # an attached database: not worth a probe of its own
+    name = (
+        dialect.identifier_preparer.format_table(table)
+        if dialect.name == "postgresql"
+        else table.name
+    )
+    try:
+        with connection.begin_nested():
+            return bool(connection.execute(text(_PROBES[dialect.name]), {"name": name}).scalar())
+    except DBAPIError:
+        return False  # rolled back to the savepoint: the writer's transaction goes on
