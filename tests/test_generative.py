@@ -732,6 +732,14 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             for user_id in uids:
                 user = world.run(self._fresh(Query("id", (("id", user_id),))))
                 if user == ABSENT:
+                    if "id" in enabled:  # a negative entry, which an insert or a move must drop
+                        self.read(
+                            slot,
+                            Query("id", (("id", user_id),)),
+                            lambda db, user_id=user_id: CRUDS["id"].get(
+                                db=db, redis=self.redis, id=user_id
+                            ),
+                        )
                     continue
                 for name in enabled:
                     crud = CRUDS[name]
