@@ -643,6 +643,18 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                         ),
                     )
 
+        def follow(self, slot: int, uids: list[int]) -> None:
+            """After a write in ``slot``: the next slot's session, which may hold the rows from
+            before (an app's ``current_user``), reads them through FastRDB (family 1)."""
+            for user_id in uids:
+                self.read(
+                    slot + 1,
+                    Query("id", (("id", user_id),)),
+                    lambda db, user_id=user_id: CRUDS["id"].get(
+                        db=db, redis=self.redis, id=user_id
+                    ),
+                )
+
         def prime_others(self, *names: str) -> None:
             """Before a write to the hierarchies, kids or authors: read their published rows."""
             self._warm_others(None, [n for n in names if n in self.published])
@@ -766,12 +778,13 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                             db=db, redis=self.redis, limit=3, **filters
                         ),
                     )
-            crud = CRUDS["id"]
-            self.read(
-                slot,
-                Query("id", (), (3, 1, None, True)),
-                lambda db: crud.get_multi(db=db, redis=self.redis, limit=3),
-            )
+            if names is None or "id" in names:
+                crud = CRUDS["id"]
+                self.read(
+                    slot,
+                    Query("id", (), (3, 1, None, True)),
+                    lambda db: crud.get_multi(db=db, redis=self.redis, limit=3),
+                )
 
         @rule(slot=SLOTS)
         def warm_others(self, slot: int) -> None:
@@ -897,7 +910,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
 
         @rule(slot=SLOTS, uid=st.sampled_from(USER_IDS), changes=user_changes())
         def crud_update(self, slot: int, uid: int, changes: dict[str, Any]) -> None:
-            """FastRDB update by id (write-through; a held session if 1 and 3 are on)."""
+            """FastRDB update by id (write-through, in the slot's session: maybe an old copy)."""
             self.prime([uid], changes)
             crud = CRUDS["id"]
             obj_in = GenUserUpdate(**canonical(changes))
@@ -906,6 +919,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                 "id",
                 lambda db: crud.update(db=db, redis=self.redis, obj_in=obj_in, id=uid),
             )
+            self.follow(slot, [uid])
 
         @rule(slot=SLOTS, uid=st.sampled_from(USER_IDS))
         def crud_delete(self, slot: int, uid: int) -> None:
@@ -947,6 +961,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                 s.commit()
 
             self._assigned(slot, work, changes)
+            self.follow(slot, [uid])
 
         def _assigned(
             self, slot: int, work: Callable[[Session], None], *values: dict[str, Any]
@@ -1159,6 +1174,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                     s.rollback()
 
             self._assigned(slot, work, changes)
+            self.follow(slot, [uid])
 
         # -- hierarchies, orphans, books ----------------------------------------------------
 
@@ -1286,12 +1302,18 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                         handle.remove()
             self.handles.append(listen(maker, client))
 
-        @rule()
-        def flush_redis(self) -> None:
-            """Family 15: FLUSHDB (a Redis restart); the published patterns are rebuilt."""
+        @rule(
+            uid=st.sampled_from(USER_IDS),
+            names=st.lists(st.sampled_from(ROW_NAMES), min_size=2, max_size=2, unique=True),
+        )
+        def flush_redis(self, uid: int, names: list[str]) -> None:
+            """Family 15: FLUSHDB (a Redis restart); the first reads after it publish two
+            patterns (as many as after the last one, maybe others: a pattern set rebuilt with
+            other patterns of the same size)."""
             world.run(self.redis.flushdb())
             self.registry.clear()
             self.published.clear()
+            self._warm_users(None, [uid], names)
 
     return Coherence
 
