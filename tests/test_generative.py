@@ -132,6 +132,13 @@ CRUDS: dict[str, FastRDB[Any, Any, Any, Any]] = {
         list_pattern=_U + ":col:{color}:p{page}:{limit}",
         invalidate_pattern_prefix=_U + ":col:{color}:*",
     ),
+    "idpage": FastRDB(  # 13: pages narrowed by the primary key (a row moved by a bulk UPDATE)
+        GenUser,
+        GenUserOut,
+        pattern=_U + ":id-row:{id}",
+        list_pattern=_U + ":idp:{id}:p{page}:{limit}",
+        invalidate_pattern_prefix=_U + ":idp:{id}:*",
+    ),
     "employee": FastRDB(
         GenEmployee,
         GenEmployeeOut,
@@ -403,7 +410,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             """A step may have written the database since the last check (reads only fill)."""
             self.handles: list[ListenHandle] = []
             self.slots: list[Slot] = []
-            self.published: set[str] = set()
+            self.published: set[str] = set(CRUDS)
             """FastRDB instances read through since the last FLUSHDB (their patterns are
             published): priming reads through these only, so a partial pattern set stays
             partial (family 15)."""
@@ -612,7 +619,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             or another row's), each in a new session. So the entries a missed invalidation
             would leave stale are there for the check right after the write, whatever ran
             before it."""
-            names = self.published & set(ROW_NAMES)
+            names = self.published & {*ROW_NAMES, "idpage"}
             if not names:
                 return
             self._warm_users(None, uids, names)
@@ -743,6 +750,14 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             enabled = [n for n in ROW_NAMES if names is None or n in names]
             for user_id in uids:
                 user = world.run(self._fresh(Query("id", (("id", user_id),))))
+                if names is None or "idpage" in names:  # the page an insert or a move enters
+                    self.read(
+                        slot,
+                        Query("idpage", (("id", user_id),), (3, 1, None, True)),
+                        lambda db, user_id=user_id: CRUDS["idpage"].get_multi(
+                            db=db, redis=self.redis, limit=3, id=user_id
+                        ),
+                    )
                 if user == ABSENT:
                     if "id" in enabled:  # a negative entry, which an insert or a move must drop
                         self.read(
