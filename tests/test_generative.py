@@ -36,7 +36,7 @@ import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -354,6 +354,8 @@ class Slot:
     kind: str  # "async", "async_keep", "async_iso", "sync"
     maker: Any
     session: Any
+    kept: list[Any] = field(default_factory=list)
+    """Instances the app holds on to (a session's identity map only keeps them weakly)."""
 
     @property
     def is_async(self) -> bool:
@@ -639,9 +641,9 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                             db=db, redis=self.redis, **filters
                         ),
                     )
-            for name, field in (("cat", "cat"), ("colors", "color")):
-                if name in names and field in stored:
-                    filters = {field: stored[field]}
+            for name, column in (("cat", "cat"), ("colors", "color")):
+                if name in names and column in stored:
+                    filters = {column: stored[column]}
                     self.read(
                         None,
                         Query(name, tuple(filters.items()), (3, 1, None, True)),
@@ -704,12 +706,14 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
             """A session loads a user and keeps it (an app's current_user; a stale copy later),
             or every row it can reach."""
 
+            kept = self.slots[slot % len(self.slots)].kept
+
             def work(s: Session) -> None:
                 if uid is not None:
-                    s.get(GenUser, uid)
+                    kept.append(s.get(GenUser, uid))
                     return
                 for model in (GenUser, GenEmployee, GenAnimal, GenParent, GenBook):
-                    s.execute(select(model)).scalars().all()
+                    kept.extend(s.execute(select(model)).scalars().all())
 
             self.in_slot(slot, work)
 
@@ -727,6 +731,8 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                     getattr(s, how)()
 
             self.in_slot(slot, work)
+            if how == "close":
+                self.slots[slot % len(self.slots)].kept.clear()
 
         # -- FastRDB reads ------------------------------------------------------------------
 
@@ -856,6 +862,10 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                 filters[extra[0]] = extra[1]
             query = Query(name, tuple(filters.items()))
             self.read(slot, query, lambda db: crud.get(db=db, redis=self.redis, **filters))
+
+        def _ids(self) -> list[int]:
+            with world.sync_engine.connect() as c:
+                return sorted(c.scalars(select(GenUser.id)))
 
         def _seqs(self) -> list[int]:
             with world.sync_engine.connect() as c:
@@ -1131,9 +1141,13 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
 
             self._assigned(slot, work, *(rows if form == "params" else rows[:1]))
 
-        @rule(slot=SLOTS, old=st.sampled_from(USER_IDS), new=st.sampled_from(USER_IDS))
+        @rule(slot=SLOTS, old=st.integers(0, 4), new=st.integers(0, 4))
         def change_primary_key(self, slot: int, old: int, new: int) -> None:
-            """Family 13: a bulk UPDATE that changes the primary key."""
+            """Family 13: a bulk UPDATE that moves a row to a free primary key (both drawn by
+            position among the ids in use and the free ones: the values vary per run)."""
+            ids = self._ids()
+            free = [i for i in USER_IDS if i not in ids] or list(USER_IDS)
+            old, new = (ids or list(USER_IDS))[old % max(len(ids), 1)], free[new % len(free)]
             self.prime([old, new])
 
             def work(s: Session) -> None:
