@@ -163,16 +163,23 @@ class Writes(Generic[ModelT, ResponseT]):
             setattr(obj, name, value)
         return obj
 
-    async def _read_back(self, db: AsyncSession, obj: Any) -> tuple[ResponseT, str | None]:
+    async def _read_back(
+        self, db: AsyncSession, obj: Any, *, locked: bool = False
+    ) -> tuple[ResponseT, str | None]:
         """The row's response and single-row key as the database holds it now, with what the
-        response schema embeds (``refresh()`` would leave nested relationships to lazy loads)."""
+        response schema embeds (``refresh()`` would leave nested relationships to lazy loads).
+
+        ``locked``: the writer holds the row's lock; read it with ``FOR UPDATE``, which reads
+        the latest version even in a REPEATABLE READ snapshot taken before another session's
+        commit (MariaDB: a plain read there returns the snapshot's row when this transaction
+        sent no UPDATE for it, e.g. an update() that changed nothing)."""
         plan = self._plan
         embedded = plan.embedding.options
-        if embedded:
+        if embedded:  # under REPEATABLE READ its fill is refused (see _embeds_current)
             identity = inspect(obj).identity
             await db.get(plan.model, identity, options=embedded, populate_existing=True)
         else:
-            await db.refresh(obj)
+            await db.refresh(obj, with_for_update=locked or None)
         return plan.response(obj), plan.row_key_of(obj)
 
     async def _reload(
@@ -244,7 +251,7 @@ class Writes(Generic[ModelT, ResponseT]):
                     changes_of(db.sync_session).own_tokens[key] = token
                 else:
                     token = ""
-            response, stored_key = await self._read_back(db, obj)
+            response, stored_key = await self._read_back(db, obj, locked=True)
             current = await self._embeds_current(db)
             await db.commit()
         except BaseException:

@@ -204,6 +204,25 @@ async def test_fastrdb_update_in_a_session_holding_an_out_of_date_copy(
     assert (await read(users, maker, redis_client, email="b@x.io")).name == "New"
 
 
+async def test_fastrdb_update_that_changes_nothing_in_an_old_snapshot(
+    maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """REPEATABLE READ (MariaDB's default): a session whose snapshot predates another session's
+    commit calls update() with the values the row has now. The locked read finds them, no
+    UPDATE is sent, and the write-through must not cache the snapshot's older row."""
+    async with maker() as db:
+        await add_user(db, redis_client, "a@x.io", "Ann")
+    async with writer() as session:
+        await session.execute(select(User.id))  # the snapshot starts here
+        async with writer() as other:
+            (await other.execute(select(User))).scalar_one().name = "Bob"
+            await other.commit()
+        await users.update(
+            db=session, redis=redis_client, obj_in=UserUpdate(name="Bob"), email="a@x.io"
+        )
+    assert (await read(users, maker, redis_client, email="a@x.io")).name == "Bob"
+
+
 # -- family 4: inserts and upserts --
 
 
