@@ -18,6 +18,7 @@ from fastrdb._types import AsyncRedis
 from fastrdb.cache import store
 from fastrdb.cache.readthrough import Stats
 from fastrdb.errors import FastRDBError
+from fastrdb.events.bindings import binding_of
 from fastrdb.events.collector import changes_of
 from fastrdb.plan import Plan
 from fastrdb.sessions import Clients
@@ -228,11 +229,20 @@ class Writes(Generic[ModelT, ResponseT]):
         before the commit: under the lock the write holds, the values the database set (server
         defaults, ``onupdate``) are the ones about to commit, and no transaction is opened
         after the commit.
+
+        When the session's invalidations go to ``redis`` itself (one Redis, not a cluster), the
+        value rides with the commit's invalidation: one script drops the stale keys, then
+        stores it if the lease still holds, before ``commit()`` returns (one round trip for
+        both). Otherwise, or if that delivery did not try it, it is stored after the commit.
         """
         plan = self._plan
         health = await self._clients.ready(db, redis)
+        binding = binding_of(db.sync_session)
+        rides = binding is not None and binding.client is redis and not store.is_cluster(redis)
+        changes = changes_of(db.sync_session)
         key: str | None = None
         token = ""
+        payload: str | None = None
         try:
             await db.flush()
             key = plan.row_key_of(obj) if plan.row.fields else None  # "todo": no row of its own
@@ -248,11 +258,14 @@ class Writes(Generic[ModelT, ResponseT]):
                     registries=plan.embedded[1],
                 )
                 if taken:
-                    changes_of(db.sync_session).own_tokens[key] = token
+                    changes.own_tokens[key] = token
                 else:
                     token = ""
             response, stored_key = await self._read_back(db, obj, locked=True)
-            current = await self._embeds_current(db)
+            if key is not None and token and stored_key == key and await self._embeds_current(db):
+                payload = response.model_dump_json()
+                if rides:
+                    changes.fills[key] = (payload, self._exp)
             await db.commit()
         except BaseException:
             with contextlib.suppress(Exception):  # the commit's own exception is the one to raise
@@ -260,16 +273,20 @@ class Writes(Generic[ModelT, ResponseT]):
             if key is not None and token:
                 await store.release(redis, health, key, token)
             raise
+        if key is None or not token:
+            return response
         filled = False
+        held = True  # the lease, until a fill or the invalidation took it
         try:
-            if key is not None and token and stored_key == key and current:
-                payload = response.model_dump_json()
+            if key in changes.filled:  # the invalidation stored it or deleted the lease
+                filled, held = changes.filled[key], False
+            elif payload is not None:
                 filled = await store.fill(redis, health, key, token, payload, self._exp)
         finally:
-            if key is not None and token:
-                if filled:
-                    self._stats.fills += 1
-                else:  # also when cancelled during the fill: leave no lease behind
-                    self._stats.fills_refused += 1
+            if filled:
+                self._stats.fills += 1
+            else:
+                self._stats.fills_refused += 1
+                if held:  # also when cancelled during the fill: leave no lease behind
                     await store.release(redis, health, key, token)
         return response

@@ -23,7 +23,7 @@ from fastrdb import FastRDB, Settings
 from fastrdb._compat import await_in_greenlet
 from fastrdb.cache.health import health_of
 from fastrdb.events import listen
-from tests.conftest import Database
+from tests.conftest import Database, async_redis_client
 from tests.interleave import CountSelects, PauseAfterSelect
 from tests.models import User, UserCreate, UserResponse, UserUpdate
 from tests.servers import HoldingProxy, RedisServer, free_port
@@ -356,22 +356,26 @@ async def test_a_get_cancelled_during_its_read_raises_cancellation(
 
 
 async def test_an_update_cancelled_before_its_write_through_leaves_no_lease(
-    maker: async_sessionmaker[AsyncSession], redis_client: Redis
+    engine: AsyncEngine, maker: async_sessionmaker[AsyncSession], redis_client: Redis
 ) -> None:
     """update() cancelled after the database committed, before its write-through (here in
-    its commit's after_commit hooks), raises CancelledError and gives back the write-through
+    its commit's after_commit hooks; the session's invalidations go to another client, so the
+    value does not ride with them), raises CancelledError and gives back the write-through
     lease it took before the commit."""
     crud = make_crud(Settings())
     async with maker() as db:
         await crud.create(db=db, redis=redis_client, obj_in=UserCreate(email="a@x.io", name="A"))
     committed = asyncio.Event()
+    other_client = async_redis_client()
+    listened = async_sessionmaker(engine, expire_on_commit=False)
+    handle = listen(listened, other_client)
 
     def hold(session: Session) -> None:
         committed.set()
         await_in_greenlet(asyncio.Event().wait())  # until cancelled
 
     async def write() -> None:
-        async with maker() as db:
+        async with listened() as db:
             event.listen(db.sync_session, "after_commit", hold)
             await crud.update(
                 db=db, redis=redis_client, obj_in=UserUpdate(name="B"), email="a@x.io"
@@ -385,6 +389,8 @@ async def test_an_update_cancelled_before_its_write_through_leaves_no_lease(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not await redis_client.exists(lease_of(KEY)), "the lease was left behind"
+    handle.remove()
+    await other_client.aclose()
     async with maker() as db:
         assert (await crud.get(db=db, redis=redis_client, email="a@x.io")).name == "B"
     assert await cached_name(redis_client) == "B"

@@ -16,7 +16,9 @@ from sqlalchemy.orm import Session
 
 from fastrdb import FastRDB, Settings
 from fastrdb._compat import await_in_greenlet
+from fastrdb.cache import store
 from fastrdb.cache.health import health_of
+from fastrdb.cache.scripts import INVALIDATE
 from fastrdb.events import listen
 from tests.conftest import Database, async_redis_client
 from tests.interleave import CountSelects, HoldGetReply, PauseAfterSelect
@@ -132,6 +134,92 @@ async def test_a_writer_racing_a_write_through(
     assert raw is None or b'"B"' in raw
     async with maker() as db:
         assert (await users.get(db=db, redis=redis_client, email="a@x.io")).name == "B"
+
+
+async def test_a_commit_before_the_writers_invalidation_refuses_its_write_through(
+    engine: AsyncEngine,
+    maker: async_sessionmaker[AsyncSession],
+    redis_client: Redis,
+    writer: async_sessionmaker[AsyncSession],
+) -> None:
+    """Writer A's write-through rides with its commit's invalidation (one script). A's
+    database commit is done and its script held back; writer B commits a newer value and B's
+    invalidation runs first; A's script then finds its lease gone: it drops, stores nothing,
+    and the cache ends up with B's value or nothing."""
+    if store.is_cluster(redis_client):
+        pytest.skip("on a cluster the write-through follows the invalidation (test above)")
+    async with maker() as db:
+        await add_user(db, redis_client, "a@x.io", "Zero")
+    a_client = async_redis_client()  # A's own client, patient while the test holds it
+    a_sessions = async_sessionmaker(engine, expire_on_commit=False)
+    handle = listen(a_sessions, a_client, settings=Settings(redis_timeout=30))
+    arrived, resume = asyncio.Event(), asyncio.Event()
+    evalsha = a_client.evalsha
+
+    async def held_evalsha(sha: str, numkeys: int, *args: Any) -> Any:
+        if sha == INVALIDATE.sha and not arrived.is_set():
+            arrived.set()
+            await resume.wait()
+        return await evalsha(sha, numkeys, *args)
+
+    a_client.evalsha = held_evalsha  # type: ignore[method-assign]
+
+    async def update_a() -> str:
+        async with a_sessions() as db:
+            updated = await patient_users.update(
+                db=db, redis=a_client, obj_in=UserUpdate(name="A"), email="a@x.io"
+            )
+            return updated.name
+
+    refused = patient_users.stats()["fills_refused"]
+    try:
+        task = asyncio.create_task(update_a())
+        async with asyncio.timeout(10):
+            await arrived.wait()  # A's database commit is done; its invalidation waits
+        await rename(writer, "a@x.io", "B")  # commits and drops the key and A's lease
+        resume.set()
+        assert await task == "A"
+    finally:
+        resume.set()
+        handle.remove()
+        await a_client.aclose()
+    raw = await redis_client.get("user:email:a@x.io")
+    assert raw is None or b'"B"' in raw
+    assert patient_users.stats()["fills_refused"] == refused + 1
+    async with maker() as db:
+        assert (await users.get(db=db, redis=redis_client, email="a@x.io")).name == "B"
+
+
+async def test_an_update_costs_two_redis_round_trips(
+    maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """On one Redis, update() takes the write-through lease (one script) and then its commit
+    drops the stale keys and stores the new row in one more: nothing after the commit."""
+    if store.is_cluster(redis_client):
+        pytest.skip("a cluster drops per slot, then stores the row")
+    async with maker() as db:
+        await add_user(db, redis_client, "a@x.io", "Zero")
+        await users.update(db=db, redis=redis_client, obj_in=UserUpdate(name="A"), email="a@x.io")
+    sent: list[str] = []
+    execute_command = redis_client.execute_command
+
+    async def counted(*args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]))
+        return await execute_command(*args, **options)
+
+    redis_client.execute_command = counted  # type: ignore[method-assign]
+    fills = users.stats()["fills"]
+    try:
+        async with maker() as db:
+            await users.update(
+                db=db, redis=redis_client, obj_in=UserUpdate(name="B"), email="a@x.io"
+            )
+    finally:
+        del redis_client.execute_command
+    assert sent == ["EVALSHA", "EVALSHA"]
+    assert users.stats()["fills"] == fills + 1
+    assert b'"B"' in (await redis_client.get("user:email:a@x.io") or b"")
+    assert not await redis_client.exists("{user:email:a@x.io}:lease")
 
 
 async def test_concurrent_misses_cost_one_database_read(

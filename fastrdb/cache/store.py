@@ -304,6 +304,12 @@ class InvalidationPlan:
     own_tokens: list[str] = field(default_factory=list)
     """Per row key, the token of a lease the committing writer holds itself, or ''."""
     registries: list[str] = field(default_factory=list)
+    fills: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    """The committing writer's write-through: row key (one it holds the lease of) → value and
+    expiry, stored in the same round trip as the drops, while that lease still holds."""
+    filled: dict[str, bool] = field(default_factory=dict)
+    """What became of each of ``fills`` the delivery tried (True: stored); a fill it did not
+    try (a cluster, a failure) is absent."""
 
 
 SchemeCache = dict[str, tuple[list[Raw], list[Scheme]]]
@@ -340,8 +346,10 @@ def deliver_invalidation(
     On one Redis this is a single round trip: the patterns are cached per client, and the
     script refuses to run (and the patterns are read again) unless each pattern set holds
     exactly the members they were planned from (checked by content, so a set emptied by
-    FLUSHDB or a restart and rebuilt with other patterns is read again). With ``wait``, the
-    same pipeline then waits for the replicas (see :mod:`fastrdb.cache.replicas`).
+    FLUSHDB or a restart and rebuilt with other patterns is read again). The plan's ``fills``
+    go in the same script, after the drops (recorded in its ``filled``); a cluster leaves them
+    to the writer. With ``wait``, the same pipeline then waits for the replicas (see
+    :mod:`fastrdb.cache.replicas`).
     """
     if is_cluster(client):
         schemes = _read_schemes(call, client, namespace, tables)
@@ -363,14 +371,25 @@ def deliver_invalidation(
             members = cache[table][0]
             args += [len(members), *members]
         args += todo.own_tokens
+        own = zip(todo.row_keys, todo.own_tokens, strict=True)
+        fills = [
+            (index, *todo.fills[key])
+            for index, (key, token) in enumerate(own, 1)
+            if token and key in todo.fills
+        ]
+        args.append(len(fills))
+        for fill in fills:
+            args += fill
         if wait is None:
-            dropped, acked = int(INVALIDATE.run(call, client, keys, args)), 0
+            reply, acked = INVALIDATE.run(call, client, keys, args), 0
         else:
             reply, acked = run_then_wait(
                 call, client, INVALIDATE, keys, args, wait, namespace.wait()
             )
-            dropped = int(reply)
+        dropped = int(reply[0])
         if dropped >= 0:
+            for (index, _, _), landed in zip(fills, reply[1:], strict=True):
+                todo.filled[todo.row_keys[index - 1]] = bool(landed)
             forget(tables, todo.row_keys)  # this process' near entries, before commit() returns
             if wait is not None:
                 wait.require(acked, "redis")

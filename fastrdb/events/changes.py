@@ -33,12 +33,28 @@ class Changes:
     needs them, so wide rows cost nothing beyond their pattern fields.
     """
 
-    __slots__ = ("everything", "own_tokens", "reader", "rows", "touched", "whole", "written")
+    __slots__ = (
+        "everything",
+        "filled",
+        "fills",
+        "own_tokens",
+        "reader",
+        "rows",
+        "touched",
+        "whole",
+        "written",
+    )
 
     def __init__(self) -> None:
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.own_tokens: dict[str, str] = {}
         """Keys whose fill lease the writing session took itself (write-through): key → token."""
+        self.fills: dict[str, tuple[str, int]] = {}
+        """Of those keys, the ones whose write-through the invalidation itself stores (same
+        round trip, after the drops, while the lease holds): key → value and expiry. Only a
+        commit that the database confirmed may store them."""
+        self.filled: dict[str, bool] = {}
+        """What the delivery did with each of ``fills`` it tried (True: stored)."""
         self.written: list[Written] = []
         """Rows inserted or updated, for listeners that refresh instead of only invalidating."""
         self.touched: set[str] = set()
@@ -127,7 +143,7 @@ class Changes:
             self.rows[table] = []
 
     def merge(self, other: Changes) -> None:
-        """Fold ``other`` in; its write-through leases are not carried over."""
+        """Fold ``other`` in; its write-through leases and fills are not carried over."""
         if self.everything:
             return
         if other.everything:
@@ -169,4 +185,6 @@ class Changes:
             row_keys=list(row_keys),
             own_tokens=list(row_keys.values()),
             registries=list(registries),
+            fills=self.fills,
+            filled=self.filled,
         )

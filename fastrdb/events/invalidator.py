@@ -81,6 +81,7 @@ def after_transaction_end(session: Session, transaction: SessionTransaction) -> 
     binding = binding_of(session)
     if binding is not None:
         log.info("cache_commit_unconfirmed", tables=sorted(changes.rows))
+        changes.fills.clear()  # the values may never have committed: drop, never store
         invalidate(binding, changes, session, refresh=False)
 
 
@@ -141,6 +142,8 @@ def _merged(pending: object, changes: Changes) -> Changes:
     batch.merge(pending)
     batch.merge(changes)
     batch.own_tokens = changes.own_tokens
+    batch.fills = changes.fills
+    batch.filled = changes.filled  # the writer reads what became of its fills here
     return batch
 
 
