@@ -13,13 +13,16 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 from sqlalchemy import inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from fastrdb._types import AsyncRedis
 from fastrdb.cache import store
 from fastrdb.cache.readthrough import Stats
 from fastrdb.errors import FastRDBError
-from fastrdb.events.bindings import binding_of
+from fastrdb.events.bindings import CHANGES_KEY, binding_of
+from fastrdb.events.changes import Changes
 from fastrdb.events.collector import changes_of
+from fastrdb.events.shapes import mapper_shape
 from fastrdb.plan import Plan
 from fastrdb.sessions import Clients
 from fastrdb.snapshots import run_read, statement_fresh
@@ -165,7 +168,7 @@ class Writes(Generic[ModelT, ResponseT]):
         return obj
 
     async def _read_back(
-        self, db: AsyncSession, obj: Any, *, locked: bool = False
+        self, db: AsyncSession, obj: Any, *, locked: bool = False, since: int | None = None
     ) -> tuple[ResponseT, str | None]:
         """The row's response and single-row key as the database holds it now, with what the
         response schema embeds (``refresh()`` would leave nested relationships to lazy loads).
@@ -173,15 +176,38 @@ class Writes(Generic[ModelT, ResponseT]):
         ``locked``: the writer holds the row's lock; read it with ``FOR UPDATE``, which reads
         the latest version even in a REPEATABLE READ snapshot taken before another session's
         commit (MariaDB: a plain read there returns the snapshot's row when this transaction
-        sent no UPDATE for it, e.g. an update() that changed nothing)."""
+        sent no UPDATE for it, e.g. an update() that changed nothing).
+
+        ``since`` (a mark of the session's changes taken before the flush that wrote ``obj``):
+        when that flush recorded the row's post-image, which the session hooks read back (or
+        knew exactly) in this transaction under the write lock, it is the row, and no SELECT
+        is sent. A flush that wrote nothing for the row recorded none: it is read."""
         plan = self._plan
         embedded = plan.embedding.options
         if embedded:  # under REPEATABLE READ its fill is refused (see _embeds_current)
             identity = inspect(obj).identity
             await db.get(plan.model, identity, options=embedded, populate_existing=True)
-        else:
+        elif since is None or not self._from_post_image(db, obj, since):
             await db.refresh(obj, with_for_update=locked or None)
         return plan.response(obj), plan.row_key_of(obj)
+
+    def _from_post_image(self, db: AsyncSession, obj: Any, since: int) -> bool:
+        """Load ``obj``'s columns from the post-image its flush recorded; False if there is
+        none to load them all from (a model of an inheritance hierarchy: refreshed instead)."""
+        state = inspect(obj)
+        mapper = state.mapper
+        changes: Changes | None = db.sync_session.info.get(CHANGES_KEY)
+        if changes is None or mapper.inherits is not None or mapper.polymorphic_map:
+            return False
+        shape = mapper_shape(mapper)
+        identity = tuple(mapper.primary_key_from_instance(obj))
+        row = changes.latest(self._plan.table, shape.primary_key, identity, since)
+        keys = [prop.key for prop in mapper.column_attrs]
+        if row is None or not all(key in row for key in keys):
+            return False
+        for key in keys:
+            set_committed_value(obj, key, row[key])
+        return True
 
     async def _reload(
         self, db: AsyncSession, objects: Sequence[Any]
@@ -244,6 +270,7 @@ class Writes(Generic[ModelT, ResponseT]):
         token = ""
         payload: str | None = None
         try:
+            since = changes.versions(plan.table)
             await db.flush()
             key = plan.row_key_of(obj) if plan.row.fields else None  # "todo": no row of its own
             if key is not None and health.usable:
@@ -261,7 +288,7 @@ class Writes(Generic[ModelT, ResponseT]):
                     changes.own_tokens[key] = token
                 else:
                     token = ""
-            response, stored_key = await self._read_back(db, obj, locked=True)
+            response, stored_key = await self._read_back(db, obj, locked=True, since=since)
             if key is not None and token and stored_key == key and await self._embeds_current(db):
                 payload = response.model_dump_json()
                 if rides:

@@ -190,38 +190,6 @@ async def test_a_commit_before_the_writers_invalidation_refuses_its_write_throug
         assert (await users.get(db=db, redis=redis_client, email="a@x.io")).name == "B"
 
 
-async def test_an_update_costs_two_redis_round_trips(
-    maker: async_sessionmaker[AsyncSession], redis_client: Redis
-) -> None:
-    """On one Redis, update() takes the write-through lease (one script) and then its commit
-    drops the stale keys and stores the new row in one more: nothing after the commit."""
-    if store.is_cluster(redis_client):
-        pytest.skip("a cluster drops per slot, then stores the row")
-    async with maker() as db:
-        await add_user(db, redis_client, "a@x.io", "Zero")
-        await users.update(db=db, redis=redis_client, obj_in=UserUpdate(name="A"), email="a@x.io")
-    sent: list[str] = []
-    execute_command = redis_client.execute_command
-
-    async def counted(*args: Any, **options: Any) -> Any:
-        sent.append(str(args[0]))
-        return await execute_command(*args, **options)
-
-    redis_client.execute_command = counted  # type: ignore[method-assign]
-    fills = users.stats()["fills"]
-    try:
-        async with maker() as db:
-            await users.update(
-                db=db, redis=redis_client, obj_in=UserUpdate(name="B"), email="a@x.io"
-            )
-    finally:
-        del redis_client.execute_command
-    assert sent == ["EVALSHA", "EVALSHA"]
-    assert users.stats()["fills"] == fills + 1
-    assert b'"B"' in (await redis_client.get("user:email:a@x.io") or b"")
-    assert not await redis_client.exists("{user:email:a@x.io}:lease")
-
-
 async def test_concurrent_misses_cost_one_database_read(
     engine: AsyncEngine, maker: async_sessionmaker[AsyncSession], redis_client: Redis
 ) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,8 @@ __all__ = ["Changes", "ValuesReader", "Written"]
 
 ValuesReader = Callable[[Scheme, Mapping[str, Any]], Mapping[str, Any] | None]
 """``(scheme, recorded row) -> the values of the scheme's placeholders`` (None: unknown)."""
+
+_ABSENT = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,26 @@ class Changes:
         snapshot = dict(values)
         for table in tables:
             self.rows.setdefault(table, []).append(snapshot)
+
+    def versions(self, table: str) -> int:
+        """How many row versions of ``table`` are recorded (a mark for :meth:`latest`)."""
+        return len(self.rows.get(table, ()))
+
+    def latest(
+        self, table: str, primary_key: Sequence[str], identity: tuple[Any, ...], since: int
+    ) -> dict[str, Any] | None:
+        """The newest version of the row ``identity`` of ``table`` recorded after the first
+        ``since`` versions (:meth:`versions`), as the database holds it after the write: a
+        post-image, or the pre-image of a write that changed nothing. None if there is none
+        (or the table's versions were given up for keeping it whole)."""
+        snapshots: list[dict[str, Any]] = self.rows.get(table, [])
+        if table in self.whole or self.everything or len(snapshots) < since:
+            return None
+        for index in range(len(snapshots) - 1, since - 1, -1):
+            row = snapshots[index]
+            if tuple(row.get(key, _ABSENT) for key in primary_key) == identity:
+                return row
+        return None
 
     def note_written(
         self, model: type, identity: tuple[Any, ...], values: Mapping[str, object]

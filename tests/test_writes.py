@@ -1,0 +1,94 @@
+"""What FastRDB's own writes cost: Redis round trips and SELECTs per update, and that what
+they return and cache is the row as the database holds it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis.asyncio
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from fastrdb.cache import store
+from fastrdb.events import listen
+from tests.interleave import CountSelects
+from tests.models import User, UserResponse, UserUpdate
+from tests.test_crud import add_user, users
+
+Redis = redis.asyncio.Redis
+
+
+async def test_an_update_costs_two_redis_round_trips(
+    maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """On one Redis, update() takes the write-through lease (one script) and then its commit
+    drops the stale keys and stores the new row in one more: nothing after the commit."""
+    if store.is_cluster(redis_client):
+        pytest.skip("a cluster drops per slot, then stores the row")
+    async with maker() as db:
+        await add_user(db, redis_client, "a@x.io", "Zero")
+        await users.update(db=db, redis=redis_client, obj_in=UserUpdate(name="A"), email="a@x.io")
+    sent: list[str] = []
+    execute_command = redis_client.execute_command
+
+    async def counted(*args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]))
+        return await execute_command(*args, **options)
+
+    redis_client.execute_command = counted  # type: ignore[method-assign]
+    fills = users.stats()["fills"]
+    try:
+        async with maker() as db:
+            await users.update(
+                db=db, redis=redis_client, obj_in=UserUpdate(name="B"), email="a@x.io"
+            )
+    finally:
+        del redis_client.execute_command
+    assert sent == ["EVALSHA", "EVALSHA"]
+    assert users.stats()["fills"] == fills + 1
+    assert b'"B"' in (await redis_client.get("user:email:a@x.io") or b"")
+    assert not await redis_client.exists("{user:email:a@x.io}:lease")
+
+
+async def test_an_update_reads_the_row_no_more_than_plain_orm_code(
+    engine: AsyncEngine, maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """update() takes the row it returns and caches from the post-image the session hooks
+    record (read back or known exactly, in its transaction, under its lock): it sends as many
+    SELECTs as a listened plain ORM update of the same row, none to reload it."""
+    handle = listen(maker, redis_client)
+    async with maker() as db:
+        await add_user(db, redis_client, "a@x.io", "Zero")
+    with CountSelects(engine, "users") as fastrdb_selects:
+        async with maker() as db:
+            await users.update(
+                db=db, redis=redis_client, obj_in=UserUpdate(name="A"), email="a@x.io"
+            )
+    with CountSelects(engine, "users") as orm_selects:
+        async with maker() as db:
+            user = (
+                await db.execute(select(User).where(User.email == "a@x.io").with_for_update())
+            ).scalar_one()
+            user.name = "B"
+            await db.commit()
+    handle.remove()
+    assert fastrdb_selects.count == orm_selects.count
+
+
+async def test_what_an_update_returns_and_caches_is_the_stored_row(
+    maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """The response of update() and the value it caches equal the row read afterwards from
+    the database, ``onupdate`` timestamp included (set by the database, not sent)."""
+    async with maker() as db:
+        created = await add_user(db, redis_client, "a@x.io", "Zero")
+    async with maker() as db:
+        updated = await users.update(
+            db=db, redis=redis_client, obj_in=UserUpdate(name="A"), email="a@x.io"
+        )
+    async with maker() as db:
+        stored = UserResponse.model_validate((await db.get(User, created.id)), from_attributes=True)
+    assert updated == stored
+    raw = await redis_client.get("user:email:a@x.io")
+    assert raw is not None and UserResponse.model_validate_json(raw) == stored
