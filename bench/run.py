@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from bench import near_window
 from fastrdb import FastRDB, Settings
 from fastrdb.cache import store
 from fastrdb.cache.health import ClientHealth, health_of
@@ -233,7 +234,7 @@ async def bench_database(name: str, url: str, args: argparse.Namespace) -> list[
     email, key = "u1@bench.io", "bench:account:u1@bench.io"
     if args.near_only or args.replicas_only:
         if args.near_only:
-            results.extend(await bench_near(name, maker, client, args))
+            results.extend(await bench_near(name, url, maker, client, args))
         if args.replicas_only:
             results.extend(await bench_replicas(name, engine, args))
         await client.aclose()
@@ -395,7 +396,7 @@ async def bench_database(name: str, url: str, args: argparse.Namespace) -> list[
     results.append(await bench_redis_down(name, maker, args))
 
     # 10. the near cache
-    results.extend(await bench_near(name, maker, client, args))
+    results.extend(await bench_near(name, url, maker, client, args))
 
     # 11. waiting for a replica
     results.extend(await bench_replicas(name, engine, args))
@@ -659,12 +660,13 @@ async def near_ready(crud: Any, client: redis.asyncio.Redis) -> Any:
 
 async def bench_near(
     name: str,
+    url: str,
     maker: async_sessionmaker[AsyncSession],
     client: redis.asyncio.Redis,
     args: argparse.Namespace,
 ) -> list[Result]:
     """10: the near cache — a hit against the floor, a 95/5 Zipf mix at 64 tasks with and
-    without it, and the memory one entry takes."""
+    without it, the memory one entry takes, and the window of its promise (10d)."""
     results: list[Result] = []
     await client.flushdb()
     near = make_crud(near=20_000)
@@ -700,9 +702,11 @@ async def bench_near(
     weights = [1 / (rank**1.1) for rank in range(1, 10_001)]
     values: dict[int, int] = {}
     stale = 0
+    writer_busy: list[float] = []  # SQLite: the share of each round its one writer was busy
 
     async def mix(crud: Any, ops: int) -> float:
         nonlocal stale
+        writing = 0.0
         picks = rng.choices(range(1, 10_001), weights=weights, k=ops)
         queue = [(row, rng.random() < 0.05) for row in picks]
         committed: dict[int, list[tuple[float, int]]] = {}
@@ -711,6 +715,7 @@ async def bench_near(
         row_locks: dict[int, asyncio.Lock] = {}
 
         async def worker() -> None:
+            nonlocal writing
             async with maker() as db:
                 while queue:
                     row, write = queue.pop()
@@ -720,12 +725,14 @@ async def bench_near(
                         if lock is None:
                             lock = row_locks[row] = asyncio.Lock()
                         async with lock:
+                            write_began = time.perf_counter()
                             value = values.get(row, 0) + 1
                             values[row] = value
                             await crud.update(
                                 db=db, redis=client, obj_in=AccountPatch(counter=value), email=email
                             )
                             committed.setdefault(row, []).append((time.monotonic(), value))
+                            writing += time.perf_counter() - write_began
                     else:
                         started = time.monotonic()
                         got = await crud.get(db=db, redis=client, email=email)
@@ -733,7 +740,9 @@ async def bench_near(
 
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(64)))
-        rate = ops / (time.perf_counter() - began)
+        wall = time.perf_counter() - began
+        rate = ops / wall
+        writer_busy.append(writing / wall)
         stale += sum(
             1
             for row, started, value in reads
@@ -767,7 +776,13 @@ async def bench_near(
             f"{min(ratios):.2f}..{max(ratios):.2f}",
             "0 stale reads",
             stale == 0,
-            f"{stale} stale reads, {near_hits} near hits",
+            f"{stale} stale reads, {near_hits} near hits"
+            + (
+                f"; the one writer was busy {min(writer_busy):.0%}..{max(writer_busy):.0%} "
+                "of each round (the mix is bound by SQLite's serialized writes)"
+                if name == "sqlite"
+                else ""
+            ),
         )
     )
 
@@ -802,6 +817,42 @@ async def bench_near(
             "",
             None,
             f"key, bytes, LRU and group bookkeeping; the row's JSON is {len(row_json)}+ B",
+        )
+    )
+
+    # 10d. The window: another process's commit() returning → this process dropping the entry.
+    progress(f"{name}: 10d near window, {args.window_commits} commits by another process")
+    window = await near_window.measure(
+        url,
+        f"redis://{REDIS_HOST}:{REDIS_PORT}/{DB_EMPTY}",
+        make_crud(near=64),
+        maker,
+        client,
+        args.window_commits,
+    )
+    applied = window.applied_us
+    stale = window.stale_after_us
+    results.append(
+        Result(
+            "10d near window",
+            name,
+            "entry dropped - writer's commit() returned, p50",
+            "",
+            statistics.median(applied),
+            0,
+            "µs",
+            0.0,
+            f"p99 {near_window.percentile(applied, 0.99):,.0f}, max {max(applied):,.0f} µs",
+            "0 stale reads after a return",
+            not stale and not window.clock_disagreements,
+            f"{window.commits} commits; reads began every {window.read_gap_us:,.0f} µs (median); "
+            f"{len(stale)} stale reads began after a return"
+            + (f" (latest {max(stale):,.0f} µs after)" if stale else "")
+            + (
+                f"; {window.clock_disagreements} clock disagreements"
+                if window.clock_disagreements
+                else ""
+            ),
         )
     )
     return results
@@ -1029,6 +1080,12 @@ def main() -> None:
         "--update-only",
         action="store_true",
         help="run only case 3 (a listened ORM update; 4 too with --million)",
+    )
+    parser.add_argument(
+        "--window-commits",
+        type=int,
+        default=300,
+        help="commits by another process in case 10d (the near cache's window)",
     )
     parser.add_argument("--output", default="bench/results.json")
     args = parser.parse_args()
