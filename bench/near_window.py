@@ -108,6 +108,8 @@ async def measure(
         try:
             async with asyncio.timeout(max(120, commits)):
                 while len(asked) < commits or waiting:
+                    if process.returncode is not None:
+                        break  # the writer died: reported below
                     hits = crud.stats()["near_hits"]
                     started = now()
                     got = await crud.get(db=db, redis=client, email=email)
@@ -123,7 +125,7 @@ async def measure(
                 await process.wait()
                 await reader
         finally:
-            tracker.invalidate = original  # type: ignore[method-assign]
+            tracker.invalidate = original
             if process.returncode is None:
                 process.kill()
                 await process.wait()
