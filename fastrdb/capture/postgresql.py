@@ -1,10 +1,11 @@
-"""PostgreSQL's log through a logical replication slot, polled over SQL with asyncpg.
+"""PostgreSQL's log through a logical replication slot: streamed, set up and watched with SQL.
 
-Changes are read with ``pg_logical_slot_peek_changes`` (``test_decoding``), which leaves the
-slot where it was; the slot is moved with ``pg_replication_slot_advance`` to the end of the
-last transaction read, once its invalidation was delivered. A crash between the two re-reads
-those transactions on restart: at-least-once. Decoding emits a transaction only once it has
-committed, whole, in commit order.
+The slot is created, and the server's settings checked, over an asyncpg connection; changes
+are streamed from the slot over the replication protocol (:mod:`fastrdb.capture.walstream`,
+``test_decoding`` text), each committed transaction pushed once as it commits, whole, in
+commit order. The slot's confirmed position moves (a standby status update) to the end of
+the last transaction read once its invalidation was delivered. A crash between the two
+receives those transactions again on restart: at-least-once.
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ from fastrdb._logging import log
 from fastrdb.capture.decoding import parse_change
 from fastrdb.capture.rows import RowChange, Transaction
 from fastrdb.capture.source import Batch, CaptureSetupError
+from fastrdb.capture.walstream import WalStream
 
 __all__ = ["PostgresSource"]
 
 PLUGIN = "test_decoding"
 
-_PEEK = (
-    "SELECT lsn::text, data FROM pg_logical_slot_peek_changes("
-    "$1, NULL, $2, 'include-xids', '0', 'include-timestamp', '1')"
-)
+_OPTIONS = {"include-xids": "0", "include-timestamp": "1"}
+_FLUSHED = "SELECT pg_current_wal_flush_lsn() - '0/0'::pg_lsn"
 _IDENTITIES = (
     "SELECT n.nspname::text, c.relname::text, c.relreplident::text FROM pg_class c"
     " JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -47,12 +47,20 @@ def _commit_time(line: str) -> float | None:
 class PostgresSource:
     """The replication slot ``slot`` of the database at ``dsn`` (a libpq-style URL)."""
 
-    def __init__(self, dsn: str, slot: str, *, batch_rows: int = 20_000) -> None:
+    waits = True
+    """:meth:`read` waits for the log itself: no pause between two reads."""
+
+    def __init__(
+        self, dsn: str, slot: str, *, batch_rows: int = 20_000, wait: float = 0.05
+    ) -> None:
         self.dsn = dsn
         self.slot = slot
         self.batch_rows = batch_rows
+        self.wait = wait
         self.default_schema = "public"
         self._connection: Any = None
+        self._stream: WalStream | None = None
+        self._open: Transaction | None = None
         self._full_identity: dict[tuple[str, str], bool] = {}
 
     async def open(self) -> None:
@@ -106,6 +114,20 @@ class PostgresSource:
                 hint="ALTER TABLE … REPLICA IDENTITY FULL, so that an UPDATE or DELETE names"
                 " the keys of the row's old values",
             )
+        await self._start_stream()
+
+    async def _start_stream(self) -> None:
+        from psycopg.conninfo import make_conninfo
+
+        conninfo = make_conninfo(
+            self.dsn,
+            replication="database",
+            application_name="fastrdb-capture",
+            options="-c TimeZone=UTC -c DateStyle=ISO,YMD",
+        )
+        self._open = None
+        self._stream = WalStream(conninfo, self.slot, _OPTIONS)
+        await self._stream.start()
 
     async def _create_slot(self, connection: Any) -> None:
         import asyncpg
@@ -134,22 +156,24 @@ class PostgresSource:
         self._full_identity = {(r[0], r[1]): r[2] == "f" for r in rows}
 
     async def read(self) -> Batch:
-        rows = await self._connection.fetch(_PEEK, self.slot, self.batch_rows)
-        batch = Batch(drained=len(rows) < self.batch_rows)
-        transaction: Transaction | None = None
-        for lsn, data in rows:
+        assert self._stream is not None
+        messages = await self._stream.receive(self.wait, self.batch_rows)
+        batch = Batch()
+        for lsn, data in messages:  # a transaction may span two reads: self._open
             if data.startswith("BEGIN"):
-                transaction = Transaction()
+                self._open = Transaction()
             elif data.startswith("COMMIT"):
-                if transaction is not None:
-                    transaction.committed_at = _commit_time(data)
-                    batch.transactions.append(transaction)
+                if self._open is not None:
+                    self._open.committed_at = _commit_time(data)
+                    self._open.position = lsn
+                    batch.transactions.append(self._open)
                     batch.position = lsn
-                transaction = None
-            elif transaction is not None:
+                self._open = None
+            elif self._open is not None:
                 change = parse_change(data)
                 if change is not None:
-                    transaction.rows.append(await self._completed(change))
+                    self._open.rows.append(await self._completed(change))
+        batch.drained = not self._stream.buffered()
         return batch
 
     async def _completed(self, change: RowChange) -> RowChange:
@@ -166,12 +190,8 @@ class PostgresSource:
         )
 
     async def confirm(self, batch: Batch) -> None:
-        if batch.position is not None:
-            await self._connection.execute(
-                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
-                self.slot,
-                batch.position,
-            )
+        if batch.position is not None and self._stream is not None:
+            self._stream.confirm(batch.position)
 
     async def backlog(self) -> dict[str, Any]:
         behind = await self._connection.fetchval(
@@ -183,12 +203,29 @@ class PostgresSource:
         return {"behind_bytes": behind}
 
     async def end(self) -> Any:
-        return None
+        """The server's flushed WAL position (every commit made before this call), asked on
+        a connection of its own (the capture's own may be busy, or not open yet)."""
+        import asyncpg
+
+        connection = await asyncpg.connect(self.dsn)
+        try:
+            return int(await connection.fetchval(_FLUSHED))
+        finally:
+            await connection.close()
 
     def reached(self, end: Any) -> bool:
-        return True  # a peek started after the call reads every commit before it
+        stream = self._stream
+        if stream is None:
+            return False
+        if stream.received >= end:
+            return True
+        stream.ping()  # the server answers with how far it has read its WAL
+        return False
 
     async def close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
         connection, self._connection = self._connection, None
         if connection is not None:
             try:

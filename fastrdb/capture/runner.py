@@ -21,6 +21,7 @@ from fastrdb.cache.replicas import Wait, check_client
 from fastrdb.cache.store import REDIS_ERRORS, Caller, deliver_invalidation
 from fastrdb.capture.rows import TableNames, to_changes
 from fastrdb.capture.source import Batch, CaptureSetupError, Source
+from fastrdb.capture.walstream import StreamError
 from fastrdb.events.changes import Changes
 from fastrdb.keys import Namespace
 from fastrdb.settings import DEFAULT_SETTINGS, Settings
@@ -126,8 +127,8 @@ class Runner:
             if time.monotonic() >= next_lag:
                 next_lag = time.monotonic() + self.lag_interval
                 await self._log_lag()
-            if batch.drained:  # else more is waiting: read on at once
-                await self._sleep(self.poll_interval)
+            if batch.drained and not getattr(self.source, "waits", False):
+                await self._sleep(self.poll_interval)  # else read on at once
 
     def _count(self, batch: Batch) -> None:
         self.stats.transactions += len(batch.transactions)
@@ -210,4 +211,6 @@ def _is_database_error(exc: BaseException) -> bool:
     """Errors of the database drivers capture uses (checked by module, so neither driver
     has to be installed)."""
     module = type(exc).__module__
-    return module.startswith(("asyncpg", "pymysql", "pymysqlreplication"))
+    return isinstance(exc, StreamError) or module.startswith(
+        ("asyncpg", "psycopg", "pymysql", "pymysqlreplication")
+    )

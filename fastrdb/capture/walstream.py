@@ -1,0 +1,157 @@
+"""A logical replication slot streamed over PostgreSQL's replication protocol (libpq through
+``psycopg.pq``), read from asyncio.
+
+``START_REPLICATION SLOT … LOGICAL`` makes the server's walsender keep one decoding context
+and push each committed transaction once, as it commits. Polling the slot over SQL
+(``pg_logical_slot_peek_changes``) instead sets up a context per call and decodes again
+everything since the slot's ``restart_lsn`` — which moves only at the server's running-xacts
+records, about every 15 s — so each poll, and each ``pg_replication_slot_advance``, costs in
+proportion to up to 15 s of WAL: measured here, 5 ms right after such a record and 40 ms
+15 s later, at 1,000 row changes per second.
+
+Nothing is confirmed until :meth:`WalStream.confirm`, which sends a standby status update
+(the slot's ``confirmed_flush_lsn``): a restart resumes after the last confirmed position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections import deque
+from typing import Any
+
+__all__ = ["StreamError", "WalStream", "format_lsn", "parse_lsn"]
+
+_EPOCH_2000 = 946_684_800  # PostgreSQL's timestamps count microseconds from 2000-01-01
+_STATUS = struct.Struct(">cQQQqB")
+_XLOG_HEADER = struct.Struct(">QQq")
+_KEEPALIVE = struct.Struct(">QqB")
+
+
+def parse_lsn(text: str) -> int:
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+class StreamError(RuntimeError):
+    """The replication connection failed (the capture loop reconnects)."""
+
+
+def _now() -> int:
+    return int((time.time() - _EPOCH_2000) * 1_000_000)
+
+
+class WalStream:
+    """One replication connection following ``slot`` with ``test_decoding``'s options."""
+
+    def __init__(self, conninfo: str, slot: str, options: dict[str, str]) -> None:
+        self.conninfo = conninfo
+        self.slot = slot
+        self.options = options
+        self.received = 0
+        """The server's position as last reported (data or keepalive): everything committed
+        before it has been received."""
+        self.confirmed = 0
+        self._pending: deque[tuple[int, str]] = deque()
+        self._pgconn: Any = None
+        self._readable = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_status = 0.0
+
+    async def start(self) -> None:
+        from psycopg import pq
+
+        pgconn = await asyncio.to_thread(pq.PGconn.connect, self.conninfo.encode())
+        if pgconn.status != pq.ConnStatus.OK:
+            message = pgconn.error_message.decode(errors="replace")
+            pgconn.finish()
+            raise StreamError(f"replication connection failed: {message}")
+        self._pgconn = pgconn
+        options = ", ".join(f"\"{name}\" '{value}'" for name, value in self.options.items())
+        command = f'START_REPLICATION SLOT "{self.slot}" LOGICAL 0/0 ({options})'
+        pgconn.send_query(command.encode())
+        result = await asyncio.to_thread(pgconn.get_result)
+        if result is None or result.status != pq.ExecStatus.COPY_BOTH:
+            message = pgconn.error_message.decode(errors="replace")
+            raise StreamError(f"START_REPLICATION refused: {message}")
+        pgconn.nonblocking = 1
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(pgconn.socket, self._readable.set)
+        self._last_status = time.monotonic()
+
+    def buffered(self) -> bool:
+        return bool(self._pending)
+
+    async def receive(self, wait: float, limit: int) -> list[tuple[int, str]]:
+        """Up to ``limit`` messages (LSN, text): those already received, else the first to
+        arrive within ``wait`` seconds and whatever came with it."""
+        self._drain_socket()
+        if not self._pending:
+            self._readable.clear()
+            self._drain_socket()
+            if not self._pending:
+                try:
+                    async with asyncio.timeout(wait):
+                        await self._readable.wait()
+                except TimeoutError:
+                    pass
+                self._drain_socket()
+        if time.monotonic() - self._last_status > 5:
+            self._status(False)  # the server drops a silent replica (wal_sender_timeout)
+        out: list[tuple[int, str]] = []
+        while self._pending and len(out) < limit:
+            out.append(self._pending.popleft())
+        return out
+
+    def _drain_socket(self) -> None:
+        pgconn = self._pgconn
+        if pgconn is None:
+            raise StreamError("replication connection closed")
+        pgconn.consume_input()
+        while True:
+            size, data = pgconn.get_copy_data(1)
+            if size == 0:
+                return
+            if size < 0:
+                message = pgconn.error_message.decode(errors="replace")
+                raise StreamError(f"replication stream ended: {message or 'closed'}")
+            kind = data[0]
+            if kind == 0x77:  # 'w': XLogData
+                start, end, _ = _XLOG_HEADER.unpack_from(data, 1)
+                self._pending.append((start, bytes(data[25:]).decode()))
+                self.received = max(self.received, end)
+            elif kind == 0x6B:  # 'k': keepalive
+                end, _, reply = _KEEPALIVE.unpack_from(data, 1)
+                self.received = max(self.received, end)
+                if reply:
+                    self._status(False)
+
+    def _status(self, ping: bool) -> None:
+        lsn = self.confirmed
+        message = _STATUS.pack(b"r", lsn, lsn, lsn, _now(), 1 if ping else 0)
+        self._pgconn.put_copy_data(message)
+        self._pgconn.flush()
+        self._last_status = time.monotonic()
+
+    def confirm(self, lsn: int) -> None:
+        """Make ``lsn`` the slot's confirmed position (sent at once, no reply awaited)."""
+        if lsn > self.confirmed:
+            self.confirmed = lsn
+            self._status(False)
+
+    def ping(self) -> None:
+        """Ask the server for a keepalive, which reports how far it has sent."""
+        self._status(True)
+
+    def close(self) -> None:
+        pgconn, self._pgconn = self._pgconn, None
+        if pgconn is None:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(pgconn.socket)
+        pgconn.finish()
