@@ -2,11 +2,17 @@
 vs not, and catch-up of a queued backlog.
 
     python -m bench.capture [--databases postgresql,mariadb] [--seconds 4]
+                            [--baseline DIR] [--rounds 2]
 
 Starts its own PostgreSQL (wal_level=logical), MariaDB (row binlog) and Redis on free loopback
 ports, and runs ``fastrdb capture`` as a separate process, as in production. Key deletions
 are observed through Redis keyspace notifications (on the benchmark's own Redis), timestamped
 on arrival, against the moment the writer's COMMIT returned.
+
+``--baseline DIR`` (another checkout of FastRDB, e.g. ``git archive <commit> | tar -x -C DIR``)
+runs each case with that checkout's ``fastrdb capture`` and this one's, alternating, in
+``--rounds`` rounds: each result says its ``variant`` (``baseline`` or ``current``), so the
+two compare in the same run, under the same load.
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ def progress(message: str) -> None:
     print(f"[capture bench] {message}", file=sys.stderr, flush=True)
 
 
-async def start_capture(database: str, redis_url: str) -> asyncio.subprocess.Process:
+async def start_capture(
+    database: str, redis_url: str, root: Path = ROOT
+) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -49,8 +57,8 @@ async def start_capture(database: str, redis_url: str) -> asyncio.subprocess.Pro
         database,
         "--redis",
         redis_url,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stderr is not None
@@ -194,7 +202,9 @@ async def writer_ops(engine: AsyncEngine, count: int, first: int) -> float:
         return count / (time.perf_counter() - start)
 
 
-async def bench(kind: str, seconds: float) -> list[dict[str, Any]]:
+async def bench(
+    kind: str, seconds: float, variants: dict[str, Path], rounds: int
+) -> list[dict[str, Any]]:
     server: PostgresServer | MariaDBServer = (
         PostgresServer() if kind == "postgresql" else MariaDBServer()
     )
@@ -207,52 +217,79 @@ async def bench(kind: str, seconds: float) -> list[dict[str, Any]]:
     driver = "postgresql+asyncpg" if kind == "postgresql" else "mysql+asyncmy"
     engine = create_async_engine(server.url.replace(server.url.split("://")[0], driver, 1))
     results: list[dict[str, Any]] = []
+    first = 0
+
+    def offset() -> int:
+        nonlocal first
+        first += 7919
+        return first
+
     try:
         await prepare(engine, kind, client)
-        capture = await start_capture(server.url, redis_url)
-        for rate in (100, 1000):
-            progress(f"{kind}: lag at {rate} rows/s")
-            results.append(await lag_case(engine, client, rate, seconds, rate * 7))
+        for round_ in range(rounds):
+            for variant, root in variants.items():
+                capture = await start_capture(server.url, redis_url, root)
+                await asyncio.sleep(0.5)
+                for rate in (100, 1000):
+                    progress(f"{kind} {variant} round {round_ + 1}: lag at {rate} rows/s")
+                    result = await lag_case(engine, client, rate, seconds, offset())
+                    results.append({**result, "variant": variant, "round": round_ + 1})
+                progress(f"{kind} {variant} round {round_ + 1}: writer throughput")
+                ratios = []
+                for _ in range(3):
+                    capture.send_signal(signal.SIGSTOP)
+                    without = await writer_ops(engine, 1000, offset())
+                    capture.send_signal(signal.SIGCONT)
+                    await asyncio.sleep(0.5)
+                    with_capture = await writer_ops(engine, 1000, offset())
+                    ratios.append(with_capture / without)
+                results.append(
+                    {
+                        "case": "writer throughput, capture running vs not",
+                        "ratio": round(statistics.median(ratios), 2),
+                        "spread": [round(min(ratios), 2), round(max(ratios), 2)],
+                        "variant": variant,
+                        "round": round_ + 1,
+                    }
+                )
+                await stop_capture(capture)
 
-        progress(f"{kind}: writer throughput with capture vs without")
-        ratios = []
-        for round_ in range(3):
-            capture.send_signal(signal.SIGSTOP)
-            without = await writer_ops(engine, 1000, round_ * 2000)
-            capture.send_signal(signal.SIGCONT)
-            await asyncio.sleep(0.5)
-            with_capture = await writer_ops(engine, 1000, round_ * 2000 + 1000)
-            ratios.append(with_capture / without)
-        results.append(
-            {
-                "case": "writer throughput, capture running vs not",
-                "ratio": round(statistics.median(ratios), 2),
-                "spread": [round(min(ratios), 2), round(max(ratios), 2)],
-            }
-        )
-
-        progress(f"{kind}: catch-up of 100,000 queued changes")
-        await stop_capture(capture)
-        async with engine.begin() as connection:
-            for _ in range(10):  # 100,000 row changes in 10 transactions of 10,000 rows
-                await connection.execute(text("UPDATE bench_capture SET name = concat(name, 'x')"))
-        await client.set("bc:0", "cached")
-        async with engine.begin() as connection:  # the sentinel, committed last
-            await connection.execute(text("UPDATE bench_capture SET name = 'end' WHERE id = 0"))
-        deletions = Deletions(client)
-        await deletions.start()
-        start = time.perf_counter()
-        capture = await start_capture(server.url, redis_url)
-        gone = await deletions.wait("bc:0")
-        deletions.stop()
-        results.append(
-            {
-                "case": "catch-up: 100,000 queued row changes applied",
-                "seconds": round(gone - start, 2),
-                "note": "from starting the capture process (its start-up included)",
-            }
-        )
-        await stop_capture(capture)
+        for variant, root in variants.items():
+            progress(f"{kind} {variant}: catch-up of 100,000 queued changes")
+            async with engine.begin() as connection:
+                for _ in range(10):  # 100,000 row changes in 10 transactions of 10,000 rows
+                    await connection.execute(
+                        text("UPDATE bench_capture SET name = concat(name, 'x')")
+                    )
+            await client.set("bc:0", "cached")
+            async with engine.begin() as connection:  # the sentinel, committed last
+                await connection.execute(text("UPDATE bench_capture SET name = 'end' WHERE id = 0"))
+            deletions = Deletions(client)
+            await deletions.start()
+            start = time.perf_counter()
+            capture = await start_capture(server.url, redis_url, root)
+            gone = await deletions.wait("bc:0")
+            deletions.stop()
+            results.append(
+                {
+                    "case": "catch-up: 100,000 queued row changes applied",
+                    "seconds": round(gone - start, 2),
+                    "note": "from starting the capture process (its start-up included)",
+                    "variant": variant,
+                }
+            )
+            await stop_capture(capture)
+            async with engine.begin() as connection:
+                await connection.execute(text("UPDATE bench_capture SET name = 'n'"))
+            await client.set("bc:1", "cached")
+            async with engine.begin() as connection:  # the reset's sentinel
+                await connection.execute(text("UPDATE bench_capture SET name = 'm' WHERE id = 1"))
+            deletions = Deletions(client)
+            await deletions.start()
+            capture = await start_capture(server.url, redis_url, root)  # past that reset
+            await deletions.wait("bc:1")
+            deletions.stop()
+            await stop_capture(capture)
     finally:
         await engine.dispose()
         await client.aclose()
@@ -263,10 +300,10 @@ async def bench(kind: str, seconds: float) -> list[dict[str, Any]]:
     return results
 
 
-async def amain(args: argparse.Namespace) -> list[dict[str, Any]]:
+async def amain(args: argparse.Namespace, variants: dict[str, Path]) -> list[dict[str, Any]]:
     results = []
     for kind in args.databases.split(","):
-        results.extend(await bench(kind.strip(), args.seconds))
+        results.extend(await bench(kind.strip(), args.seconds, variants, args.rounds))
     return results
 
 
@@ -274,9 +311,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--databases", default="postgresql,mariadb")
     parser.add_argument("--seconds", type=float, default=4.0, help="per lag case")
+    parser.add_argument("--baseline", help="another checkout, run alternately with this one")
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
-    for result in asyncio.run(amain(args)):
-        print(json.dumps(result))
+    variants = {"current": ROOT}
+    if args.baseline:
+        variants = {"baseline": Path(args.baseline).resolve(), "current": ROOT}
+    for result in asyncio.run(amain(args, variants)):
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

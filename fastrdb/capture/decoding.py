@@ -13,6 +13,7 @@ text, numeric, boolean, uuid, dates and times); any other type stays text.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from datetime import date, datetime, time
@@ -146,29 +147,42 @@ class _Reader:
         return self.until(stop)
 
 
+_COLUMN = re.compile(
+    r" *(?:\"(?P<quoted_name>(?:[^\"]|\"\")*)\"|(?P<name>[^\[ \"]+))"  # name, quoted if need be
+    r"\[(?P<type>.*?)\]:"  # [type]: (an array type holds brackets: up to the first "]:")
+    r"(?:'(?P<text>(?:[^']|'')*)'|B'(?P<bits>[^']*)'|(?P<word>[^ ]*))"  # 'text', B'..', word
+)
+
+
 def _columns(reader: _Reader, stop_at: str | None = None) -> dict[str, Any]:
+    """The ``name[type]:value`` columns from the reader's position, up to ``stop_at`` or the
+    end (one regular expression per column: this runs for every logged row)."""
     values: dict[str, Any] = {}
+    text = reader.text
+    match = _COLUMN.match
     while True:
-        reader.skip_spaces()
-        if reader.at_end() or (stop_at is not None and reader.startswith(stop_at)):
-            return values
-        name = reader.identifier("[")
-        reader.expect("[")
-        type_name = reader.until("]:")
-        reader.expect("]:")
-        if reader.startswith("'"):
-            values[name] = convert(type_name, reader.quoted("'"))
-        elif reader.startswith("B'"):
-            reader.pos += 1
-            values[name] = reader.quoted("'")
+        found = match(text, reader.pos)
+        if found is None:
+            reader.skip_spaces()
+            if reader.at_end() or (stop_at is not None and reader.startswith(stop_at)):
+                return values
+            raise ValueError(f"unreadable column at {reader.pos} in {text[:200]!r}")
+        quoted_name, name, type_name, quoted, bits, word = found.groups()
+        if name is None:
+            name = quoted_name.replace('""', '"')
+        reader.pos = found.end()
+        if quoted is not None:
+            values[name] = convert(
+                type_name, quoted.replace("''", "'") if "'" in quoted else quoted
+            )
+        elif bits is not None:
+            values[name] = bits
+        elif word == "null":
+            values[name] = None
+        elif word == "unchanged-toast-datum":
+            values[name] = UNCHANGED_TOAST
         else:
-            word = reader.until(" ")
-            if word == "null":
-                values[name] = None
-            elif word == "unchanged-toast-datum":
-                values[name] = UNCHANGED_TOAST
-            else:
-                values[name] = convert(type_name, word)
+            values[name] = convert(type_name, word)
 
 
 def parse_change(line: str) -> RowChange | None:

@@ -81,6 +81,9 @@ class _Failed:
 class MariaDBSource:
     """The binlog of the server at ``address``, its position kept in Redis as ``name``."""
 
+    waits = True
+    """:meth:`read` waits for the reader thread itself: no pause between two reads."""
+
     def __init__(
         self,
         address: ServerAddress,

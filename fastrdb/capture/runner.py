@@ -113,6 +113,7 @@ class Runner:
             self._round += 1
             number = self._round
             batch = await self.source.read()
+            started = time.monotonic()
             if batch.transactions:
                 changes = to_changes(batch.transactions, names)
                 if changes and not await self._deliver(changes):
@@ -127,8 +128,15 @@ class Runner:
             if time.monotonic() >= next_lag:
                 next_lag = time.monotonic() + self.lag_interval
                 await self._log_lag()
-            if batch.drained and not getattr(self.source, "waits", False):
-                await self._sleep(self.poll_interval)  # else read on at once
+            if not getattr(self.source, "waits", False):
+                if batch.drained:  # else more is waiting: read on at once
+                    await self._sleep(self.poll_interval)
+            elif batch.transactions:
+                # At most one delivery per poll_interval: under a stream of small commits,
+                # what arrives meanwhile is delivered together (one Redis call, one
+                # confirmation), not one call per commit; a commit after a quiet moment
+                # is delivered at once.
+                await self._sleep(started + self.poll_interval - time.monotonic())
 
     def _count(self, batch: Batch) -> None:
         self.stats.transactions += len(batch.transactions)
@@ -190,6 +198,8 @@ class Runner:
 
     async def _sleep(self, seconds: float) -> bool:
         """Wait ``seconds`` or until stopped; True if stopping."""
+        if seconds <= 0:
+            return self._stopping.is_set()
         try:
             async with asyncio.timeout(seconds):
                 await self._stopping.wait()

@@ -23,7 +23,9 @@ class Capture:
     asyncio client (or cluster client) of the cache's Redis. ``slot`` names the PostgreSQL
     replication slot, or the MariaDB position kept in Redis; one running capture per name.
     ``tables`` limits capture to these tables (as FastRDB names them: ``users`` or
-    ``schema.users``). ``poll_interval``: the pause between two reads of an idle log (seconds);
+    ``schema.users``). ``poll_interval``: the shortest time between two deliveries to Redis
+    (seconds; changes committed meanwhile are delivered together, a change after a quiet moment
+    at once);
     ``max_backoff``: the longest pause between two attempts while Redis or the database is down.
 
     Run it with ``await capture.run()`` (e.g. as a task in a FastAPI lifespan) and end it with

@@ -16,12 +16,16 @@ Nothing is confirmed until :meth:`WalStream.confirm`, which sends a standby stat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import time
 from collections import deque
 from typing import Any
 
 __all__ = ["StreamError", "WalStream", "format_lsn", "parse_lsn"]
+
+REPORT_EVERY = 0.1
+"""Seconds between two reports of the confirmed position while changes stream in."""
 
 _EPOCH_2000 = 946_684_800  # PostgreSQL's timestamps count microseconds from 2000-01-01
 _STATUS = struct.Struct(">cQQQqB")
@@ -59,9 +63,9 @@ class WalStream:
         self.confirmed = 0
         self._pending: deque[tuple[int, str]] = deque()
         self._pgconn: Any = None
-        self._readable = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_status = 0.0
+        self._reported = 0
 
     async def start(self) -> None:
         from psycopg import pq
@@ -81,7 +85,6 @@ class WalStream:
             raise StreamError(f"START_REPLICATION refused: {message}")
         pgconn.nonblocking = 1
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(pgconn.socket, self._readable.set)
         self._last_status = time.monotonic()
 
     def buffered(self) -> bool:
@@ -92,21 +95,31 @@ class WalStream:
         arrive within ``wait`` seconds and whatever came with it."""
         self._drain_socket()
         if not self._pending:
-            self._readable.clear()
+            if self.confirmed > self._reported:
+                self._status(False)  # quiet: report what was confirmed now
+            await self._readable_within(wait)
             self._drain_socket()
-            if not self._pending:
-                try:
-                    async with asyncio.timeout(wait):
-                        await self._readable.wait()
-                except TimeoutError:
-                    pass
-                self._drain_socket()
         if time.monotonic() - self._last_status > 5:
             self._status(False)  # the server drops a silent replica (wal_sender_timeout)
         out: list[tuple[int, str]] = []
         while self._pending and len(out) < limit:
             out.append(self._pending.popleft())
         return out
+
+    async def _readable_within(self, wait: float) -> None:
+        """Wait up to ``wait`` seconds for the socket to be readable (watched only meanwhile:
+        a readable socket left watched would wake the event loop at every turn)."""
+        assert self._loop is not None
+        readable = asyncio.Event()
+        socket = self._pgconn.socket
+        self._loop.add_reader(socket, readable.set)
+        try:
+            async with asyncio.timeout(wait):
+                await readable.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._loop.remove_reader(socket)
 
     def _drain_socket(self) -> None:
         pgconn = self._pgconn
@@ -137,21 +150,29 @@ class WalStream:
         self._pgconn.put_copy_data(message)
         self._pgconn.flush()
         self._last_status = time.monotonic()
+        self._reported = lsn
 
     def confirm(self, lsn: int) -> None:
-        """Make ``lsn`` the slot's confirmed position (sent at once, no reply awaited)."""
+        """Make ``lsn`` the slot's confirmed position. No reply is awaited, and while changes
+        stream in it is reported at most every :data:`REPORT_EVERY` seconds (it is
+        reported at once when the stream goes quiet, and on :meth:`close`): a restart may
+        receive again what was delivered since, which at-least-once allows."""
         if lsn > self.confirmed:
             self.confirmed = lsn
-            self._status(False)
+            if time.monotonic() - self._last_status >= REPORT_EVERY:
+                self._status(False)
 
     def ping(self) -> None:
         """Ask the server for a keepalive, which reports how far it has sent."""
         self._status(True)
 
     def close(self) -> None:
-        pgconn, self._pgconn = self._pgconn, None
+        """Report what was confirmed (best effort) and disconnect."""
+        pgconn = self._pgconn
         if pgconn is None:
             return
-        if self._loop is not None:
-            self._loop.remove_reader(pgconn.socket)
+        with contextlib.suppress(Exception):  # gone: the next run receives it again
+            if self.confirmed > self._reported:
+                self._status(False)
+        self._pgconn = None
         pgconn.finish()
