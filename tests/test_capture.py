@@ -94,6 +94,7 @@ GADGET_PATTERNS = {
     "day": "gadget:day:{day}:{at}",
     "flags": "gadget:ok:{ok}:{note}:{id}",
     "serial": "gadget:serial:{serial_code}",
+    "id": "gadget:{id}",
 }
 gadgets = {
     name: FastRDB[Gadget, GadgetOut, GadgetOut, GadgetOut](Gadget, GadgetOut, pattern=pattern)
@@ -866,3 +867,43 @@ async def test_narrowed_pages_are_drained_by_capture_only_writes(
         await db.commit()
     await synced(capture)
     assert await cached(redis_client, *pages) == [pages[1]]
+
+
+async def test_a_null_old_value_names_its_key_and_the_row_counts_as_complete(
+    sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """With full old rows (REPLICA IDENTITY FULL, MariaDB's full image), an old NULL names
+    its key (``%none``), and the row is complete: the table's registry of possibly-negative
+    keys is not drained as for a row whose old values are unknown. (PostgreSQL's
+    test_decoding leaves NULL columns out of an old row: capture puts them back.)"""
+    async with sessions() as db:
+        db.add(
+            Gadget(
+                id=1,
+                name="g",
+                color=Color.RED,
+                token=uuid.uuid4(),
+                price=Decimal(1),
+                made=datetime(2026, 1, 1),
+                day=date(2026, 1, 1),
+                at=time(1),
+                ok=True,
+                note=None,
+                serial_code="s",
+            )
+        )
+        await db.commit()
+    await synced(capture)
+    async with sessions() as db:
+        await gadgets["flags"].get(db=db, redis=redis_client, ok=True, note=None, id=1)
+        await gadgets["id"].get(db=db, redis=redis_client, id=1)  # joins the registry
+    registry = "fastrdb:negatives:cap_gadgets"
+    assert await cached(redis_client, "gadget:ok:%true:%none:1", registry) == [
+        "gadget:ok:%true:%none:1",
+        registry,
+    ]
+    async with sessions() as db:
+        await db.execute(text("UPDATE cap_gadgets SET note = 'x' WHERE id = 1"))
+        await db.commit()
+    await synced(capture)
+    assert await cached(redis_client, "gadget:ok:%true:%none:1", registry) == [registry]
