@@ -614,6 +614,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                 except SYNC_ERRORS as exc:
                     if not refused(exc):
                         raise
+                    world.run(db.rollback())  # as the app would (a failed locked read)
                     return
                 after = world.run(self._keys())
             self.published.add(name)
@@ -969,6 +970,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
                 except SYNC_ERRORS as exc:
                     if not refused(exc):
                         raise
+                    world.run(db.rollback())  # as the app would (a failed locked read)
 
         # -- plain ORM writes -------------------------------------------------------------
 
