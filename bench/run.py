@@ -703,6 +703,7 @@ async def bench_near(
     values: dict[int, int] = {}
     stale = 0
     writer_busy: list[float] = []  # SQLite: the share of each round its one writer was busy
+    cpu_per_op: dict[int, list[float]] = {}  # per crud: this process's CPU seconds per op
 
     async def mix(crud: Any, ops: int) -> float:
         nonlocal stale
@@ -738,9 +739,10 @@ async def bench_near(
                         got = await crud.get(db=db, redis=client, email=email)
                         reads.append((row, started, got.counter))
 
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(64)))
         wall = time.perf_counter() - began
+        cpu_per_op.setdefault(id(crud), []).append((time.process_time() - cpu_began) / ops)
         rate = ops / wall
         writer_busy.append(writing / wall)
         stale += sum(
@@ -763,6 +765,8 @@ async def bench_near(
             sink.append(await mix(crud, ops))
     ratios = [a / b for a, b in zip(rates_near, rates_plain, strict=True)]
     near_hits = near.stats()["near_hits"] - hits_before
+    cpu_near, cpu_plain = (cpu_per_op[id(crud)][1:] for crud in (near, plain))  # past warm-up
+    cpu_ratios = [a / b for a, b in zip(cpu_near, cpu_plain, strict=True)]
     results.append(
         Result(
             "10b near mix",
@@ -776,7 +780,10 @@ async def bench_near(
             f"{min(ratios):.2f}..{max(ratios):.2f}",
             "0 stale reads",
             stale == 0,
-            f"{stale} stale reads, {near_hits} near hits"
+            f"{stale} stale reads, {near_hits} near hits; CPU per op (this process, all "
+            f"threads) {statistics.median(cpu_near) * 1e6:,.0f} µs vs "
+            f"{statistics.median(cpu_plain) * 1e6:,.0f} µs: {statistics.median(cpu_ratios):.2f}x "
+            f"({min(cpu_ratios):.2f}..{max(cpu_ratios):.2f})"
             + (
                 f"; the one writer was busy {min(writer_busy):.0%}..{max(writer_busy):.0%} "
                 "of each round (the mix is bound by SQLite's serialized writes)"
