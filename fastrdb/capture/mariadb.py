@@ -13,6 +13,7 @@ import asyncio
 import json
 import queue
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,9 @@ from fastrdb.capture.rows import RowChange, Transaction
 from fastrdb.capture.source import Batch, CaptureSetupError
 
 __all__ = ["MariaDBSource", "ServerAddress"]
+
+REPORT_EVERY = 0.1
+"""Seconds between two writes of the position while transactions stream in."""
 
 _REQUIRED = {
     "log_bin": "ON",
@@ -107,6 +111,8 @@ class MariaDBSource:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._seen: Position = ("", 0)
+        self._unstored: Position | None = None
+        self._stored_at = 0.0
         self._cascades: Cascades = {}
         self._booleans: Booleans = {}
 
@@ -176,6 +182,7 @@ class MariaDBSource:
             file, offset = json.loads(stored)
             position = (str(file), int(offset))
         self._seen = position
+        self._unstored = None  # delivered but not stored: read again from the stored one
         self._stop.clear()
         self._queue = queue.Queue(maxsize=10_000)
         self._thread = threading.Thread(
@@ -264,9 +271,12 @@ class MariaDBSource:
 
     async def read(self) -> Batch:
         try:
-            first = await asyncio.to_thread(self._queue.get, True, 0.05)
+            first = self._queue.get_nowait()  # no thread hop while transactions wait
         except queue.Empty:
-            return Batch(drained=self._queue.empty())
+            try:
+                first = await asyncio.to_thread(self._queue.get, True, 0.05)
+            except queue.Empty:
+                return Batch(drained=self._queue.empty())
         batch = Batch()
         item: Transaction | _Failed = first
         count = 0
@@ -289,8 +299,18 @@ class MariaDBSource:
         return batch
 
     async def confirm(self, batch: Batch) -> None:
+        """Store ``batch``'s position in Redis: at once when nothing more is waiting, else at
+        most every :data:`REPORT_EVERY` seconds (one Redis call per delivery saved; a restart
+        may receive again what was delivered since, which at-least-once allows)."""
         if batch.position is not None:
-            await self.redis.set(self.position_key, json.dumps(list(batch.position)))
+            self._unstored = batch.position
+        if self._unstored is None:
+            return
+        now = time.monotonic()
+        if self._queue.empty() or now - self._stored_at >= REPORT_EVERY:
+            await self.redis.set(self.position_key, json.dumps(list(self._unstored)))
+            self._unstored = None
+            self._stored_at = now
 
     async def backlog(self) -> dict[str, Any]:
         end = await self.end()
