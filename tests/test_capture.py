@@ -10,6 +10,7 @@ import enum
 import os
 import signal
 import textwrap
+import time as clock
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -205,15 +206,33 @@ def served(request: pytest.FixtureRequest) -> Served:
         connection.execute(text("DELETE FROM cap_books"))
         connection.execute(text("DELETE FROM cap_gadgets"))
         connection.execute(text("DELETE FROM cap_authors"))
-        if served.kind == "postgresql":
-            connection.execute(
-                text(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-                    " WHERE slot_name = 'fastrdb'"
-                )
-            )
+    if served.kind == "postgresql":
+        _drop_slot(engine)
     engine.dispose()
     return served
+
+
+def _drop_slot(engine: Any) -> None:
+    """Drop the slot, ending the walsender of a capture that stopped a moment ago (it may
+    not have exited yet: the slot is active until it has)."""
+    for _ in range(100):
+        with engine.begin() as connection:
+            active = connection.scalar(
+                text(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                    " WHERE slot_name = 'fastrdb' AND active_pid IS NOT NULL"
+                )
+            )
+            if active is None:
+                connection.execute(
+                    text(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                        " WHERE slot_name = 'fastrdb'"
+                    )
+                )
+                return
+        clock.sleep(0.05)
+    raise AssertionError("the slot stayed active")
 
 
 @pytest.fixture
