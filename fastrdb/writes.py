@@ -21,7 +21,7 @@ from fastrdb.cache.readthrough import Stats
 from fastrdb.errors import FastRDBError
 from fastrdb.events.bindings import CHANGES_KEY, binding_of
 from fastrdb.events.changes import Changes
-from fastrdb.events.collector import changes_of
+from fastrdb.events.collector import changes_of, read_under_lock
 from fastrdb.events.shapes import mapper_shape
 from fastrdb.plan import Plan
 from fastrdb.sessions import Clients
@@ -228,10 +228,11 @@ class Writes(Generic[ModelT, ResponseT]):
         plan.require(plan.row, filters)
         clauses, params = plan.where(filters)
         # The row as the database holds it under the write lock, not a copy the session
-        # held already (its pattern values may be out of date).
+        # held already (its pattern values may be out of date): the flush's pre-image too.
         query = select(plan.model).where(*clauses).with_for_update()
         query = query.execution_options(populate_existing=True)
         obj: ModelT = (await db.execute(query, params)).scalar_one()
+        read_under_lock(db.sync_session, obj)
         return obj
 
     async def _embeds_current(self, db: AsyncSession) -> bool:

@@ -8,7 +8,9 @@ cascades). So, per row the flush writes:
 - pre-image (UPDATE, DELETE): the row as the database holds it, read under the write lock
   (``SELECT … FOR UPDATE`` by primary key): in one SELECT per hierarchy in ``before_flush``
   for the modified and deleted instances, and in ``before_update``/``before_delete`` (mapper
-  events, which fire for every row the flush writes) for any row not read yet;
+  events, which fire for every row the flush writes) for any row not read yet. A row that
+  FastRDB's own ``update``/``delete`` just loaded with ``SELECT … FOR UPDATE`` in the same
+  transaction (:func:`read_under_lock`; not on SQLite) is taken from that load instead;
 - post-image (INSERT, UPDATE): read back by primary key in ``after_flush``, one SELECT per
   hierarchy, so server defaults, ``onupdate`` columns and SQL expressions are seen as stored;
   except an UPDATE whose result is known exactly from the pre-image and the values it sent
@@ -48,10 +50,12 @@ __all__ = [
     "before_update",
     "changes_of",
     "do_orm_execute",
+    "read_under_lock",
     "table_name",
 ]
 
 _FLUSH_KEY = "fastrdb.flush"
+_LOCKED_KEY = "fastrdb.locked"
 
 Identity = tuple[Any, ...]
 
@@ -102,6 +106,7 @@ def before_flush(session: Session, flush_context: UOWTransaction, instances: obj
     if binding_of(session) is None:
         return
     flush = _flush_of(session)
+    handed = _handed_over(session)
     wanted: dict[Shape, list[Identity]] = {}
     for obj in session.deleted:
         state = attributes.instance_state(obj)
@@ -115,9 +120,46 @@ def before_flush(session: Session, flush_context: UOWTransaction, instances: obj
         return
     connection = session.connection()
     for shape, identities in wanted.items():
-        flush.before.setdefault(shape, {}).update(
-            read_by_identity(connection, shape, identities, lock=True)
-        )
+        known = handed.get(shape, {})
+        rows = {identity: known[identity] for identity in identities if identity in known}
+        unread = [identity for identity in identities if identity not in known]
+        if unread:
+            rows.update(read_by_identity(connection, shape, unread, lock=True))
+        flush.before.setdefault(shape, {}).update(rows)
+
+
+def read_under_lock(session: Session, obj: Any) -> None:
+    """Note that ``obj`` was just loaded in full by a ``SELECT … FOR UPDATE`` in the session's
+    transaction (FastRDB's own update and delete): the next flush takes its pre-image from it
+    instead of reading the row again. Not on SQLite (``FOR UPDATE`` takes no lock there), nor
+    for a row of an inheritance hierarchy or one with unloaded columns: those are read.
+
+    Call it before changing ``obj``. What is noted holds only for this transaction's next
+    flush."""
+    state = attributes.instance_state(obj)
+    mapper = state.mapper
+    if state.key is None or mapper.inherits is not None or mapper.polymorphic_map:
+        return
+    if session.get_bind(mapper=mapper).dialect.name == "sqlite":
+        return
+    shape = mapper_shape(mapper)
+    loaded = state.dict
+    if not all(key in loaded for key, _ in shape.columns):
+        return
+    row = {key: loaded[key] for key, _ in shape.columns}
+    transaction, rows = session.info.get(_LOCKED_KEY, (None, {}))
+    if transaction is not session.get_transaction():
+        rows = {}
+    rows.setdefault(shape, {})[_identity(state)] = row
+    session.info[_LOCKED_KEY] = (session.get_transaction(), rows)
+
+
+def _handed_over(session: Session) -> dict[Shape, dict[Identity, Row]]:
+    """The rows :func:`read_under_lock` noted in the current transaction (then forgotten)."""
+    transaction, rows = session.info.pop(_LOCKED_KEY, (None, {}))
+    if transaction is None or transaction is not session.get_transaction():
+        return {}
+    return rows  # type: ignore[no-any-return]
 
 
 def before_update(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
