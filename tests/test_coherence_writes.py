@@ -285,6 +285,40 @@ async def test_upsert_with_a_parameter_list(
     assert (await read(users_by_id, maker, redis_client, id=second)).name == "Y"
 
 
+async def test_upsert_that_moves_a_pattern_field_drops_the_old_values_key(
+    database: Database, maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """An upsert on the primary key that sets a new email: the statement names only the new
+    email, so the old one's key is known only from the row as the database held it."""
+    async with maker() as db:
+        user_id = (await add_user(db, redis_client, "a@x.io", "Ann")).id
+    await cached(users, maker, redis_client, email="a@x.io")
+    values = {"id": user_id, "email": "moved@x.io", "name": "Moved"}
+    if database.name in ("postgresql", "sqlite"):
+        if database.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        statement = dialect_insert(User).values(**values)
+        upsert: Any = statement.on_conflict_do_update(
+            index_elements=["id"],
+            set_={"email": statement.excluded.email, "name": statement.excluded.name},
+        )
+    else:
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+        statement = mysql_insert(User).values(**values)
+        upsert = statement.on_duplicate_key_update(
+            email=statement.inserted.email, name=statement.inserted.name
+        )
+    async with writer() as session:
+        await session.execute(upsert)
+        await session.commit()
+    with pytest.raises(NoResultFound):
+        await read(users, maker, redis_client, email="a@x.io")
+    assert (await read(users, maker, redis_client, email="moved@x.io")).name == "Moved"
+
+
 async def test_insert_values_into_a_narrowed_page(
     maker: Maker, redis_client: Redis, writer: Maker
 ) -> None:
