@@ -17,6 +17,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from fastrdb._types import AsyncRedis
 from fastrdb.cache import store
+from fastrdb.cache.health import ClientHealth
 from fastrdb.cache.readthrough import Stats
 from fastrdb.errors import FastRDBError
 from fastrdb.events.bindings import CHANGES_KEY, binding_of
@@ -117,16 +118,7 @@ class Writes(Generic[ModelT, ResponseT]):
             return
         key = plan.row.format(values)
         token = secrets.token_hex(8)
-        taken = await store.acquire(
-            redis,
-            health,
-            key,
-            token,
-            schemes_key=plan.schemes_key,
-            schemes=plan.row_schemes,
-            registries=plan.embedded[1],
-        )
-        if not taken:
+        if not await self._lease(redis, health, key, token):
             return  # a reader is filling it already
         filled = False
         try:
@@ -148,6 +140,21 @@ class Writes(Generic[ModelT, ResponseT]):
                 self._stats.fills += 1
             else:  # also when cancelled (loop shutdown): leave no lease behind
                 await store.release(redis, health, key, token)
+
+    async def _lease(self, redis: AsyncRedis, health: ClientHealth, key: str, token: str) -> bool:
+        """Take the fill lease of a row key for a writer (False: another reader holds it, or
+        Redis could not be asked)."""
+        plan = self._plan
+        taken = await store.acquire(
+            redis,
+            health,
+            key,
+            token,
+            schemes_key=plan.schemes_key,
+            schemes=plan.row_schemes,
+            registries=plan.embedded[1],
+        )
+        return bool(taken)
 
     def _new_instance(self, data: Mapping[str, Any]) -> ModelT:
         """An instance built without the model's ``__init__``: a dataclass-mapped model may
@@ -275,17 +282,8 @@ class Writes(Generic[ModelT, ResponseT]):
             await db.flush()
             key = plan.row_key_of(obj) if plan.row.fields else None  # "todo": no row of its own
             if key is not None and health.usable:
-                token = secrets.token_hex(8)
-                taken = await store.acquire(
-                    redis,
-                    health,
-                    key,
-                    token,
-                    schemes_key=plan.schemes_key,
-                    schemes=plan.row_schemes,
-                    registries=plan.embedded[1],
-                )
-                if taken:
+                token = secrets.token_hex(8)  # set first: a cancelled call still releases it
+                if await self._lease(redis, health, key, token):
                     changes.own_tokens[key] = token
                 else:
                     token = ""
