@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fastrdb.cache.health import health_of
 from tests.models import ALL_METADATA
+from tests.servers import Proxy, RedisServer
 
 REDIS_URL = os.environ.get("FASTRDB_TEST_REDIS", "redis://127.0.0.1:6379/15")
 CLUSTER = os.environ.get("FASTRDB_TEST_REDIS_CLUSTER") == "1"
@@ -62,6 +63,22 @@ def sync_redis_client() -> Any:
     if port:
         return redis.cluster.RedisCluster(host="127.0.0.1", port=int(port))
     return redis.Redis.from_url(REDIS_URL)
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    """A redis-server of the test's own on a free port (one it may stop or cut off)."""
+    server = RedisServer().start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+async def proxy(server: RedisServer) -> AsyncIterator[Proxy]:
+    """A TCP proxy in front of ``server`` that the test can cut and restore."""
+    proxy = await Proxy(server.port).start()
+    yield proxy
+    await proxy.cut()
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
@@ -31,20 +30,6 @@ def make_crud() -> FastRDB[User, UserCreate, UserUpdate, UserResponse]:
         list_pattern="user:page:{page}:limit:{limit}",
         settings=SETTINGS,
     )
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-async def proxy(server: RedisServer) -> AsyncIterator[Proxy]:
-    proxy = await Proxy(server.port).start()
-    yield proxy
-    await proxy.cut()
 
 
 def client_for(port: int) -> redis.asyncio.Redis:

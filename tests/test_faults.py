@@ -4,7 +4,7 @@ client exception, cancellation, and an overloaded connection pool."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio
@@ -45,13 +45,6 @@ def make_crud(settings: Settings = SETTINGS) -> FastRDB[User, UserCreate, UserUp
 
 def client_for(port: int, **kwargs: object) -> Redis:
     return Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5, **kwargs)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.kill()
 
 
 async def user_id(maker: async_sessionmaker[AsyncSession], email: str = "a@x.io") -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -32,7 +31,7 @@ from tests.models import (
     VerseSchema,
     VerseUpdate,
 )
-from tests.servers import Proxy, RedisServer
+from tests.servers import Proxy
 
 USERS, ITEMS, VERSES = 20, 8, 6
 
@@ -65,20 +64,6 @@ class Cruds:
             invalidate_pattern_prefix="verse:chapter:{chapter_id}:*",
             settings=config,
         )
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-async def proxy(server: RedisServer) -> AsyncIterator[Proxy]:
-    proxy = await Proxy(server.port).start()
-    yield proxy
-    await proxy.cut()
 
 
 def client_for(port: int) -> redis.asyncio.Redis:

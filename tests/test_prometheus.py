@@ -7,7 +7,7 @@ import gc
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -41,20 +41,6 @@ def metrics_url() -> Iterator[str]:
     server.shutdown()
     server.server_close()
     thread.join(10)
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-async def proxy(server: RedisServer) -> AsyncIterator[Proxy]:
-    proxy = await Proxy(server.port).start()
-    yield proxy
-    await proxy.cut()
 
 
 async def scrape(url: str) -> Samples:

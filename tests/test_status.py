@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio
@@ -35,20 +34,6 @@ def client_for(port: int) -> redis.asyncio.Redis:
     return redis.asyncio.Redis(
         host="127.0.0.1", port=port, socket_timeout=2.0, socket_connect_timeout=2.0
     )
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-async def proxy(server: RedisServer) -> AsyncIterator[Proxy]:
-    proxy = await Proxy(server.port).start()
-    yield proxy
-    await proxy.cut()
 
 
 @ONE_DATABASE
