@@ -226,8 +226,14 @@ async def test_fastrdb_update_that_changes_nothing_in_an_old_snapshot(
 # -- family 4: inserts and upserts --
 
 
-def _upsert(database: Database, values: dict[str, Any]) -> Any:
-    """The dialect's INSERT … ON CONFLICT / ON DUPLICATE KEY that sets the inserted name."""
+def _upsert(
+    database: Database,
+    values: dict[str, Any],
+    conflict: str = "email",
+    sets: tuple[str, ...] = ("name",),
+) -> Any:
+    """The dialect's INSERT … ON CONFLICT (``conflict``) / ON DUPLICATE KEY that sets the
+    inserted ``sets`` columns."""
     if database.name in ("postgresql", "sqlite"):
         if database.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
@@ -235,12 +241,12 @@ def _upsert(database: Database, values: dict[str, Any]) -> Any:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
         statement = dialect_insert(User).values(**values) if values else dialect_insert(User)
         return statement.on_conflict_do_update(
-            index_elements=["email"], set_={"name": statement.excluded.name}
+            index_elements=[conflict], set_={name: statement.excluded[name] for name in sets}
         )
     from sqlalchemy.dialects.mysql import insert as mysql_insert
 
     statement = mysql_insert(User).values(**values) if values else mysql_insert(User)
-    return statement.on_duplicate_key_update(name=statement.inserted.name)
+    return statement.on_duplicate_key_update(**{name: statement.inserted[name] for name in sets})
 
 
 async def test_upsert_with_values_drops_the_existing_rows_keys(
@@ -294,23 +300,7 @@ async def test_upsert_that_moves_a_pattern_field_drops_the_old_values_key(
         user_id = (await add_user(db, redis_client, "a@x.io", "Ann")).id
     await cached(users, maker, redis_client, email="a@x.io")
     values = {"id": user_id, "email": "moved@x.io", "name": "Moved"}
-    if database.name in ("postgresql", "sqlite"):
-        if database.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        statement = dialect_insert(User).values(**values)
-        upsert: Any = statement.on_conflict_do_update(
-            index_elements=["id"],
-            set_={"email": statement.excluded.email, "name": statement.excluded.name},
-        )
-    else:
-        from sqlalchemy.dialects.mysql import insert as mysql_insert
-
-        statement = mysql_insert(User).values(**values)
-        upsert = statement.on_duplicate_key_update(
-            email=statement.inserted.email, name=statement.inserted.name
-        )
+    upsert = _upsert(database, values, conflict="id", sets=("email", "name"))
     async with writer() as session:
         await session.execute(upsert)
         await session.commit()
