@@ -1238,24 +1238,7 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         def write_employee(self, slot: int, rid: int, through: str, name: str, bulk: bool) -> None:
             """Joined-table inheritance: rename through the base or the subclass (bulk: 5)."""
             self.prime_others("employee", "manager")
-            model = GenEmployee if through == "base" else GenManager
-
-            def work(s: Session) -> None:
-                if bulk:
-                    s.execute(
-                        update(model)
-                        .where(model.id == rid)
-                        .values(name=name)
-                        .execution_options(synchronize_session=False)
-                    )
-                else:
-                    row = s.get(model, rid)
-                    if row is None:
-                        return
-                    row.name = name
-                s.commit()
-
-            self.in_slot(slot, work)
+            self.rename(slot, GenEmployee if through == "base" else GenManager, rid, name, bulk)
 
         @rule(
             slot=SLOTS,
@@ -1267,7 +1250,10 @@ def make_machine(world: World) -> type[RuleBasedStateMachine]:
         def write_animal(self, slot: int, rid: int, through: str, name: str, bulk: bool) -> None:
             """Single-table inheritance: rename through the base or the subclass."""
             self.prime_others("animal", "dog")
-            model = GenAnimal if through == "base" else GenDog
+            self.rename(slot, GenAnimal if through == "base" else GenDog, rid, name, bulk)
+
+        def rename(self, slot: int, model: Any, rid: int, name: str, bulk: bool) -> None:
+            """Set row ``rid``'s name through ``model``: a bulk UPDATE or the ORM, then commit."""
 
             def work(s: Session) -> None:
                 if bulk:
