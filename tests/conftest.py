@@ -219,7 +219,7 @@ async def redis_client() -> AsyncIterator[redis.asyncio.Redis]:
 def assert_healthy(client: Any) -> None:
     """Nothing went wrong between FastRDB and this client: no failed call, nothing pending."""
     health = health_of(client)
-    assert health.errors == 0, "a Redis call failed"
+    assert health.errors == 0, f"a Redis call failed: {health.last_error}"
     assert health.pending is None, "an invalidation was not delivered"
 
 
