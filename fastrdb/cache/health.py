@@ -254,7 +254,12 @@ def clients() -> list[tuple[Any, ClientHealth]]:
     """Every client FastRDB has used in this process and still alive, with its health. Safe
     from another thread (a metrics server's): the records are copied in one step."""
     records: list[tuple[weakref.ref[Any], ClientHealth]]
-    records = list(_HEALTH.data.items())  # type: ignore[attr-defined]
+    while True:
+        try:
+            records = list(_HEALTH.data.items())  # type: ignore[attr-defined]
+            break
+        except RuntimeError:  # a client was collected (its entry removed) during the copy
+            continue
     alive = ((ref(), health) for ref, health in records)
     return [(client, health) for client, health in alive if client is not None]
 
