@@ -767,12 +767,12 @@ async def test_capture_delivers_to_a_redis_cluster(
         await client.aclose()
 
 
-async def test_without_full_replica_identity_pages_and_new_keys_still_go(
+async def test_without_full_replica_identity_old_keys_and_narrowed_pages_still_go(
     served: Served, sessions: async_sessionmaker[Any], redis_client: Redis
 ) -> None:
-    """PostgreSQL, REPLICA IDENTITY DEFAULT: an UPDATE logs no old values, so capture drops
-    the table's pages and the keys the new values name (the old value's key cannot be named:
-    docs/capture.md recommends FULL)."""
+    """PostgreSQL, REPLICA IDENTITY DEFAULT: an UPDATE logs no old values and a DELETE only
+    the key, yet the old value's key (``book:t1``) and the narrowed page the row moves out of
+    (``books:author:1:…``) go: capture sweeps the patterns the log cannot name."""
     if served.kind != "postgresql":
         pytest.skip("replica identity is PostgreSQL's")
     engine = create_engine(served.sync_url)
@@ -780,18 +780,70 @@ async def test_without_full_replica_identity_pages_and_new_keys_still_go(
         connection.execute(text("ALTER TABLE cap_books REPLICA IDENTITY DEFAULT"))
     try:
         async with capturing(served, redis_client) as running:
-            await seed(sessions, redis_client, running)
-            await redis_client.set("book:T1", "stale")
-            async with sessions() as db:
-                await db.execute(text("UPDATE cap_books SET title = 'T1' WHERE id = 1"))
-                await db.commit()
-            await synced(running)
-            # The old value's key ("book:t1") may survive: the documented gap, not asserted.
-            assert await cached(redis_client, "books:1:10", "book:T1") == []
+            await _partial_old_rows_still_drop(sessions, redis_client, running, [])
     finally:
         with engine.begin() as connection:
             connection.execute(text("ALTER TABLE cap_books REPLICA IDENTITY FULL"))
         engine.dispose()
+
+
+async def test_a_minimal_row_image_session_still_drops_old_keys_and_pages(
+    served: Served, sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """MariaDB: capture refuses a server whose binlog_row_image is not FULL, but a writer's
+    session may set MINIMAL for itself; its UPDATE and DELETE (old image: the key alone) still
+    drop the old value's key and the narrowed page the row leaves (columns the image left out
+    are unknown, not NULL)."""
+    if served.kind != "mariadb":
+        pytest.skip("binlog_row_image is MariaDB's")
+    minimal = ["SET SESSION binlog_row_image = 'MINIMAL'"]
+    await _partial_old_rows_still_drop(sessions, redis_client, capture, minimal)
+
+
+async def _partial_old_rows_still_drop(
+    sessions: async_sessionmaker[Any], redis: Redis, capture: Capture, setup: list[str]
+) -> None:
+    await seed(sessions, redis, capture, count=3)
+    await redis.set("book:T1", "stale")
+    async with sessions() as db:
+        for n in (1, 2):
+            await books_by_author.get_multi(db=db, redis=redis, limit=10, page=1, author_id=n)
+    pages = ["books:author:1:1:10", "books:author:2:1:10"]
+    assert await cached(redis, *pages) == pages
+    async with sessions() as db:  # book 1 moves from author 1 to author 2, and is renamed
+        for statement in setup:
+            await db.execute(text(statement))
+        await db.execute(text("UPDATE cap_books SET title = 'T1', author_id = 2 WHERE id = 1"))
+        await db.commit()
+    await synced(capture)
+    assert await cached(redis, "book:t1", "book:T1", "books:1:10", *pages) == []
+    assert await cached(redis, "author:1") == ["author:1"]  # another table's keys stay
+    async with sessions() as db:
+        await books.get(db=db, redis=redis, title="t2")
+        await books_by_author.get_multi(db=db, redis=redis, limit=10, page=1, author_id=2)
+        for statement in setup:
+            await db.execute(text(statement))
+        await db.execute(text("DELETE FROM cap_books WHERE id = 2"))
+        await db.commit()
+    await synced(capture)
+    assert await cached(redis, "book:t2", pages[1]) == []
+    assert await cached(redis, "author:1") == ["author:1"]
+
+
+async def test_a_truncate_drops_the_single_row_keys_and_narrowed_pages(
+    served: Served, sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """TRUNCATE logs no rows: capture sweeps the table's keys and narrowed pages."""
+    await seed(sessions, redis_client, capture)
+    async with sessions() as db:
+        await books_by_author.get_multi(db=db, redis=redis_client, limit=10, page=1, author_id=1)
+    assert await cached(redis_client, "books:author:1:1:10") == ["books:author:1:1:10"]
+    async with sessions() as db:
+        await db.execute(text("TRUNCATE TABLE cap_books"))
+        await db.commit()
+    await synced(capture)
+    assert await cached(redis_client, "book:t1", "book:t2", "books:author:1:1:10") == []
+    assert await cached(redis_client, "author:1") == ["author:1"]
 
 
 async def test_keys_of_every_encoded_type_and_renamed_columns_are_named(

@@ -39,6 +39,7 @@ __all__ = [
     "Caller",
     "InvalidationPlan",
     "Miss",
+    "Sweep",
     "acquire",
     "deliver_invalidation",
     "fill",
@@ -297,6 +298,16 @@ class Caller:
 
 
 @dataclass(slots=True)
+class Sweep:
+    """What of one table an invalidation could not name key by key and must find by a scan
+    (:func:`fastrdb.cache.wipe.sweep`): the keys of these row patterns, and whether its
+    narrowed pages too."""
+
+    patterns: dict[str, None] = field(default_factory=dict)
+    narrowed: bool = False
+
+
+@dataclass(slots=True)
 class InvalidationPlan:
     """The keys one invalidation drops."""
 
@@ -310,6 +321,9 @@ class InvalidationPlan:
     filled: dict[str, bool] = field(default_factory=dict)
     """What became of each of ``fills`` the delivery tried (True: stored); a fill it did not
     try (a cluster, a failure) is absent."""
+    sweeps: dict[str, Sweep] = field(default_factory=dict)
+    """Per table, what :func:`deliver_invalidation` leaves to a sweep (its caller runs it
+    after the drop)."""
 
 
 SchemeCache = dict[str, tuple[list[Raw], list[Scheme]]]

@@ -429,7 +429,25 @@ def _with_cascades(changes: list[RowChange], cascades: Cascades) -> list[RowChan
     return result
 
 
+_ABSENT = "cols bitmap"
+"""``mysql-replication``'s none source of a column the row image left out
+(``binlog_row_image=MINIMAL`` or ``NOBLOB``, which a session may set for itself)."""
+
+
+def _present(row: dict[str, Any], values: str, sources: str) -> tuple[dict[str, Any], bool]:
+    """The columns a row image holds (the ones it left out are not NULL: they are unknown),
+    and whether it holds every column."""
+    image: dict[str, Any] = row[values]
+    absent = [name for name, source in row.get(sources, {}).items() if source == _ABSENT]
+    if not absent:
+        return image, True
+    return {name: value for name, value in image.items() if name not in absent}, False
+
+
 def _row_changes(event: Any, booleans: Booleans) -> list[RowChange]:
+    """The row changes of one rows event. A row image without every column (the writer's
+    session set ``binlog_row_image`` to ``MINIMAL``: capture refuses a server whose global
+    setting is not ``FULL``, but a session may change its own) is marked incomplete."""
     from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent
 
     schema, table = _text(event.schema), _text(event.table)
@@ -442,15 +460,19 @@ def _row_changes(event: Any, booleans: Booleans) -> list[RowChange]:
                     values[column] = bool(values[column])
         return values
 
+    changes: list[RowChange] = []
     if isinstance(event, UpdateRowsEvent):
-        return [
-            RowChange(
-                schema, table, "update", typed(row["before_values"]), typed(row["after_values"])
+        for row in event.rows:
+            before, complete = _present(row, "before_values", "before_none_sources")
+            after, _ = _present(row, "after_values", "after_none_sources")
+            changes.append(
+                RowChange(schema, table, "update", typed(before), typed(after), complete)
             )
-            for row in event.rows
-        ]
-    if isinstance(event, DeleteRowsEvent):
-        return [
-            RowChange(schema, table, "delete", typed(row["values"]), None) for row in event.rows
-        ]
-    return [RowChange(schema, table, "insert", None, typed(row["values"])) for row in event.rows]
+        return changes
+    for row in event.rows:
+        image, complete = _present(row, "values", "none_sources")
+        if isinstance(event, DeleteRowsEvent):
+            changes.append(RowChange(schema, table, "delete", typed(image), None, complete))
+        else:
+            changes.append(RowChange(schema, table, "insert", None, typed(image), complete))
+    return changes

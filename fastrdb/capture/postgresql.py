@@ -28,7 +28,12 @@ _FLUSHED = "SELECT pg_current_wal_flush_lsn() - '0/0'::pg_lsn"
 _IDENTITIES = (
     "SELECT n.nspname::text, c.relname::text, c.relreplident::text,"
     " ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid"
-    " AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) FROM pg_class c"
+    " AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),"
+    " ARRAY(SELECT a.attname::text FROM pg_index i JOIN pg_attribute a"
+    " ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = c.oid"
+    " AND CASE c.relreplident WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident"
+    " ELSE false END)"
+    " FROM pg_class c"
     " JOIN pg_namespace n ON n.oid = c.relnamespace"
     " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
     " AND n.nspname NOT LIKE 'pg_toast%'"
@@ -65,6 +70,7 @@ class PostgresSource:
         self._open: Transaction | None = None
         self._full_identity: dict[tuple[str, str], bool] = {}
         self._columns: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._identity_columns: dict[tuple[str, str], tuple[str, ...]] = {}
 
     async def open(self) -> None:
         import asyncpg
@@ -158,6 +164,7 @@ class PostgresSource:
         rows = await self._connection.fetch(_IDENTITIES)
         self._full_identity = {(r[0], r[1]): r[2] == "f" for r in rows}
         self._columns = {(r[0], r[1]): tuple(r[3]) for r in rows}
+        self._identity_columns = {(r[0], r[1]): tuple(r[4]) for r in rows}
 
     async def read(self) -> Batch:
         assert self._stream is not None
@@ -185,14 +192,22 @@ class PostgresSource:
         marked incomplete.
 
         With ``REPLICA IDENTITY FULL`` ``test_decoding`` leaves the NULL columns out of an old
-        row: they are put back as None, so the keys of a NULL old value are named too."""
-        if change.operation not in ("update", "delete") or change.before is None:
+        row: they are put back as None, so the keys of a NULL old value are named too. With
+        another identity an UPDATE that kept the identity's columns logs no old row: those
+        columns' old values are the new ones, and make the (partial) pre-image."""
+        if change.operation not in ("update", "delete"):
             return change
         key = (change.schema, change.table)
         columns = self._columns.get(key)
-        if columns is None or not set(change.before) <= set(columns):
+        known = set(change.before or ()) | set(change.after or ())
+        if columns is None or not known <= set(columns):
             await self._load_identities()  # a new table, or new columns
             columns = self._columns.get(key, ())
+        if change.before is None:
+            after = change.after or {}
+            identity = self._identity_columns.get(key, ())
+            before = {name: after[name] for name in identity if name in after}
+            return RowChange(change.schema, change.table, change.operation, before, after, False)
         if not self._full_identity.get(key, False):
             if not change.before_complete:
                 return change

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from fastrdb._compat import greenlet_spawn
 from fastrdb._logging import log
 from fastrdb.cache.refusals import note_refusal
 from fastrdb.cache.replicas import Wait, check_client
-from fastrdb.cache.store import REDIS_ERRORS, Caller, deliver_invalidation
+from fastrdb.cache.store import REDIS_ERRORS, Caller, InvalidationPlan, deliver_invalidation
+from fastrdb.cache.wipe import sweep
 from fastrdb.capture.rows import TableNames, to_changes
 from fastrdb.capture.source import Batch, CaptureSetupError, Source
 from fastrdb.capture.walstream import StreamError
 from fastrdb.events.changes import Changes
 from fastrdb.keys import Namespace
+from fastrdb.schemes import Scheme
 from fastrdb.settings import DEFAULT_SETTINGS, Settings
 
 __all__ = ["CaptureStats", "Runner"]
@@ -36,6 +37,9 @@ class CaptureStats:
     transactions: int = 0
     rows: int = 0
     deliveries: int = 0
+    sweeps: int = 0
+    """Scans for keys that changes logged without their old values could not name (see
+    docs/capture.md, ``REPLICA IDENTITY FULL``)."""
     redis_failures: int = 0
     database_failures: int = 0
     last_lag: float | None = None
@@ -148,19 +152,10 @@ class Runner:
     async def _deliver(self, changes: Changes) -> bool:
         """Deliver ``changes``, retrying with backoff until Redis takes them or capture stops."""
         tables = sorted(changes.rows)
-        plan = partial(changes.plan, namespace=self.namespace)
         delay = self.backoff[0]
         while True:
             try:
-                dropped = await greenlet_spawn(
-                    deliver_invalidation,
-                    self._call,
-                    self.redis,
-                    self.namespace,
-                    tables,
-                    plan,
-                    wait=self._wait,
-                )
+                dropped = await greenlet_spawn(self._drop, changes, tables)
             except REDIS_ERRORS as exc:
                 self._redis_failed(exc, delay)
             else:
@@ -172,6 +167,41 @@ class Runner:
             if await self._sleep(delay):
                 return False
             delay = min(delay * 2, self.backoff[1])
+
+    def _drop(self, changes: Changes, tables: list[str]) -> int:
+        """Drop what ``changes`` name; then sweep what they could not name key by key (a
+        pre-image logged in part): the keys of the patterns it lacks a placeholder of, and
+        the table's narrowed pages (a scan, see :func:`fastrdb.cache.wipe.sweep`)."""
+        planned: list[InvalidationPlan] = []
+
+        def plan(schemes: Mapping[str, list[Scheme]]) -> InvalidationPlan:
+            todo = changes.plan(schemes, self.namespace)
+            planned.append(todo)
+            return todo
+
+        dropped = deliver_invalidation(
+            self._call, self.redis, self.namespace, tables, plan, wait=self._wait
+        )
+        for table, todo in planned[-1].sweeps.items():
+            swept = sweep(
+                self._call,
+                self.redis,
+                self.namespace,
+                table,
+                todo.patterns,
+                todo.narrowed,
+                wait=self._wait,
+            )
+            self.stats.sweeps += 1
+            log.debug(
+                "capture_sweep",
+                table=table,
+                patterns=len(todo.patterns),
+                narrowed=todo.narrowed,
+                dropped=swept.dropped,
+            )
+            dropped += swept.dropped
+        return dropped
 
     async def _confirm(self, batch: Batch) -> bool:
         """Confirm ``batch``'s position (a source that keeps it in Redis may need retries)."""
