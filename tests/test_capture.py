@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import redis.asyncio
@@ -56,6 +56,36 @@ class Book(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     author_id: Mapped[int] = mapped_column(ForeignKey("cap_authors.id", ondelete="CASCADE"))
     title: Mapped[str] = mapped_column(String(100))
+
+
+class Employee(Base):
+    """Joined-table inheritance: a Manager's row spans cap_employees and cap_managers."""
+
+    __tablename__ = "cap_employees"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    email: Mapped[str] = mapped_column(String(50))
+    name: Mapped[str] = mapped_column(String(50))
+    kind: Mapped[str] = mapped_column(String(20))
+    __mapper_args__: ClassVar[dict[str, Any]] = {
+        "polymorphic_on": "kind",
+        "polymorphic_identity": "employee",
+    }
+
+
+class Manager(Employee):
+    __tablename__ = "cap_managers"
+
+    manager_id: Mapped[int] = mapped_column(ForeignKey("cap_employees.id"), primary_key=True)
+    level: Mapped[int]
+    __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "manager"}
+
+
+class ManagerOut(BaseModel):
+    id: int
+    email: str
+    name: str
+    level: int
 
 
 class Color(enum.Enum):
@@ -133,6 +163,8 @@ TRIGGERS = {
         "ALTER TABLE cap_authors REPLICA IDENTITY FULL",
         "ALTER TABLE cap_books REPLICA IDENTITY FULL",
         "ALTER TABLE cap_gadgets REPLICA IDENTITY FULL",
+        "ALTER TABLE cap_employees REPLICA IDENTITY FULL",
+        "ALTER TABLE cap_managers REPLICA IDENTITY FULL",
         "CREATE FUNCTION count_book() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
         " UPDATE cap_authors SET books = books + 1 WHERE id = NEW.author_id; RETURN NEW; END $$",
         "CREATE TRIGGER count_book AFTER INSERT ON cap_books FOR EACH ROW"
@@ -206,6 +238,8 @@ def served(request: pytest.FixtureRequest) -> Served:
         connection.execute(text("DELETE FROM cap_books"))
         connection.execute(text("DELETE FROM cap_gadgets"))
         connection.execute(text("DELETE FROM cap_authors"))
+        connection.execute(text("DELETE FROM cap_managers"))
+        connection.execute(text("DELETE FROM cap_employees"))
     if served.kind == "postgresql":
         _drop_slot(engine)
     engine.dispose()
@@ -991,3 +1025,101 @@ async def test_a_null_old_value_names_its_key_and_the_row_counts_as_complete(
         await db.commit()
     await synced(capture)
     assert await cached(redis_client, "gadget:ok:%true:%none:1", registry) == [registry]
+
+
+managers = {
+    name: FastRDB[Manager, ManagerOut, ManagerOut, ManagerOut](Manager, ManagerOut, pattern=pattern)
+    for name, pattern in {
+        "email": "manager:email:{email}",  # a base table column
+        "level": "manager:level:{level}",  # a subclass table column
+        "both": "manager:{email}:{level}",
+    }.items()
+}
+
+
+async def _cache_manager(sessions: async_sessionmaker[Any], redis: Redis, **row: Any) -> None:
+    async with sessions() as db:
+        for crud in managers.values():
+            fields = crud._plan.row.fields
+            await crud.get(db=db, redis=redis, **{field: row[field] for field in fields})
+        await managers["email"].get_multi(db=db, redis=redis, limit=10, page=1)
+
+
+async def _seed_manager(
+    sessions: async_sessionmaker[Any], redis: Redis, capture: Capture
+) -> list[str]:
+    """Manager 1 (a@x.io, level 1) and employee 2, Manager 1's keys and first page cached."""
+    async with sessions() as db:
+        db.add(Manager(id=1, email="a@x.io", name="m", level=1))
+        db.add(Employee(id=2, email="e@x.io", name="e"))
+        await db.commit()
+    await synced(capture)
+    await _cache_manager(sessions, redis, email="a@x.io", level=1)
+    keys = [
+        "manager:email:a@x.io",
+        "manager:level:1",
+        "manager:a@x.io:1",
+        "cap_managers:page:1:limit:10",
+    ]
+    assert await cached(redis, *keys) == keys
+    return keys
+
+
+async def test_a_write_of_the_subclass_table_alone_drops_keys_of_base_columns(
+    served: Served, sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """Joined-table inheritance: an UPDATE of cap_managers alone (from the command line
+    client) logs no email, yet FastRDB(Manager)'s keys made of the base table's email go."""
+    keys = await _seed_manager(sessions, redis_client, capture)
+    database = served.url.rsplit("/", 1)[1]
+    flag = "-c" if served.kind == "postgresql" else "-e"
+    sql = "UPDATE cap_managers SET level = 2 WHERE manager_id = 1"
+    done = await asyncio.create_subprocess_exec(*served.server.client(), database, flag, sql)
+    assert await done.wait() == 0
+    await synced(capture)
+    assert await cached(redis_client, *keys) == []
+
+
+async def test_a_write_of_the_base_table_alone_drops_keys_of_subclass_columns(
+    sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """An UPDATE of cap_employees alone (a Core connection) logs no level, yet the keys of
+    FastRDB(Manager) made of the subclass table's level go, and its pages."""
+    keys = await _seed_manager(sessions, redis_client, capture)
+    async with sessions() as db:
+        await db.execute(text("UPDATE cap_employees SET name = 'renamed' WHERE id = 1"))
+        await db.commit()
+    await synced(capture)
+    assert await cached(redis_client, *keys) == []
+
+
+async def test_a_base_row_changed_after_the_logged_write_still_drops_the_older_key(
+    served: Served, sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """X sets the level (cap_managers alone); Y, committed after X but before capture reads
+    the row's base columns for X (forced: Y commits inside that read), changes the email.
+    ``manager:a@x.io:1`` (X's and Y's old values together) must go: capture reads the log on
+    up to where its read saw, so Y's old email is known when X is planned."""
+    await _seed_manager(sessions, redis_client, capture)
+    source: Any = capture._runner.source
+    fetch = source.fetch
+    moved = asyncio.Event()
+
+    async def fetch_after_y(*args: Any) -> Any:
+        if not moved.is_set():
+            moved.set()
+            async with sessions() as db:
+                await db.execute(text("UPDATE cap_employees SET email = 'b@x.io' WHERE id = 1"))
+                await db.commit()
+        return await fetch(*args)
+
+    source.fetch = fetch_after_y
+    try:
+        async with sessions() as db:
+            await db.execute(text("UPDATE cap_managers SET level = 2 WHERE manager_id = 1"))
+            await db.commit()
+        await synced(capture)
+    finally:
+        source.fetch = fetch
+    assert moved.is_set()
+    assert await cached(redis_client, "manager:a@x.io:1", "manager:email:a@x.io") == []

@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,9 @@ from fastrdb.capture.rows import RowChange, Transaction
 from fastrdb.capture.source import Batch, CaptureSetupError
 
 __all__ = ["MariaDBSource", "ServerAddress"]
+
+_FETCH_BATCH = 500
+"""Keys per SELECT of :meth:`MariaDBSource.fetch`."""
 
 REPORT_EVERY = 0.1
 """Seconds between two writes of the position while transactions stream in."""
@@ -332,6 +336,43 @@ class MariaDBSource:
     def reached(self, end: Any) -> bool:
         return _later_or_equal(self._seen, end) and self._queue.empty()
 
+    async def fetch(
+        self, schema: str, table: str, columns: Sequence[str], keys: Sequence[tuple[Any, ...]]
+    ) -> list[dict[str, Any]]:
+        flags = self._booleans.get((schema, table))
+
+        def select() -> list[dict[str, Any]]:
+            connection = self._connect()
+            found: list[dict[str, Any]] = []
+            try:
+                with connection.cursor() as cursor:
+                    for start in range(0, len(keys), _FETCH_BATCH):
+                        chunk = keys[start : start + _FETCH_BATCH]
+                        row = "(" + ", ".join(["%s"] * len(columns)) + ")"
+                        names = ", ".join(map(_quoted, columns))
+                        cursor.execute(
+                            f"SELECT * FROM {_quoted(schema)}.{_quoted(table)}"
+                            f" WHERE ({names}) IN ({', '.join([row] * len(chunk))})",
+                            [value for key in chunk for value in key],
+                        )
+                        labels = [d[0] for d in cursor.description]
+                        for values in cursor.fetchall():
+                            image = dict(zip(labels, values, strict=True))
+                            for column in flags or ():
+                                if image.get(column) is not None:
+                                    image[column] = bool(image[column])
+                            found.append(image)
+            finally:
+                connection.close()
+            return found
+
+        return await asyncio.to_thread(select)
+
+    async def horizon(self) -> Any:
+        """The binlog's end: MariaDB writes a transaction to the binlog before its commit
+        in the engine makes it visible."""
+        return await self.end()
+
     async def close(self) -> None:
         self._stop.set()
         thread, self._thread = self._thread, None
@@ -349,6 +390,10 @@ def _connect(**settings: Any) -> Any:
     if "passwd" in settings:
         settings["password"] = settings.pop("passwd")
     return pymysql.connect(**settings)
+
+
+def _quoted(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
 
 
 def _text(value: Any) -> str:

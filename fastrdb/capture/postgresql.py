@@ -10,6 +10,7 @@ receives those transactions again on restart: at-least-once.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +26,9 @@ PLUGIN = "test_decoding"
 
 _OPTIONS = {"include-xids": "0", "include-timestamp": "1"}
 _FLUSHED = "SELECT pg_current_wal_flush_lsn() - '0/0'::pg_lsn"
+_INSERTED = "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
+_FETCH_BATCH = 500
+"""Keys per SELECT of :meth:`PostgresSource.fetch`."""
 _IDENTITIES = (
     "SELECT n.nspname::text, c.relname::text, c.relreplident::text,"
     " ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid"
@@ -38,6 +42,23 @@ _IDENTITIES = (
     " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
     " AND n.nspname NOT LIKE 'pg_toast%'"
 )
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _key_match(
+    columns: Sequence[str], keys: Sequence[tuple[Any, ...]], placeholder: Callable[[int], str]
+) -> tuple[str, list[Any]]:
+    """``(c1, c2) IN ((…), …)`` over bound parameters, and the parameters."""
+    params = [value for key in keys for value in key]
+    marks = iter(range(1, len(params) + 1))
+    tuples = ", ".join(
+        "(" + ", ".join(placeholder(next(marks)) for _ in columns) + ")" for _ in keys
+    )
+    names = ", ".join(map(_quoted, columns))
+    return f"({names}) IN ({tuples})", params
 
 
 def _commit_time(line: str) -> float | None:
@@ -251,6 +272,24 @@ class PostgresSource:
             return True
         stream.ping()  # the server answers with how far it has read its WAL
         return False
+
+    async def fetch(
+        self, schema: str, table: str, columns: Sequence[str], keys: Sequence[tuple[Any, ...]]
+    ) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        name = f"{_quoted(schema)}.{_quoted(table)}"
+        for start in range(0, len(keys), _FETCH_BATCH):
+            chunk = keys[start : start + _FETCH_BATCH]
+            where, params = _key_match(columns, chunk, lambda n: f"${n}")
+            rows = await self._connection.fetch(f"SELECT * FROM {name} WHERE {where}", *params)
+            found += [dict(row) for row in rows]
+        return found
+
+    async def horizon(self) -> Any:
+        """The server's WAL insert position: a commit is inserted into the WAL before it
+        becomes visible (with ``synchronous_commit = off`` too, which makes it visible before
+        it is flushed); the stream reaches it once it is flushed."""
+        return int(await self._connection.fetchval(_INSERTED))
 
     async def close(self) -> None:
         stream, self._stream = self._stream, None

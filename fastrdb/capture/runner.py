@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fastrdb._compat import greenlet_spawn
 from fastrdb._logging import log
+from fastrdb._types import Raw
 from fastrdb.cache.refusals import note_refusal
 from fastrdb.cache.replicas import Wait, check_client
 from fastrdb.cache.store import REDIS_ERRORS, Caller, InvalidationPlan, deliver_invalidation
 from fastrdb.cache.wipe import sweep
+from fastrdb.capture.families import Rows
 from fastrdb.capture.rows import TableNames, to_changes
 from fastrdb.capture.source import Batch, CaptureSetupError, Source
 from fastrdb.capture.walstream import StreamError
@@ -27,7 +29,13 @@ from fastrdb.keys import Namespace
 from fastrdb.schemes import Scheme
 from fastrdb.settings import DEFAULT_SETTINGS, Settings
 
-__all__ = ["CaptureStats", "Runner"]
+__all__ = ["FETCH_ROUNDS", "CaptureStats", "Runner"]
+
+T = TypeVar("T")
+
+FETCH_ROUNDS = 4
+"""Rounds of reading rows of inheritance hierarchies from the database (each may bring more
+transactions, with new rows, from the log); rows still unread after them are swept."""
 
 
 @dataclass(slots=True)
@@ -73,6 +81,7 @@ class Runner:
         self.lag_interval = lag_interval
         self.stats = CaptureStats()
         self._call = Caller(True, delivery_timeout)
+        self._delivery_timeout = delivery_timeout
         self._stopping = asyncio.Event()
         self._round = 0
         self._drained_round = -1
@@ -119,9 +128,13 @@ class Runner:
             batch = await self.source.read()
             started = time.monotonic()
             if batch.transactions:
-                changes = to_changes(batch.transactions, names)
-                if changes and not await self._deliver(changes):
+                rows = await self._hierarchies(batch, names)
+                if rows is None:
                     return  # stopping: nothing confirmed, the next run reads it again
+                changes = to_changes(batch.transactions, names)
+                rows.apply(changes)
+                if changes and not await self._deliver(changes):
+                    return
                 self._count(batch)
             if not await self._confirm(batch):
                 return
@@ -141,6 +154,57 @@ class Runner:
                 # confirmation), not one call per commit; a commit after a quiet moment
                 # is delivered at once.
                 await self._sleep(started + self.poll_interval - time.monotonic())
+
+    async def _hierarchies(self, batch: Batch, names: TableNames) -> Rows | None:
+        """The rows of joined-table inheritance hierarchies that ``batch`` changes, with
+        every image of each of their tables (see :mod:`fastrdb.capture.families`): tables the
+        batch logs nothing of are read from the database, and the batch is extended up to
+        the log position after those reads. None if capture stops meanwhile."""
+        members = await self._retrying(self._read_families)
+        if members is None:
+            return None
+        rows = Rows(members, names)
+        rows.collect(batch.transactions)
+        for _ in range(FETCH_ROUNDS):
+            todo = rows.unread()
+            if not todo:
+                return rows
+            for (table, columns), keys in todo.items():
+                schema, _, bare = table.rpartition(".")
+                found = await self.source.fetch(
+                    schema or self.source.default_schema, bare, columns, keys
+                )
+                rows.read(table, columns, keys, found)
+            horizon = await self.source.horizon()
+            drained = batch.drained
+            while not (drained and self.source.reached(horizon)):
+                if self._stopping.is_set():
+                    return None
+                more = await self.source.read()
+                batch.transactions += more.transactions
+                if more.position is not None:
+                    batch.position = more.position
+                batch.drained = drained = more.drained
+                rows.collect(more.transactions)
+        rows.give_up()
+        return rows
+
+    async def _read_families(self) -> set[Raw]:
+        async with asyncio.timeout(self._delivery_timeout):
+            members: set[Raw] = await self.redis.smembers(self.namespace.families())
+        return members
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T | None:
+        """``await call()``, retried with backoff while Redis fails; None if capture stops."""
+        delay = self.backoff[0]
+        while True:
+            try:
+                return await call()
+            except REDIS_ERRORS as exc:
+                self._redis_failed(exc, delay)
+            if await self._sleep(delay):
+                return None
+            delay = min(delay * 2, self.backoff[1])
 
     def _count(self, batch: Batch) -> None:
         self.stats.transactions += len(batch.transactions)
