@@ -61,6 +61,9 @@ def _key_match(
     return f"({names}) IN ({tuples})", params
 
 
+_NONE: dict[str, Any] = {}
+
+
 def _commit_time(line: str) -> float | None:
     """The timestamp of a ``COMMIT (at …)`` line, as seconds since the epoch."""
     start = line.find("(at ")
@@ -91,6 +94,7 @@ class PostgresSource:
         self._open: Transaction | None = None
         self._full_identity: dict[tuple[str, str], bool] = {}
         self._columns: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._column_sets: dict[tuple[str, str], frozenset[str]] = {}
         self._identity_columns: dict[tuple[str, str], tuple[str, ...]] = {}
 
     async def open(self) -> None:
@@ -185,6 +189,7 @@ class PostgresSource:
         rows = await self._connection.fetch(_IDENTITIES)
         self._full_identity = {(r[0], r[1]): r[2] == "f" for r in rows}
         self._columns = {(r[0], r[1]): tuple(r[3]) for r in rows}
+        self._column_sets = {key: frozenset(names) for key, names in self._columns.items()}
         self._identity_columns = {(r[0], r[1]): tuple(r[4]) for r in rows}
 
     async def read(self) -> Batch:
@@ -219,11 +224,14 @@ class PostgresSource:
         if change.operation not in ("update", "delete"):
             return change
         key = (change.schema, change.table)
-        columns = self._columns.get(key)
-        known = set(change.before or ()) | set(change.after or ())
-        if columns is None or not known <= set(columns):
+        names = self._column_sets.get(key)
+        if (
+            names is None
+            or not (change.before or _NONE).keys() | (change.after or _NONE).keys() <= names
+        ):
             await self._load_identities()  # a new table, or new columns
-            columns = self._columns.get(key, ())
+            names = self._column_sets.get(key, frozenset())
+        columns = self._columns.get(key, ())
         if change.before is None:
             after = change.after or {}
             identity = self._identity_columns.get(key, ())
@@ -235,6 +243,8 @@ class PostgresSource:
             return RowChange(
                 change.schema, change.table, change.operation, change.before, change.after, False
             )
+        if len(change.before) == len(names):
+            return change  # no NULL column left out: the old row is whole as logged
         before = dict.fromkeys(columns)
         before.update(dict.fromkeys(change.after or ()))
         before.update(change.before)

@@ -37,6 +37,10 @@ FETCH_ROUNDS = 4
 """Rounds of reading rows of inheritance hierarchies from the database (each may bring more
 transactions, with new rows, from the log); rows still unread after them are swept."""
 
+_SHORT = 0.05
+"""Pauses up to this long are slept through whole (:meth:`Runner.stop` waits that much at
+most); longer ones (backoff) end as soon as capture is stopped."""
+
 
 @dataclass(slots=True)
 class CaptureStats:
@@ -293,6 +297,9 @@ class Runner:
     async def _sleep(self, seconds: float) -> bool:
         """Wait ``seconds`` or until stopped; True if stopping."""
         if seconds <= 0:
+            return self._stopping.is_set()
+        if seconds <= _SHORT:  # the pause between deliveries: no timeout to set up and cancel
+            await asyncio.sleep(seconds)
             return self._stopping.is_set()
         try:
             async with asyncio.timeout(seconds):
