@@ -1123,3 +1123,34 @@ async def test_a_base_row_changed_after_the_logged_write_still_drops_the_older_k
         source.fetch = fetch
     assert moved.is_set()
     assert await cached(redis_client, "manager:a@x.io:1", "manager:email:a@x.io") == []
+
+
+async def test_a_table_changed_by_ddl_is_read_with_its_new_columns(
+    served: Served, cap_engine: AsyncEngine, redis_client: Redis, capture: Capture
+) -> None:
+    """A column added in front of a cached table's columns while capture runs: the rows
+    logged after it are read with the new columns (MariaDB's decoded table maps are kept
+    between transactions, and dropped on DDL)."""
+    async with cap_engine.begin() as connection:
+        await connection.execute(text("DROP TABLE IF EXISTS cap_ddl"))
+        await connection.execute(text("CREATE TABLE cap_ddl (id INTEGER PRIMARY KEY, n INTEGER)"))
+        if served.kind == "postgresql":
+            await connection.execute(text("ALTER TABLE cap_ddl REPLICA IDENTITY FULL"))
+        await connection.execute(text("INSERT INTO cap_ddl (id, n) VALUES (1, 5)"))
+    await redis_client.sadd("fastrdb:schemes:cap_ddl", '["row","ddl:{code}:{n}"]')
+    await synced(capture)  # its table map is decoded and kept
+    first = "FIRST" if served.kind == "mariadb" else ""  # PostgreSQL appends
+    try:
+        async with cap_engine.begin() as connection:
+            await connection.execute(
+                text(f"ALTER TABLE cap_ddl ADD COLUMN code VARCHAR(20) DEFAULT 'c' {first}")
+            )
+        await redis_client.set("ddl:c:5", "cached")
+        await redis_client.set("ddl:c:6", "cached")
+        async with cap_engine.begin() as connection:
+            await connection.execute(text("UPDATE cap_ddl SET n = 6 WHERE id = 1"))
+        await synced(capture)
+        assert await cached(redis_client, "ddl:c:5", "ddl:c:6") == []
+    finally:
+        async with cap_engine.begin() as connection:
+            await connection.execute(text("DROP TABLE cap_ddl"))
