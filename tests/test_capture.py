@@ -81,6 +81,34 @@ class Manager(Employee):
     __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "manager"}
 
 
+class Vehicle(Base):
+    """A second hierarchy, first cached while capture plans a batch (see the test)."""
+
+    __tablename__ = "cap_vehicles"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    plate: Mapped[str] = mapped_column(String(20))
+    kind: Mapped[str] = mapped_column(String(20))
+    __mapper_args__: ClassVar[dict[str, Any]] = {
+        "polymorphic_on": "kind",
+        "polymorphic_identity": "vehicle",
+    }
+
+
+class Car(Vehicle):
+    __tablename__ = "cap_cars"
+
+    car_id: Mapped[int] = mapped_column(ForeignKey("cap_vehicles.id"), primary_key=True)
+    seats: Mapped[int]
+    __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "car"}
+
+
+class CarOut(BaseModel):
+    id: int
+    plate: str
+    seats: int
+
+
 class ManagerOut(BaseModel):
     id: int
     email: str
@@ -165,6 +193,8 @@ TRIGGERS = {
         "ALTER TABLE cap_gadgets REPLICA IDENTITY FULL",
         "ALTER TABLE cap_employees REPLICA IDENTITY FULL",
         "ALTER TABLE cap_managers REPLICA IDENTITY FULL",
+        "ALTER TABLE cap_vehicles REPLICA IDENTITY FULL",
+        "ALTER TABLE cap_cars REPLICA IDENTITY FULL",
         "CREATE FUNCTION count_book() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
         " UPDATE cap_authors SET books = books + 1 WHERE id = NEW.author_id; RETURN NEW; END $$",
         "CREATE TRIGGER count_book AFTER INSERT ON cap_books FOR EACH ROW"
@@ -240,6 +270,8 @@ def served(request: pytest.FixtureRequest) -> Served:
         connection.execute(text("DELETE FROM cap_authors"))
         connection.execute(text("DELETE FROM cap_managers"))
         connection.execute(text("DELETE FROM cap_employees"))
+        connection.execute(text("DELETE FROM cap_cars"))
+        connection.execute(text("DELETE FROM cap_vehicles"))
     if served.kind == "postgresql":
         _drop_slot(engine)
     engine.dispose()
@@ -1154,3 +1186,47 @@ async def test_a_table_changed_by_ddl_is_read_with_its_new_columns(
     finally:
         async with cap_engine.begin() as connection:
             await connection.execute(text("DROP TABLE cap_ddl"))
+
+
+cars = FastRDB[Car, CarOut, CarOut, CarOut](Car, CarOut, pattern="car:plate:{plate}")
+
+
+async def test_a_hierarchy_first_cached_while_a_batch_is_planned_is_known_to_it(
+    sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """Capture reads the published hierarchies before planning a batch, reads rows, and reads
+    the log on. Forced: while it reads Manager 1's row, a reader caches Car 1 (publishing the
+    car hierarchy for the first time) and a write of cap_cars alone commits; that write joins
+    the batch, and ``car:plate:P-1`` must go although the hierarchy was unknown when the
+    batch began (the hierarchies are read again after the log is read on)."""
+    await _seed_manager(sessions, redis_client, capture)
+    async with sessions() as db:
+        db.add(Car(id=1, plate="P-1", seats=4))
+        await db.commit()
+    await synced(capture)
+    assert await redis_client.smembers("fastrdb:families") == {
+        managers["email"]._plan.family.encode()
+    }
+    source: Any = capture._runner.source
+    fetch = source.fetch
+    moved = asyncio.Event()
+
+    async def fetch_after_car(*args: Any) -> Any:
+        if not moved.is_set():
+            moved.set()
+            async with sessions() as db:
+                await cars.get(db=db, redis=redis_client, plate="P-1")
+                await db.execute(text("UPDATE cap_cars SET seats = 5 WHERE car_id = 1"))
+                await db.commit()
+        return await fetch(*args)
+
+    source.fetch = fetch_after_car
+    try:
+        async with sessions() as db:
+            await db.execute(text("UPDATE cap_managers SET level = 2 WHERE manager_id = 1"))
+            await db.commit()
+        await synced(capture)
+    finally:
+        source.fetch = fetch
+    assert moved.is_set()
+    assert await cached(redis_client, "car:plate:P-1", "manager:email:a@x.io") == []

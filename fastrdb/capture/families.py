@@ -54,25 +54,29 @@ class _Row:
 class Rows:
     """The rows of inheritance hierarchies a batch of transactions changed."""
 
-    def __init__(self, members: Iterable[Raw], names: TableNames) -> None:
-        families: dict[Family, None] = {}
-        for member in members:
-            family = Family.from_member(member)
-            if family is not None:
-                families[family] = None
+    def __init__(self, names: TableNames) -> None:
         self.names = names
+        self._families: set[Family] = set()
         self._by_table: dict[str, list[Family]] = {}
-        for family in families:
-            for table in family.tables:
-                self._by_table.setdefault(table, []).append(family)
         self._rows: dict[tuple[Family, Identity], _Row] = {}
 
-    def __bool__(self) -> bool:
-        return bool(self._by_table)
+    def learn(self, members: Iterable[Raw]) -> set[Family]:
+        """Know the hierarchies the published ``members`` name; the ones new to it."""
+        new: set[Family] = set()
+        for member in members:
+            family = Family.from_member(member)
+            if family is not None and family not in self._families:
+                new.add(family)
+        for family in sorted(new, key=Family.member):
+            self._families.add(family)
+            for table in family.tables:
+                self._by_table.setdefault(table, []).append(family)
+        return new
 
-    def collect(self, transactions: Sequence[Transaction]) -> None:
-        """Note the images of every row of a hierarchy's table in ``transactions``."""
-        if not self._by_table:
+    def collect(self, transactions: Sequence[Transaction], only: set[Family] | None = None) -> None:
+        """Note the images of every row of a hierarchy's table in ``transactions`` (of the
+        hierarchies ``only``, if given)."""
+        if not self._by_table or only == set():
             return
         for transaction in transactions:
             for change in transaction.rows:
@@ -80,6 +84,8 @@ class Rows:
                     continue
                 for name in self.names(change.schema, change.table):
                     for family in self._by_table.get(name, ()):
+                        if only is not None and family not in only:
+                            continue
                         columns = dict(family.links)[name]
                         if change.before is not None:
                             self._note(family, name, columns, change.before, change.before_complete)

@@ -163,16 +163,24 @@ class Runner:
         """The rows of joined-table inheritance hierarchies that ``batch`` changes, with
         every image of each of their tables (see :mod:`fastrdb.capture.families`): tables the
         batch logs nothing of are read from the database, and the batch is extended up to
-        the log position after those reads. None if capture stops meanwhile."""
-        members = await self._retrying(self._read_families)
-        if members is None:
-            return None
-        rows = Rows(members, names)
-        rows.collect(batch.transactions)
-        for _ in range(FETCH_ROUNDS):
+        the log position after those reads. None if capture stops meanwhile.
+
+        The published hierarchies are read again after each extension, so every transaction
+        planned was committed before the last read of them: a reader that published its
+        hierarchy later leased its entry after those commits (and reads what they wrote)."""
+        rows = Rows(names)
+        collected = 0
+        for round_ in range(FETCH_ROUNDS + 1):
+            members = await self._retrying(self._read_families)
+            if members is None:
+                return None
+            new = rows.learn(members)
+            rows.collect(batch.transactions[:collected], only=new)
+            rows.collect(batch.transactions[collected:])
+            collected = len(batch.transactions)
             todo = rows.unread()
-            if not todo:
-                return rows
+            if not todo or round_ == FETCH_ROUNDS:
+                break
             for (table, columns), keys in todo.items():
                 schema, _, bare = table.rpartition(".")
                 found = await self.source.fetch(
@@ -189,7 +197,6 @@ class Runner:
                 if more.position is not None:
                     batch.position = more.position
                 batch.drained = drained = more.drained
-                rows.collect(more.transactions)
         rows.give_up()
         return rows
 
