@@ -309,15 +309,17 @@ class MariaDBSource:
         return batch
 
     async def confirm(self, batch: Batch) -> None:
-        """Store ``batch``'s position in Redis: at once when nothing more is waiting, else at
-        most every :data:`REPORT_EVERY` seconds (one Redis call per delivery saved; a restart
-        may receive again what was delivered since, which at-least-once allows)."""
+        """Store ``batch``'s position in Redis at most every :data:`REPORT_EVERY` seconds
+        while transactions stream in, and at once when a read found none (a pause): not one
+        Redis call per delivery (a read that empties the queue is no pause: under a steady
+        stream most do). A restart may receive again what was delivered since, which
+        at-least-once allows."""
         if batch.position is not None:
             self._unstored = batch.position
         if self._unstored is None:
             return
         now = time.monotonic()
-        if self._queue.empty() or now - self._stored_at >= REPORT_EVERY:
+        if not batch.transactions or now - self._stored_at >= REPORT_EVERY:
             await self.redis.set(self.position_key, json.dumps(list(self._unstored)))
             self._unstored = None
             self._stored_at = now
