@@ -42,11 +42,10 @@ def read_by_identity(
     found: dict[tuple[Any, ...], Row] = {}
     if lock and wanted:
         hold_write_lock(connection)
+    query = shape.by_identity(lock=lock)
     for start in range(0, len(wanted), _BATCH):
-        query = shape.select_values().where(shape.by_primary_key(wanted[start : start + _BATCH]))
-        if lock:
-            query = shape.locked(query)
-        for row in connection.execute(query):
+        parameters = shape.identity_parameters(wanted[start : start + _BATCH])
+        for row in connection.execute(query, parameters):
             values = dict(row._mapping)
             found[shape.identity(values)] = values
     return found

@@ -14,11 +14,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, FromClause, Select, Table, and_, or_, select
+from sqlalchemy import (
+    BindParameter,
+    Column,
+    ColumnElement,
+    FromClause,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    or_,
+    select,
+    tuple_,
+)
 from sqlalchemy.orm import Mapper
 from sqlalchemy.orm.mapper import _all_registries
-from sqlalchemy.sql import operators, visitors
-from sqlalchemy.sql.elements import BinaryExpression
 
 __all__ = ["Shape", "mapper_shape", "table_name", "table_shape"]
 
@@ -41,10 +51,10 @@ class Shape:
     unique_keys: tuple[tuple[str, ...], ...]
     """Attribute keys of the primary key and of every unique constraint or index."""
     by_column: dict[Column[Any], str] = field(default_factory=dict)
-    links: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    """Joined-table inheritance: per table of the hierarchy, the names of its columns that
-    hold the base table's primary key (in the base key's order). Empty for one table, or when
-    a join condition does not pair every key column."""
+    _by_identity: dict[bool, Select[Any]] = field(default_factory=dict, compare=False)
+
+    IDENTITIES = "fastrdb_identities"
+    """The expanding parameter of :meth:`by_identity`: a list of primary key tuples."""
 
     def key_of(self, key: Any) -> str | None:
         """The attribute key a statement's key (attribute, column name or Column) stands for."""
@@ -81,6 +91,31 @@ class Shape:
 
     def identity(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple(values[key] for key in self.primary_key)
+
+    def by_identity(self, *, lock: bool) -> Select[Any]:
+        """The rows whose primary key is in the parameter :attr:`IDENTITIES` (locked or not),
+        built once: the same statement object each time, so SQLAlchemy's compiled cache is hit
+        without computing its cache key again."""
+        query = self._by_identity.get(lock)
+        if query is None:
+            columns = dict(self.columns)
+            keys = [columns[key] for key in self.primary_key]
+            parameter: BindParameter[Any] = bindparam(self.IDENTITIES, expanding=True)
+            if len(keys) == 1:
+                where = keys[0].in_(parameter)
+            else:
+                where = tuple_(*keys).in_(parameter)
+            query = self.select_values().where(where)
+            if lock:
+                query = self.locked(query)
+            self._by_identity[lock] = query
+        return query
+
+    def identity_parameters(self, identities: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
+        """The parameters of :meth:`by_identity` for ``identities``."""
+        if len(self.primary_key) == 1:
+            return {self.IDENTITIES: [identity[0] for identity in identities]}
+        return {self.IDENTITIES: list(identities)}
 
     def by_primary_key(self, identities: Sequence[Sequence[Any]]) -> ColumnElement[bool]:
         return self.matching(self.primary_key, identities)
@@ -153,49 +188,7 @@ def _hierarchy_shape(base: Mapper[Any]) -> Shape:
         lock_table=base_table,
         unique_keys=tuple(unique),
         by_column=by_column,
-        links=_links(base_table, tables, mappers),
     )
-
-
-def _links(
-    base_table: Table, tables: Mapping[str, Table], mappers: Sequence[Mapper[Any]]
-) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """Per table, its columns equal to the base table's primary key columns through the
-    hierarchy's join conditions (``manager.id = employee.id``, transitively)."""
-    if len(tables) < 2:
-        return ()
-    same: dict[Column[Any], set[Column[Any]]] = {}
-
-    def join(a: Column[Any], b: Column[Any]) -> None:
-        group = same.get(a, {a}) | same.get(b, {b})
-        for column in group:
-            same[column] = group
-
-    for mapper in mappers:
-        condition = mapper.inherit_condition
-        if condition is None:
-            continue
-        for element in visitors.iterate(condition):
-            if (
-                isinstance(element, BinaryExpression)
-                and element.operator is operators.eq
-                and isinstance(element.left, Column)
-                and isinstance(element.right, Column)
-            ):
-                join(element.left, element.right)
-    links: list[tuple[str, tuple[str, ...]]] = []
-    for name, table in tables.items():
-        columns: list[str] = []
-        for key in base_table.primary_key.columns:
-            if table is base_table:
-                columns.append(key.name)
-                continue
-            found = [c for c in same.get(key, ()) if c.table is table]
-            if not found:
-                return ()
-            columns.append(found[0].name)
-        links.append((name, tuple(columns)))
-    return tuple(links)
 
 
 def _unique_column_sets(table: Table) -> list[tuple[Column[Any], ...]]:
