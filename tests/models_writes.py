@@ -1,5 +1,6 @@
 """Models for the write-side coherence tests: inheritance, a renamed column, delete-orphan
-without a backref, ``onupdate`` columns, a Numeric pattern field."""
+without a backref, ``onupdate`` columns, a Numeric pattern field, a ``post_update``
+relationship."""
 
 from __future__ import annotations
 
@@ -86,6 +87,17 @@ class Priced(WritesBase):
     name: Mapped[str] = mapped_column(String(50))
 
 
+class Node(WritesBase):
+    """A row whose foreign key the unit of work sets in a second UPDATE (``post_update``)."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(50))
+    buddy_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id"), nullable=True)
+    buddy: Mapped[Node | None] = relationship(remote_side=[id], post_update=True)
+
+
 class EmployeeOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: int
@@ -115,6 +127,13 @@ class StampedOut(BaseModel):
     name: str
     rev: int
     seq: int
+
+
+class NodeOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    name: str
+    buddy_id: int | None
 
 
 class PricedOut(BaseModel):

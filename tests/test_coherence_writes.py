@@ -3,6 +3,7 @@ writer's session state (issue 11, the write side), on every test database."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +33,8 @@ from tests.models_writes import (
     KidOut,
     Manager,
     ManagerOut,
+    Node,
+    NodeOut,
     Parent,
     Priced,
     PricedOut,
@@ -54,6 +57,9 @@ managers_by_dept = FastRDB[Manager, BaseModel, BaseModel, ManagerOut](
 )
 accts = FastRDB[Acct, BaseModel, BaseModel, AcctOut](Acct, AcctOut, pattern="acct:{email_addr}")
 kids = FastRDB[Kid, BaseModel, BaseModel, KidOut](Kid, KidOut, pattern="kid:{id}")
+nodes_by_buddy = FastRDB[Node, BaseModel, BaseModel, NodeOut](
+    Node, NodeOut, pattern="node:buddy:{buddy_id}"
+)
 stamps_by_rev = FastRDB[Stamped, BaseModel, BaseModel, StampedOut](
     Stamped, StampedOut, pattern="stamped:rev:{rev}"
 )
@@ -600,6 +606,108 @@ async def test_sqlite_pre_image_is_read_under_the_write_lock(
     assert (await read(users, maker, redis_client, email="c@x.io")).name == "Ann"
 
 
+_LOCK_WAITS = {
+    "postgresql": "SELECT count(*) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    "mariadb": "SELECT count(*) FROM information_schema.innodb_trx t "
+    "JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
+    "WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()",
+}
+
+
+async def _until_waiting_for_a_lock(
+    engine: AsyncEngine, database: Database, task: asyncio.Task[None]
+) -> None:
+    """Return once a statement of this database waits for a lock (``task`` is the one that
+    should: its failure is raised)."""
+    async with engine.connect() as connection:
+        for _ in range(100):
+            if task.done():
+                await task
+                raise AssertionError("the writer finished without waiting for the row's lock")
+            if (await connection.exec_driver_sql(_LOCK_WAITS[database.name])).scalar():
+                return
+            await connection.rollback()
+            await asyncio.sleep(0.2)  # MariaDB refreshes innodb_trx when unread for 0.1 s
+    raise AssertionError("the writer's flush never waited for the row's lock")
+
+
+@pytest.mark.parametrize("model", [User, Acct], ids=["with onupdate", "plain table"])
+@pytest.mark.parametrize("rows", [1, 2], ids=["one row", "two rows in one statement"])
+async def test_pre_image_waits_for_the_lock_of_an_uncommitted_change(
+    database: Database,
+    engine: AsyncEngine,
+    maker: Maker,
+    redis_client: Redis,
+    writer: Maker,
+    rows: int,
+    model: type[User] | type[Acct],
+) -> None:
+    """PostgreSQL and MariaDB: the writer's copy says a@x.io while another transaction has
+    moved the row to b@x.io and not committed yet. The writer's flush (it sets c@x.io) must
+    wait for that lock and read the row as committed after it: forced, the other transaction
+    commits while the writer waits, a reader caches b@x.io before the writer commits, and the
+    writer's commit must drop b@x.io. (On PostgreSQL a plain table's one-row UPDATE reads the
+    row itself; several rows in one statement, or a table with ``onupdate``, are read by a
+    locked SELECT before it.)"""
+    if database.name == "sqlite":
+        pytest.skip("SQLite has no row locks: see the test above")
+    field = "email" if model is User else "email_addr"
+    people = [("a@x.io", "Ann"), ("d@x.io", "Dan")]
+    crud: FastRDB[Any, Any, Any, Any] = users if model is User else accts
+    if model is User:
+        async with maker() as db:
+            ids = [(await add_user(db, redis_client, e, n)).id for e, n in people]
+    else:
+        await add(maker, *(Acct(id=i, email_addr=e, name=n) for i, (e, n) in enumerate(people)))
+        ids = [0, 1]
+    flushed, proceed = asyncio.Event(), asyncio.Event()
+
+    def hold(*args: Any) -> None:
+        flushed.set()
+        await_in_greenlet(proceed.wait())
+
+    async def write() -> None:
+        async with writer() as session:
+            first, second = [await session.get_one(model, i) for i in ids]
+            event.listen(session.sync_session, "after_flush_postexec", hold)
+            setattr(first, field, "c@x.io")
+            if rows == 2:
+                setattr(second, field, "e@x.io")
+            await session.commit()
+
+    async with writer() as other:
+        setattr(await other.get_one(model, ids[0]), field, "b@x.io")
+        await other.flush()  # holds the row's lock
+        task = asyncio.create_task(write())
+        await _until_waiting_for_a_lock(engine, database, task)
+        await other.commit()
+    await flushed.wait()
+    assert (await cached(crud, maker, redis_client, **{field: "b@x.io"})).name == "Ann"
+    proceed.set()
+    await task
+    with pytest.raises(NoResultFound):
+        await read(crud, maker, redis_client, **{field: "b@x.io"})
+    assert (await read(crud, maker, redis_client, **{field: "c@x.io"})).name == "Ann"
+
+
+async def test_a_row_written_again_by_a_post_update_in_the_same_flush(
+    maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """The unit of work writes a ``post_update`` foreign key in a second UPDATE after the
+    row's own: the post-image is the row after both (on PostgreSQL the first UPDATE returned
+    it, and the second one makes it out of date), so the new value's negative entry drops."""
+    await add(maker, Node(id=1, name="one"), Node(id=2, name="two"))
+    with pytest.raises(NoResultFound):
+        await read(nodes_by_buddy, maker, redis_client, buddy_id=2)  # a negative entry
+    async with writer() as session:
+        one, two = await session.get_one(Node, 1), await session.get_one(Node, 2)
+        one.name = "One"
+        one.buddy = two
+        await session.commit()
+    assert (await read(nodes_by_buddy, maker, redis_client, buddy_id=2)).name == "One"
+
+
 # -- the post-image: computed where the values sent are exact, read back elsewhere --
 
 _LOWERING_TRIGGER = {
@@ -662,10 +770,11 @@ async def test_a_trigger_that_changes_a_pattern_field(
 async def test_a_plain_update_reads_no_post_image(
     database: Database, engine: AsyncEngine, maker: Maker, redis_client: Redis, writer: Maker
 ) -> None:
-    """PostgreSQL and SQLite: an ORM UPDATE sending plain values to a table with no trigger,
-    ``onupdate`` or generated column reads the row once (its pre-image, under the lock), not
-    twice; the old value's key and the new value's negative entry both drop. MariaDB reads
-    the post-image back."""
+    """An ORM UPDATE sending plain values to a table with no trigger, ``onupdate`` or
+    generated column: on SQLite the row is read once (its pre-image, under the lock), not
+    twice; on PostgreSQL not at all (the UPDATE itself locks and returns the row as it was and
+    as it is written); MariaDB reads the post-image back. The old value's key and the new
+    value's negative entry both drop."""
     await add(maker, Acct(id=1, email_addr="a@x.io", name="Ann"))
     await cached(accts, maker, redis_client, email_addr="a@x.io")
     with pytest.raises(NoResultFound):
@@ -684,7 +793,7 @@ async def test_a_plain_update_reads_no_post_image(
             await session.commit()
         finally:
             event.remove(engine.sync_engine, "before_cursor_execute", count)
-    assert len(selects) == (2 if database.name == "mariadb" else 1), selects
+    assert len(selects) == {"mariadb": 2, "postgresql": 0, "sqlite": 1}[database.name], selects
     with pytest.raises(NoResultFound):
         await read(accts, maker, redis_client, email_addr="a@x.io")
     assert (await read(accts, maker, redis_client, email_addr="b@x.io")).name == "Ann"

@@ -10,11 +10,13 @@ cascades). So, per row the flush writes:
   for the modified and deleted instances, and in ``before_update``/``before_delete`` (mapper
   events, which fire for every row the flush writes) for any row not read yet. A row that
   FastRDB's own ``update``/``delete`` just loaded with ``SELECT … FOR UPDATE`` in the same
-  transaction (:func:`read_under_lock`; not on SQLite) is taken from that load instead;
+  transaction (:func:`read_under_lock`; not on SQLite) is taken from that load instead. On
+  PostgreSQL a row of a plain single-table hierarchy is left to its UPDATE, which reads it
+  itself (:mod:`fastrdb.events.folding`);
 - post-image (INSERT, UPDATE): read back by primary key in ``after_flush``, one SELECT per
   hierarchy, so server defaults, ``onupdate`` columns and SQL expressions are seen as stored;
-  except an UPDATE whose result is known exactly from the pre-image and the values it sent
-  (:mod:`fastrdb.events.exact`).
+  except an UPDATE that returned it (folded) or whose result is known exactly from the
+  pre-image and the values it sent (:mod:`fastrdb.events.exact`).
 
 DML statements run through the session are handled in :mod:`fastrdb.events.statements`.
 """
@@ -38,6 +40,7 @@ from sqlalchemy.sql.dml import Delete, Insert, Update
 from fastrdb.events.bindings import CHANGES_KEY, Binding, binding_of
 from fastrdb.events.changes import Changes
 from fastrdb.events.exact import known_post_image
+from fastrdb.events.folding import Folding, foldable
 from fastrdb.events.images import Row, read_by_identity
 from fastrdb.events.shapes import Shape, mapper_shape, table_name, table_shape
 from fastrdb.events.statements import Statement, param_sets, statement_table
@@ -63,15 +66,17 @@ Identity = tuple[Any, ...]
 class _Flush:
     """Images gathered during one flush, per hierarchy shape and identity."""
 
-    __slots__ = ("after", "before", "connection", "known")
+    __slots__ = ("after", "before", "connection", "folding", "known")
 
     def __init__(self) -> None:
         self.connection: Connection | None = None
         self.before: dict[Shape, dict[Identity, Row]] = {}
-        self.after: dict[Shape, dict[Identity, type]] = {}
+        self.after: dict[Shape, dict[Identity, type | None]] = {}
         """Rows to read back after the flush."""
         self.known: dict[Shape, dict[Identity, tuple[type, Row]]] = {}
         """Rows whose post-image is known without reading it back."""
+        self.folding = Folding(self.before, self.known, self.after)
+        """Rows whose UPDATE reads their pre-image itself (PostgreSQL); rows written again."""
 
 
 def changes_of(session: Session) -> Changes:
@@ -101,31 +106,44 @@ def _written(session: Session, state: InstanceState[Any]) -> bool:
 
 
 def before_flush(session: Session, flush_context: UOWTransaction, instances: object) -> None:
-    """Lock and read, in one SELECT per hierarchy, the rows this flush will update or delete."""
-    session.info.pop(_FLUSH_KEY, None)  # left by a flush that failed: its rows were not written
+    """Lock and read, in one SELECT per hierarchy, the rows this flush will update or delete,
+    except those whose UPDATE will read them itself (:mod:`fastrdb.events.folding`)."""
+    failed: _Flush | None = session.info.pop(_FLUSH_KEY, None)
+    if failed is not None:  # left by a flush that failed: its rows were not written
+        failed.folding.end()
     if binding_of(session) is None:
         return
     flush = _flush_of(session)
     handed = _handed_over(session)
-    wanted: dict[Shape, list[Identity]] = {}
+    rows: dict[Shape, tuple[Mapper[Any], list[Identity], list[Identity]]] = {}
+    """Per hierarchy: a mapper of it, the rows to read now, the rows its UPDATE may read."""
     for obj in session.deleted:
         state = attributes.instance_state(obj)
         if state.key is not None:
-            wanted.setdefault(mapper_shape(state.mapper), []).append(_identity(state))
+            shape = mapper_shape(state.mapper)
+            rows.setdefault(shape, (state.mapper, [], []))[1].append(_identity(state))
     for obj in session.dirty:
         state = attributes.instance_state(obj)
         if state.key is not None and _written(session, state):
-            wanted.setdefault(mapper_shape(state.mapper), []).append(_identity(state))
-    if not wanted:
-        return
-    connection = session.connection()
-    for shape, identities in wanted.items():
+            shape = mapper_shape(state.mapper)
+            deferred = state.mapper.version_id_col is None
+            entry = rows.setdefault(shape, (state.mapper, [], []))
+            (entry[2] if deferred else entry[1]).append(_identity(state))
+    for shape, (mapper, unread, updated) in rows.items():
+        connection = session.connection(bind_arguments={"mapper": mapper})
         known = handed.get(shape, {})
-        rows = {identity: known[identity] for identity in identities if identity in known}
-        unread = [identity for identity in identities if identity not in known]
+        if updated and not foldable(connection, shape):
+            unread, updated = unread + updated, []
+        before = flush.before.setdefault(shape, {})
+        for identity in updated:
+            if identity in known:
+                before[identity] = known[identity]
+            else:
+                flush.folding.defer(connection, shape, identity)
+        before.update({identity: known[identity] for identity in unread if identity in known})
+        unread = [identity for identity in unread if identity not in known]
         if unread:
-            rows.update(read_by_identity(connection, shape, unread, lock=True))
-        flush.before.setdefault(shape, {}).update(rows)
+            before.update(read_by_identity(connection, shape, unread, lock=True))
 
 
 def read_under_lock(session: Session, obj: Any) -> None:
@@ -170,26 +188,33 @@ def before_update(mapper: Mapper[Any], connection: Connection, target: Any) -> N
         and binding_of(session) is not None
         and _written(session, attributes.instance_state(target))
     ):
-        _read_before(session, mapper, connection, target)
+        _read_before(session, mapper, connection, target, update=True)
 
 
 def before_delete(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
     """Read the row's pre-image if ``before_flush`` did not (orphans, cascades)."""
     session = object_session(target)
     if session is not None:
-        _read_before(session, mapper, connection, target)
+        _read_before(session, mapper, connection, target, update=False)
 
 
 def _read_before(
-    session: Session, mapper: Mapper[Any], connection: Connection, target: Any
+    session: Session, mapper: Mapper[Any], connection: Connection, target: Any, *, update: bool
 ) -> None:
     state = attributes.instance_state(target)
     if state.key is None or binding_of(session) is None:
         return
-    known = _flush_of(session).before.setdefault(mapper_shape(mapper), {})
+    flush = _flush_of(session)
+    shape = mapper_shape(mapper)
+    known = flush.before.setdefault(shape, {})
     identity = _identity(state)
-    if identity not in known:
-        known.update(read_by_identity(connection, mapper_shape(mapper), [identity], lock=True))
+    if identity in known or flush.folding.deferred_on(connection, shape, identity):
+        return  # read, or deferred to its UPDATE on this connection
+    if update and mapper.version_id_col is None and foldable(connection, shape):
+        flush.folding.defer(connection, shape, identity)
+    else:
+        known.update(read_by_identity(connection, shape, [identity], lock=True))
+        flush.folding.undefer(shape, identity)
 
 
 def after_write(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
@@ -206,25 +231,39 @@ def after_write(mapper: Mapper[Any], connection: Connection, target: Any) -> Non
     identity = tuple(mapper.primary_key_from_instance(target))
     known = None
     if state.key is not None:  # an UPDATE (an INSERT has no pre-image)
-        before = flush.before.get(shape, {}).get(identity)
-        known = known_post_image(state, shape, before, connection)
+        if not flush.folding.written(shape, identity):
+            return  # deferred to an UPDATE that was not needed: the row is as it was
+        if identity in flush.after.get(shape, {}):
+            flush.after[shape][identity] = state.class_  # written again: read back
+            return
+        known = flush.folding.folded.get(shape, {}).pop(identity, None)
+        if known is None:
+            before = flush.before.get(shape, {}).get(identity)
+            known = known_post_image(state, shape, before, connection)
     if known is None:
         flush.after.setdefault(shape, {})[identity] = state.class_
         flush.known.get(shape, {}).pop(identity, None)
     else:
         flush.known.setdefault(shape, {})[identity] = (state.class_, known)
         flush.after.get(shape, {}).pop(identity, None)
+        flush.folding.watch(connection)  # a later UPDATE of the row makes it out of date
 
 
 def after_flush(session: Session, flush_context: UOWTransaction) -> None:
     flush: _Flush | None = session.info.pop(_FLUSH_KEY, None)
     binding = binding_of(session)
-    if binding is None or flush is None:
+    if flush is None:
+        return
+    flush.folding.end()
+    if binding is None:
         return
     changes = changes_of(session)
     _touch_association_tables(session, changes)
     for shape, rows in flush.before.items():
         for row in rows.values():
+            changes.add(shape.tables, row)
+    for shape, folded in flush.folding.folded.items():
+        for row in folded.values():  # written under another identity (its key changed)
             changes.add(shape.tables, row)
     for shape, known in flush.known.items():
         for identity, (cls, row) in known.items():

@@ -17,6 +17,9 @@ It is, when all of these hold; anywhere else the post-image is read back:
   once per engine and table, in a savepoint of the writer's transaction; a trigger created
   while the process runs is seen after a restart.
 
+A row the same flush writes again afterwards (a ``post_update``) is read back after all
+(:mod:`fastrdb.events.folding` sees that statement).
+
 Which columns the UPDATE sent follows SQLAlchemy's own rule: an attribute in the instance's
 committed state whose value is not equal to the committed one (a value assigned equal to an
 out-of-date copy's is not sent, and the database keeps the pre-image's).
@@ -38,7 +41,7 @@ from sqlalchemy.sql.elements import ClauseElement
 from fastrdb.events.images import Row
 from fastrdb.events.shapes import Shape
 
-__all__ = ["known_post_image"]
+__all__ = ["known_post_image", "plain"]
 
 _EXACT: dict[type[Any], type] = {
     types.Integer: int,
@@ -111,7 +114,7 @@ def known_post_image(
         if not _stores_as_is(column, value):
             return None
         after[key] = value
-    if not _plain(connection, shape):
+    if not plain(connection, shape):
         return None
     return after
 
@@ -125,7 +128,7 @@ def _stores_as_is(column: Column[Any], value: Any) -> bool:
     return _EXACT.get(type(column_type)) is type(value)
 
 
-def _plain(connection: Connection, shape: Shape) -> bool:
+def plain(connection: Connection, shape: Shape) -> bool:
     """No table of ``shape`` has anything that may change a row beyond the values sent."""
     known = _plain_tables.setdefault(connection.engine, {})
     for table in _tables(shape):

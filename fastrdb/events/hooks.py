@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapper, Session
 
 import fastrdb.events.collector as collector
+import fastrdb.events.folding as folding
 import fastrdb.events.invalidator as invalidator
 
 __all__ = ["install_hooks"]
@@ -26,6 +28,8 @@ def install_hooks() -> None:
     event.listen(Mapper, "before_delete", collector.before_delete)
     event.listen(Mapper, "after_insert", collector.after_write)
     event.listen(Mapper, "after_update", collector.after_write)
+    event.listen(Engine, "before_execute", folding.before_execute, retval=True)
+    event.listen(Engine, "after_execute", folding.after_execute)
     event.listen(Session, "after_commit", invalidator.after_commit)
     event.listen(Session, "after_transaction_end", invalidator.after_transaction_end)
     _installed = True

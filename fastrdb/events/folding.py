@@ -1,0 +1,246 @@
+"""On PostgreSQL, a flush's single-row UPDATE reads the row's pre-image itself: one round trip
+instead of a locked SELECT before it (and no post-image read after it).
+
+The unit of work's UPDATE of a row by primary key is rewritten, as it is executed, into::
+
+    WITH old AS MATERIALIZED (SELECT … FROM t WHERE pk = :pk FOR UPDATE)
+    UPDATE t SET … FROM old WHERE t.pk = :pk AND t.pk = old.pk
+    RETURNING old.…, t.…
+
+The CTE takes the row's write lock before the UPDATE writes it, as the separate
+``SELECT … FOR UPDATE`` did: under READ COMMITTED a row another transaction holds is waited
+for and then read in its newest committed version (the lock's own re-check), and the UPDATE
+applies to that version. So ``old`` is the row as the database held it under the lock, and
+``RETURNING t.…`` is the row exactly as stored (SQL expressions, defaults and type conversions
+included). The statement changes the same rows as the original (one, or none when the row is
+gone, which the unit of work reports as before), so its row count is the same.
+
+Only where that is plainly true: PostgreSQL, a hierarchy of one table with no trigger, rule,
+generated column, ``onupdate`` default or version counter (as :mod:`fastrdb.events.exact`
+checks), and an UPDATE of one row by its primary key. A row the flush defers here and whose
+UPDATE comes in another form (several rows in one ``executemany``, an unexpected WHERE) has
+its pre-image read under the lock right before that statement runs, as before.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, bindparam
+from sqlalchemy.engine import Connection, CursorResult
+from sqlalchemy.sql.dml import Update
+from sqlalchemy.sql.elements import BooleanClauseList
+
+from fastrdb.events.exact import plain
+from fastrdb.events.images import Row, read_by_identity
+from fastrdb.events.shapes import Shape, table_name
+
+__all__ = ["Folding", "after_execute", "before_execute", "foldable"]
+
+Identity = tuple[Any, ...]
+
+_OLD, _NEW = "fastrdb_old_", "fastrdb_new_"
+
+
+class Folding:
+    """What the statements of one flush change in its images: the rows whose UPDATE reads
+    their own pre-image, and the post-images known without a read that a later statement of
+    the flush makes out of date (a ``post_update`` writes a row a second time)."""
+
+    __slots__ = ("after", "before", "connections", "deferred", "expected", "folded", "known")
+
+    def __init__(
+        self,
+        before: dict[Shape, dict[Identity, Row]],
+        known: dict[Shape, dict[Identity, tuple[type, Row]]],
+        after: dict[Shape, dict[Identity, type | None]],
+    ) -> None:
+        self.before = before
+        """The flush's pre-images (folded and late-read rows are added)."""
+        self.known = known
+        """The flush's post-images known without a read."""
+        self.after = after
+        """The flush's rows to read back after it (out-of-date known rows are moved here)."""
+        self.deferred: dict[Shape, set[Identity]] = {}
+        """Rows to be updated whose pre-image has not been read yet."""
+        self.folded: dict[Shape, dict[Identity, Row]] = {}
+        """Post-images returned by folded UPDATEs, until the rows' ``after_update``."""
+        self.expected: tuple[Update, Shape, Identity] | None = None
+        self.connections: list[Connection] = []
+
+    def watch(self, connection: Connection) -> None:
+        """See the statements ``connection`` runs until :meth:`end`."""
+        if _active.get(connection) is not self:
+            _active[connection] = self
+            self.connections.append(connection)
+
+    def defer(self, connection: Connection, shape: Shape, identity: Identity) -> None:
+        """Leave the row's pre-image to its UPDATE on ``connection``."""
+        self.deferred.setdefault(shape, set()).add(identity)
+        self.watch(connection)
+
+    def deferred_on(self, connection: Connection, shape: Shape, identity: Identity) -> bool:
+        return identity in self.deferred.get(shape, ()) and _active.get(connection) is self
+
+    def undefer(self, shape: Shape, identity: Identity) -> None:
+        self.deferred.get(shape, set()).discard(identity)
+
+    def written(self, shape: Shape, identity: Identity) -> bool:
+        """Whether the row's UPDATE ran (False: deferred, and no statement wrote it)."""
+        return identity not in self.deferred.get(shape, ())
+
+    def end(self) -> None:
+        """The flush is over: its connections' statements are left alone."""
+        for connection in self.connections:
+            if _active.get(connection) is self:
+                del _active[connection]
+        self.connections.clear()
+
+    def _shape_of(self, statement: Update) -> Shape | None:
+        name = table_name(statement.table)
+        for shape in (*self.deferred, *self.folded, *self.known):
+            if name in shape.tables:
+                return shape
+        return None
+
+    def _outdate(self, shape: Shape, identities: list[Identity] | None) -> None:
+        """The rows ``identities`` (None: every row of ``shape``) are written again: what was
+        known of their post-images is read back after the flush instead."""
+        known, folded = self.known.get(shape, {}), self.folded.get(shape, {})
+        for identity in list(known) + list(folded) if identities is None else identities:
+            if identity in known:
+                self.after.setdefault(shape, {})[identity] = known.pop(identity)[0]
+            if identity in folded:
+                del folded[identity]
+                self.after.setdefault(shape, {}).setdefault(identity, None)
+
+
+_active: weakref.WeakKeyDictionary[Connection, Folding] = weakref.WeakKeyDictionary()
+_statements: weakref.WeakKeyDictionary[Update, Update | None] = weakref.WeakKeyDictionary()
+
+
+def foldable(connection: Connection, shape: Shape) -> bool:
+    """Whether an UPDATE of a row of ``shape`` (with no version counter: the caller checks)
+    on ``connection`` can read its own pre-image."""
+    dialect = connection.dialect
+    return (
+        dialect.name == "postgresql"
+        and (dialect.server_version_info or (0,)) >= (12,)  # AS MATERIALIZED
+        and len(shape.tables) == 1
+        and shape.selectable is shape.lock_table
+        and plain(connection, shape)
+    )
+
+
+def before_execute(
+    connection: Connection,
+    statement: Any,
+    multiparams: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    execution_options: Any,
+) -> tuple[Any, Sequence[Mapping[str, Any]], Mapping[str, Any]]:
+    """``before_execute`` (``retval=True``) during a flush: fold a deferred row's UPDATE;
+    before an UPDATE of another form, read the pre-images of the deferred rows it writes; and
+    note rows written again after their post-image became known."""
+    folding = _active.get(connection) if isinstance(statement, Update) else None
+    if folding is None:
+        return statement, multiparams, params
+    assert isinstance(statement, Update)
+    shape = folding._shape_of(statement)
+    if shape is None:
+        return statement, multiparams, params
+    identities = _named(shape, statement, list(multiparams) or [params])
+    folding._outdate(shape, identities)
+    pending = folding.deferred.get(shape)
+    if not pending:
+        return statement, multiparams, params
+    if identities is not None and len(identities) == 1 and identities[0] in pending:
+        rewritten = _folded(shape, statement)
+        if rewritten is not None:
+            folding.expected = (rewritten, shape, identities[0])
+            return rewritten, multiparams, params
+    if identities is None:
+        hit = list(pending)  # rows not named by the parameters: read every deferred one
+    else:
+        hit = [identity for identity in identities if identity in pending]
+    if hit:
+        folding.before.setdefault(shape, {}).update(
+            read_by_identity(connection, shape, hit, lock=True)
+        )
+        pending.difference_update(hit)
+    return statement, multiparams, params
+
+
+def after_execute(
+    connection: Connection,
+    statement: Any,
+    multiparams: Any,
+    params: Any,
+    execution_options: Any,
+    result: CursorResult[Any],
+) -> None:
+    """``after_execute``: record what a folded UPDATE returned (nothing: the row is gone)."""
+    folding = _active.get(connection)
+    if folding is None or folding.expected is None or folding.expected[0] is not statement:
+        return
+    _, shape, identity = folding.expected
+    folding.expected = None
+    folding.deferred[shape].discard(identity)
+    for row in result.fetchall():
+        values = row._mapping
+        old = {key: values[f"{_OLD}{i}"] for i, (key, _) in enumerate(shape.columns)}
+        new = {key: values[f"{_NEW}{i}"] for i, (key, _) in enumerate(shape.columns)}
+        folding.before.setdefault(shape, {})[shape.identity(old)] = old
+        folding.folded.setdefault(shape, {})[shape.identity(old)] = new
+
+
+def _named(
+    shape: Shape, statement: Update, sets: Sequence[Mapping[str, Any]]
+) -> list[Identity] | None:
+    """The rows an UPDATE of the unit of work names by primary key (its parameters), or None
+    when it does not name them so."""
+    if statement.table is not shape.lock_table:
+        return None
+    labels = [str(shape.column(key)._label) for key in shape.primary_key]
+    identities = [tuple(values.get(label) for label in labels) for values in sets]
+    if any(None in identity for identity in identities):
+        return None
+    return identities
+
+
+def _folded(shape: Shape, statement: Update) -> Update | None:
+    """``statement`` (the unit of work's UPDATE by primary key) reading its own pre-image, or
+    None when it is not of that form."""
+    if statement in _statements:
+        return _statements[statement]
+    folded: Update | None = None
+    keys = [shape.column(key) for key in shape.primary_key]
+    by_key: list[ColumnElement[bool]] = [
+        column == bindparam(column._label, type_=column.type) for column in keys
+    ]
+    criteria = statement._where_criteria
+    if len(criteria) == 1 and isinstance(criteria[0], BooleanClauseList):
+        criteria = tuple(criteria[0].clauses)  # the unit of work's AND of its own making
+    if (
+        len(criteria) == len(by_key)
+        and all(c.compare(k) for c, k in zip(criteria, by_key, strict=True))
+        and not statement._returning
+        and not statement._return_defaults
+    ):
+        old = (
+            shape.select_values()
+            .where(*by_key)
+            .with_for_update()
+            .cte("fastrdb_old")
+            .prefix_with("MATERIALIZED")
+        )
+        folded = statement.where(
+            *(column == old.c[key] for key, column in zip(shape.primary_key, keys, strict=True))
+        ).returning(
+            *(old.c[key].label(f"{_OLD}{i}") for i, (key, _) in enumerate(shape.columns)),
+            *(column.label(f"{_NEW}{i}") for i, (_, column) in enumerate(shape.columns)),
+        )
+    _statements[statement] = folded
+    return folded
