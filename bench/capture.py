@@ -38,6 +38,8 @@ from tests.servers import RedisServer
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = 10_000
 WRITERS = 4
+PAIRS = 5
+"""Writer throughput: alternations of 1,000 updates with capture stopped, then running."""
 SCHEME = '["row","bc:{id}"]'
 
 
@@ -165,20 +167,36 @@ async def write_at(
     return commits
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def lag_case(
-    engine: AsyncEngine, client: redis.asyncio.Redis, rate: int, seconds: float, first: int
+    engine: AsyncEngine,
+    client: redis.asyncio.Redis,
+    rate: int,
+    seconds: float,
+    first: int,
+    capture_pid: int | None = None,
 ) -> dict[str, Any]:
     deletions = Deletions(client)
     await deletions.start()
+    cpu_before = cpu_seconds(capture_pid) if capture_pid else 0.0
     commits = await write_at(engine, client, rate, seconds, first)
     lags = [(await deletions.wait(key)) - committed for key, committed in commits]
+    cpu = cpu_seconds(capture_pid) - cpu_before if capture_pid else None
     deletions.stop()
+    extra = {} if cpu is None else {"capture_cpu_us_per_row": round(cpu / len(commits) * 1e6)}
     return {
+        **extra,
         "case": f"lag COMMIT→key gone at {rate} rows/s",
         "p50_ms": round(statistics.median(lags) * 1000, 2),
         "p99_ms": round(percentile(lags, 0.99) * 1000, 2),
@@ -232,11 +250,11 @@ async def bench(
                 await asyncio.sleep(0.5)
                 for rate in (100, 1000):
                     progress(f"{kind} {variant} round {round_ + 1}: lag at {rate} rows/s")
-                    result = await lag_case(engine, client, rate, seconds, offset())
+                    result = await lag_case(engine, client, rate, seconds, offset(), capture.pid)
                     results.append({**result, "variant": variant, "round": round_ + 1})
                 progress(f"{kind} {variant} round {round_ + 1}: writer throughput")
                 ratios = []
-                for _ in range(3):
+                for _ in range(PAIRS):
                     capture.send_signal(signal.SIGSTOP)
                     without = await writer_ops(engine, 1000, offset())
                     capture.send_signal(signal.SIGCONT)

@@ -126,6 +126,9 @@ def capture(args: argparse.Namespace) -> int:
             structlog.processors.JSONRenderer(),
         ],
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # Bound once: an unbound logger builds its chain on every call, debug events below
+        # the level included (one per delivery).
+        cache_logger_on_first_use=True,
     )
     tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
 

@@ -27,6 +27,7 @@ __all__ = [
     "glob_escape",
     "lease_key",
     "deps_key",
+    "families_key",
     "indexed_table",
     "tables_index",
     "wait_key",
@@ -223,6 +224,13 @@ def tables_index(schemes_key: str) -> tuple[str, str]:
     return f"{head}:tables", table
 
 
+def families_key(schemes_key: str) -> str:
+    """The set of published inheritance hierarchies (:meth:`Namespace.families`) of the
+    namespace of a table's published patterns (:meth:`Namespace.schemes`)."""
+    head, _, _ = schemes_key.rpartition(":schemes:")
+    return f"{head}:families"
+
+
 def indexed_table(member: bytes | str) -> str:
     """The table a member of the namespace's index of tables names (see :func:`tables_index`)."""
     return unquote(member.decode() if isinstance(member, bytes) else member)
@@ -370,6 +378,12 @@ class Namespace:
         """The set of tables that have cache entries (members: encoded table names), so an
         operator's tools find them without scanning the keyspace (see :func:`tables_index`)."""
         return f"{self.prefix}:tables"
+
+    def families(self) -> str:
+        """The set of joined-table inheritance hierarchies whose models have cache entries
+        (members: :meth:`fastrdb.schemes.Family.member`), for capture (see
+        :func:`families_key`)."""
+        return f"{self.prefix}:families"
 
     def wait(self) -> str:
         """The marker an invalidation writes just before a ``WAIT`` for replicas (one Redis)."""

@@ -22,9 +22,10 @@ from sqlalchemy.orm import InstrumentedAttribute, Mapper
 from fastrdb.cache.near import embeds_group, list_group
 from fastrdb.errors import ConfigurationError, FastRDBError
 from fastrdb.events.collector import table_name
+from fastrdb.events.shapes import mapper_shape
 from fastrdb.keys import KeyPattern, Namespace, encode_value, glob_covers, with_digest
 from fastrdb.relations import Embedding, embedding
-from fastrdb.schemes import Scheme, SchemeKind
+from fastrdb.schemes import Family, Scheme, SchemeKind
 from fastrdb.settings import Settings
 from fastrdb.setup_checks import check_placeholders, check_schema_fields, check_schemas, key_pattern
 from fastrdb.values import (
@@ -157,6 +158,13 @@ class Plan(Generic[ModelT, ResponseT]):
         check_placeholders(self.name, columns.attributes, self._key_patterns())
         check_schemas(self.name, columns.attributes, self._owner())
         return columns
+
+    @cached_property
+    def family(self) -> str:
+        """The model's joined-table inheritance hierarchy as published for capture (a member
+        of :meth:`Namespace.families`), or '' when its rows live in one table."""
+        links = mapper_shape(self.mapper).links
+        return Family(links).member() if links else ""
 
     @cached_property
     def embedding(self) -> Embedding:

@@ -90,7 +90,7 @@ class Reads(Generic[ModelT, ResponseT]):
                 registries.insert(0, deps_key(base))
             if negative_exp:
                 registries.append(plan.namespace.negatives(plan.table))
-            return Entry(key, plan.schemes_key, plan.row_schemes, registries), read
+            return Entry(key, plan.schemes_key, plan.row_schemes, registries, plan.family), read
 
         found = await self._read(
             db, redis, key, self._decode_row, prepare, plan.context, (base, *plan.near_groups)
@@ -136,10 +136,10 @@ class Reads(Generic[ModelT, ResponseT]):
             embeds = plan.embedded[1]
             if narrowed is None:
                 registry = plan.namespace.lists(plan.table)
-                return Entry(key, plan.schemes_key, (), (registry, *embeds)), read
+                return Entry(key, plan.schemes_key, (), (registry, *embeds), plan.family), read
             registry = plan.namespace.narrowed_lists(plan.table, narrowed)
             schemes = plan.prefix_schemes
-            return Entry(key, plan.schemes_key, schemes, (registry, *embeds)), read
+            return Entry(key, plan.schemes_key, schemes, (registry, *embeds), plan.family), read
 
         decode = self._list_decoder.validate_json
         groups = (plan.list_group, *plan.near_groups)
@@ -162,7 +162,7 @@ class Reads(Generic[ModelT, ResponseT]):
 
         def prepare() -> tuple[Entry, Read[int]]:
             registry = plan.namespace.lists(plan.table)
-            return Entry(key, plan.schemes_key, (), (registry,)), read
+            return Entry(key, plan.schemes_key, (), (registry,), plan.family), read
 
         groups = (plan.list_group, *plan.near_groups)
         return await self._read(db, redis, key, decode_count, prepare, plan.list_context, groups)

@@ -10,7 +10,7 @@ from typing import Literal
 from fastrdb._types import Raw
 from fastrdb.keys import KeyPattern, parse_pattern
 
-__all__ = ["KINDS", "Field", "Scheme", "parse_members"]
+__all__ = ["KINDS", "Family", "Field", "Scheme", "parse_members"]
 
 SchemeKind = Literal["row", "prefix"]
 
@@ -121,3 +121,48 @@ def parse_members(members: Iterable[Raw]) -> list[Scheme]:
         (s for s in schemes if s.fields is not None or (s.kind, s.text) not in described),
         key=Scheme.member,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """The tables of a joined-table inheritance hierarchy, as published for capture: a row of
+    one of them is a row of the hierarchy, whose keys (by every pattern published for any of
+    the tables) are made of columns of all of them.
+
+    ``links``: per table (as FastRDB names it), its columns holding the base table's primary
+    key, in the base key's order; the first table is the base. Published in the namespace's
+    set of families (:meth:`fastrdb.keys.Namespace.families`) before any lease of an entry of
+    the hierarchy's models is taken, so a capture that reads the set after a commit knows
+    every hierarchy a reader could have leased an entry of."""
+
+    links: tuple[tuple[str, tuple[str, ...]], ...]
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return tuple(table for table, _ in self.links)
+
+    def member(self) -> str:
+        return json.dumps(["family", [[t, list(c)] for t, c in self.links]], separators=(",", ":"))
+
+    @classmethod
+    def from_member(cls, raw: bytes | str) -> Family | None:
+        """The family a stored member names, or None for one this version cannot read."""
+        try:
+            kind, links, *rest = json.loads(raw)
+        except (ValueError, TypeError):
+            return None
+        if kind != "family" or rest or not isinstance(links, list) or len(links) < 2:
+            return None
+        parsed: list[tuple[str, tuple[str, ...]]] = []
+        width: int | None = None
+        for link in links:
+            if not (isinstance(link, list) and len(link) == 2 and isinstance(link[0], str)):
+                return None
+            columns = link[1]
+            if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+                return None
+            if not columns or (width is not None and len(columns) != width):
+                return None
+            width = len(columns)
+            parsed.append((link[0], tuple(columns)))
+        return cls(tuple(parsed))

@@ -153,6 +153,7 @@ class Writes(Generic[ModelT, ResponseT]):
             schemes_key=plan.schemes_key,
             schemes=plan.row_schemes,
             registries=plan.embedded[1],
+            family=plan.family,
         )
         return bool(taken)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import weakref
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
@@ -13,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastrdb import FastRDB, Settings
 from fastrdb.cache import store
-from fastrdb.cache.deadline import Watchdog
+from fastrdb.cache.deadline import Watchdog, watchdog
 from fastrdb.cache.health import ClientHealth
 from tests.conftest import REDIS_URL
 from tests.models import User, UserCreate, UserResponse, UserUpdate
@@ -125,6 +127,22 @@ async def test_a_cancel_at_the_same_time_as_the_deadline_propagates() -> None:
     with pytest.raises(asyncio.CancelledError):
         await call
     assert outcome == ["cancelled"]
+
+
+def test_a_closed_event_loop_is_not_kept_alive_by_its_watchdog() -> None:
+    """The watchdog of a loop (one per asyncio.run, per test) goes with the loop."""
+
+    async def watched_call() -> None:
+        dog = watchdog()
+        dog.leave(dog.enter(1.0))
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(watched_call())
+    loop.close()
+    dropped = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert dropped() is None
 
 
 async def test_get_answers_from_the_database_when_redis_hangs(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from fastrdb.events import ListenHandle, listen
-from tests.conftest import Database
+from tests.conftest import Database, async_redis_client
 from tests.models import User, Verse, VerseSchema
 from tests.processes import run_python
 from tests.test_crud import add_user, users, verses
@@ -371,6 +373,47 @@ async def test_crud_writes_invalidate_without_listen(
         assert len(await users.get_multi(db=db, redis=redis_client)) == 1
         await add_user(db, redis_client, "b@x.io")
         assert len(await users.get_multi(db=db, redis=redis_client)) == 2
+
+
+async def test_a_client_given_to_crud_calls_is_not_kept_alive(
+    maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """A client the app dropped (one per request, per test) is freed, with its connections:
+    the binding FastRDB keeps per client for unlistened sessions does not hold it."""
+
+    async def request(client: Redis) -> None:
+        async with maker() as db:
+            await add_user(db, client, "a@x.io")
+            await users.get(db=db, redis=client, email="a@x.io")
+        await client.aclose()
+
+    client = async_redis_client()
+    await request(client)
+    dropped = weakref.ref(client)
+    del client
+    gc.collect()
+    assert dropped() is None
+
+
+async def test_a_session_bound_by_a_crud_call_keeps_its_client(
+    maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """An unlistened session that a CRUD call bound invalidates its later ORM commits through
+    that call's client, although the app holds the client no more (a client per call)."""
+    async with maker() as db:
+        created = await add_user(db, redis_client, "a@x.io", "Old")
+    client = async_redis_client()
+    held = weakref.ref(client)
+    async with maker() as db:
+        assert (await users.get(db=db, redis=client, email="a@x.io")).name == "Old"
+        del client
+        gc.collect()
+        (await db.get_one(User, created.id)).name = "New"
+        await db.commit()
+        client = held()
+        assert client is not None
+        await client.aclose()
+    assert await redis_client.get("user:email:a@x.io") is None
 
 
 WORKER = """

@@ -25,7 +25,9 @@ class Watchdog:
     __slots__ = ("__weakref__", "_armed", "_calls", "_expired", "_loop", "_tick")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # Weakly: the table of watchdogs is keyed weakly by loop, and a strong reference
+        # from a value to its key would keep every loop alive (one per test, per asyncio.run).
+        self._loop = weakref.ref(loop)
         self._calls: dict[asyncio.Task[object], float] = {}
         self._expired: dict[asyncio.Task[object], int] = {}
         """Tasks this watchdog cancelled, with their ``cancelling()`` count from before."""
@@ -34,15 +36,16 @@ class Watchdog:
 
     def enter(self, limit: float) -> asyncio.Task[object]:
         """Start watching the current task's call; pass the task to :meth:`leave`."""
-        task: asyncio.Task[object] | None = asyncio.current_task(self._loop)
-        if task is None:
+        loop = self._loop()
+        task = asyncio.current_task(loop) if loop is not None else None
+        if loop is None or task is None:
             raise RuntimeError("a watched call must run inside an asyncio task")
-        self._calls[task] = self._loop.time() + limit
+        self._calls[task] = loop.time() + limit
         if limit / TICKS_PER_LIMIT < self._tick:
             self._tick = limit / TICKS_PER_LIMIT
         if not self._armed:
             self._armed = True
-            self._loop.call_later(self._tick, self._check)
+            loop.call_later(self._tick, self._check)
         return task
 
     def expired(self, task: asyncio.Task[object]) -> bool:
@@ -59,13 +62,16 @@ class Watchdog:
             task.uncancel()
 
     def _check(self) -> None:
-        now = self._loop.time()
+        loop = self._loop()
+        if loop is None:
+            return
+        now = loop.time()
         for task, deadline in self._calls.items():
             if deadline <= now and task not in self._expired and not task.done():
                 self._expired[task] = task.cancelling()
                 task.cancel()
         if self._calls:
-            self._loop.call_later(self._tick, self._check)
+            loop.call_later(self._tick, self._check)
         else:
             self._armed = False
 

@@ -80,6 +80,8 @@ class Entry:
     schemes_key: str
     schemes: Sequence[Scheme]
     registries: Sequence[str] = ()
+    family: str = ""
+    """The model's inheritance hierarchy as published for capture ('' for one table)."""
 
 
 def key_ref(key: str) -> str:
@@ -158,6 +160,7 @@ async def read_through(
             schemes_key=entry.schemes_key,
             schemes=entry.schemes,
             registries=entry.registries,
+            family=entry.family,
             unless_filled=unless_filled,
         )
         if taken is None:

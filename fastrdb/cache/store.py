@@ -30,7 +30,7 @@ from fastrdb.cache.health import REDIS_ERRORS, ClientHealth
 from fastrdb.cache.near import forget
 from fastrdb.cache.replicas import Wait, run_then_wait, wait_on_masters
 from fastrdb.cache.scripts import DROP, FILL, INVALIDATE, LEASE, RELEASE
-from fastrdb.keys import Namespace, deps_key, lease_key, tables_index
+from fastrdb.keys import Namespace, deps_key, families_key, lease_key, tables_index
 from fastrdb.schemes import Scheme, parse_members
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "Caller",
     "InvalidationPlan",
     "Miss",
+    "Sweep",
     "acquire",
     "deliver_invalidation",
     "fill",
@@ -175,6 +176,7 @@ async def acquire(
     schemes_key: str,
     schemes: Sequence[Scheme],
     registries: Sequence[str] = (),
+    family: str = "",
     unless_filled: Literal[False] = False,
 ) -> bool | None: ...
 
@@ -189,6 +191,7 @@ async def acquire(
     schemes_key: str,
     schemes: Sequence[Scheme],
     registries: Sequence[str] = (),
+    family: str = "",
     unless_filled: bool,
 ) -> bool | Raw | None: ...
 
@@ -202,15 +205,17 @@ async def acquire(
     schemes_key: str,
     schemes: Sequence[Scheme],
     registries: Sequence[str] = (),
+    family: str = "",
     unless_filled: bool = False,
 ) -> bool | Raw | None:
     """Take the fill lease of ``key``: True if taken, False if held, None if Redis can't answer.
 
     Before the lease is taken the patterns behind ``key`` are published (and the table named
-    in the namespace's index of tables, for ``fastrdb stats``), so a listener that
-    reads them after its commit knows to drop this lease. After it, ``key`` joins the given
-    registries, so an invalidation that reads a registry before the key joined deletes the lease
-    this fill depends on.
+    in the namespace's index of tables, for ``fastrdb stats``; and ``family``, the model's
+    inheritance hierarchy if it spans tables, in the namespace's set of them, for capture), so
+    a listener that reads them after its commit knows to drop this lease. After it, ``key``
+    joins the given registries, so an invalidation that reads a registry before the key joined
+    deletes the lease this fill depends on.
 
     ``unless_filled`` (a reader after a miss): if ``key`` holds a value by now, return that
     value instead and take nothing: a reader whose GET came just before another reader's fill
@@ -219,6 +224,7 @@ async def acquire(
     members = [member for scheme in schemes for member in scheme.members()]
     ttl_ms = int(health.settings.lease_ttl * 1000)
     index, table = tables_index(schemes_key)
+    families = families_key(schemes_key)
     check = "1" if unless_filled else "0"
 
     async def sequential() -> bool | Raw:
@@ -226,6 +232,8 @@ async def acquire(
         pipe.sadd(index, table)
         if members:
             pipe.sadd(schemes_key, *members)
+        if family:
+            pipe.sadd(families, family)
         await pipe.execute()
         # The key and its lease share a slot: one script takes the lease or returns the value.
         reply = await LEASE.run_async(client, (key, lease_key(key)), (token, ttl_ms, check))
@@ -236,8 +244,9 @@ async def acquire(
         return bool(reply)
 
     async def scripted() -> bool | Raw:
-        keys = (key, lease_key(key), schemes_key, index, *registries)
+        keys = (key, lease_key(key), schemes_key, index, families, *registries)
         args: tuple[str | int, ...] = (token, ttl_ms, check, table, len(members), *members)
+        args += (family,)
         reply = await LEASE.run_async(client, keys, args)
         return bool(reply) if isinstance(reply, int) else cast(Raw, reply)
 
@@ -297,6 +306,16 @@ class Caller:
 
 
 @dataclass(slots=True)
+class Sweep:
+    """What of one table an invalidation could not name key by key and must find by a scan
+    (:func:`fastrdb.cache.wipe.sweep`): the keys of these row patterns, and whether its
+    narrowed pages too."""
+
+    patterns: dict[str, None] = field(default_factory=dict)
+    narrowed: bool = False
+
+
+@dataclass(slots=True)
 class InvalidationPlan:
     """The keys one invalidation drops."""
 
@@ -310,6 +329,9 @@ class InvalidationPlan:
     filled: dict[str, bool] = field(default_factory=dict)
     """What became of each of ``fills`` the delivery tried (True: stored); a fill it did not
     try (a cluster, a failure) is absent."""
+    sweeps: dict[str, Sweep] = field(default_factory=dict)
+    """Per table, what :func:`deliver_invalidation` leaves to a sweep (its caller runs it
+    after the drop)."""
 
 
 SchemeCache = dict[str, tuple[list[Raw], list[Scheme]]]

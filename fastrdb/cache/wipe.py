@@ -1,4 +1,6 @@
-"""Drop every cache entry of one table: what ``fastrdb flush`` and ``invalidate_all`` do.
+"""Drop every cache entry of one table: what ``fastrdb flush`` and ``invalidate_all`` do; or
+only the keys of some of its row patterns and its narrowed pages (:func:`sweep`): what capture
+does for a change whose old values the log gives only in part.
 
 Registered entries (pages, counts, negative entries, entries embedding the table's rows) are
 drained from their registries. Single-row keys are in no registry: they are found by a ``SCAN``
@@ -27,7 +29,7 @@ a :class:`~fastrdb.cache.store.Caller` (an asyncio client inside SQLAlchemy's gr
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -49,6 +51,7 @@ __all__ = [
     "narrowed_glob",
     "registries_of",
     "row_globs",
+    "sweep",
     "wipe_table",
 ]
 
@@ -147,15 +150,52 @@ def wipe_table(
     """Drop every entry of ``table`` (see the module's docstring). Raises what Redis raises
     (and ``NotReplicated`` when ``wait`` asks for replicas that did not acknowledge): a caller
     that must not fail keeps the table for a later replay."""
+    return _sweep(call, client, namespace, table, None, True, registries_of(namespace, table), wait)
+
+
+def sweep(
+    call: Caller,
+    client: Any,
+    namespace: Namespace,
+    table: str,
+    patterns: Iterable[str],
+    narrowed: bool,
+    *,
+    wait: Wait | None = None,
+) -> Wiped:
+    """Drop the single-row keys of ``table``'s row ``patterns`` (pattern texts) and, if
+    ``narrowed``, its narrowed pages: what a change whose old values are only known in part
+    cannot name key by key (the same two-pass scan as :func:`wipe_table`, restricted to
+    these patterns). Raises what Redis raises."""
+    return _sweep(call, client, namespace, table, frozenset(patterns), narrowed, [], wait)
+
+
+def _sweep(
+    call: Caller,
+    client: Any,
+    namespace: Namespace,
+    table: str,
+    only: frozenset[str] | None,
+    narrowed: bool,
+    known: list[str],
+    wait: Wait | None,
+) -> Wiped:
     result = Wiped()
     for _ in range(2):
-        schemes = _read_schemes(call, client, namespace, table)
-        patterns = [scheme.pattern.regex for scheme in schemes if scheme.kind == "row"]
-        registries = registries_of(namespace, table)
-        narrowed = narrowed_glob(namespace, table)
+        schemes = [
+            scheme
+            for scheme in _read_schemes(call, client, namespace, table)
+            if scheme.kind == "row" and (only is None or scheme.text in only)
+        ]
+        patterns = [scheme.pattern.regex for scheme in schemes]
+        registries = list(known)
+        narrowed_registries = narrowed_glob(namespace, table) if narrowed else None
+        globs = row_globs(schemes)
+        if narrowed_registries is not None:
+            globs.insert(0, narrowed_registries)
         row_keys: dict[str, None] = {}
-        for glob, name in _scan(call, client, [narrowed, *row_globs(schemes)]):
-            if glob == narrowed:
+        for glob, name in _scan(call, client, globs) if globs else ():
+            if glob == narrowed_registries:
                 registries.append(name)
                 continue
             key = _row_key_of(name, patterns)

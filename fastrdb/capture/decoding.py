@@ -83,10 +83,7 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
 
 def convert(type_name: str, text: str) -> Any:
     """``text`` (the type's output form, DateStyle ISO, TimeZone UTC) as a Python value."""
-    base = type_name.split("(", 1)[0].strip()
-    if type_name.endswith("]"):  # arrays stay text
-        return text
-    converter = _CONVERTERS.get(base)
+    converter = _converter(type_name)
     if converter is None:
         return text
     try:
@@ -95,57 +92,28 @@ def convert(type_name: str, text: str) -> Any:
         return text
 
 
-class _Reader:
-    __slots__ = ("pos", "text")
+_BY_TYPE: dict[str, Callable[[str], Any] | None] = {}
+"""Logged type name → its converter (None: the value stays text), found once per name."""
 
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 0
 
-    def at_end(self) -> bool:
-        return self.pos >= len(self.text)
+def _converter(type_name: str) -> Callable[[str], Any] | None:
+    try:
+        return _BY_TYPE[type_name]
+    except KeyError:
+        pass
+    found = None
+    if not type_name.endswith("]"):  # arrays stay text
+        found = _CONVERTERS.get(type_name.split("(", 1)[0].strip())
+    if len(_BY_TYPE) < 4096:  # type names with modifiers are many, but not endless
+        _BY_TYPE[type_name] = found
+    return found
 
-    def skip_spaces(self) -> None:
-        while self.pos < len(self.text) and self.text[self.pos] == " ":
-            self.pos += 1
 
-    def startswith(self, prefix: str) -> bool:
-        return self.text.startswith(prefix, self.pos)
-
-    def expect(self, prefix: str) -> None:
-        if not self.startswith(prefix):
-            raise ValueError(f"expected {prefix!r} at {self.pos} in {self.text[:200]!r}")
-        self.pos += len(prefix)
-
-    def quoted(self, quote: str) -> str:
-        """A literal opened by ``quote`` at the current position, doubled quotes undone."""
-        self.expect(quote)
-        parts = []
-        while True:
-            end = self.text.find(quote, self.pos)
-            if end < 0:
-                raise ValueError(f"unterminated {quote} literal in {self.text[:200]!r}")
-            parts.append(self.text[self.pos : end])
-            self.pos = end + 1
-            if self.startswith(quote):
-                parts.append(quote)
-                self.pos += 1
-                continue
-            return "".join(parts)
-
-    def until(self, stop: str) -> str:
-        end = self.text.find(stop, self.pos)
-        if end < 0:
-            end = len(self.text)
-        word = self.text[self.pos : end]
-        self.pos = end
-        return word
-
-    def identifier(self, stop: str) -> str:
-        if self.startswith('"'):
-            return self.quoted('"')
-        return self.until(stop)
-
+_HEADER = re.compile(
+    r"table (?:\"(?P<quoted_schema>(?:[^\"]|\"\")*)\"|(?P<schema>[^.\"]*))"
+    r"\.(?:\"(?P<quoted_table>(?:[^\"]|\"\")*)\"|(?P<table>[^:\"]*))"
+    r": (?P<action>[A-Z]+): *"
+)
 
 _COLUMN = re.compile(
     r" *(?:\"(?P<quoted_name>(?:[^\"]|\"\")*)\"|(?P<name>[^\[ \"]+))"  # name, quoted if need be
@@ -153,28 +121,35 @@ _COLUMN = re.compile(
     r"(?:'(?P<text>(?:[^']|'')*)'|B'(?P<bits>[^']*)'|(?P<word>[^ ]*))"  # 'text', B'..', word
 )
 
+_OLD_KEY = "old-key:"
+_NEW_TUPLE = "new-tuple:"
 
-def _columns(reader: _Reader, stop_at: str | None = None) -> dict[str, Any]:
-    """The ``name[type]:value`` columns from the reader's position, up to ``stop_at`` or the
-    end (one regular expression per column: this runs for every logged row)."""
+
+def _section(line: str, pos: int, stop_at: str | None = None) -> tuple[dict[str, Any], int]:
+    """The ``name[type]:value`` columns of ``line`` from ``pos`` up to ``stop_at`` (left
+    unread) or the end, and where they stop.
+
+    One match of one regular expression per column, and one dictionary look-up for its
+    type's converter: this runs for every logged row."""
     values: dict[str, Any] = {}
-    text = reader.text
+    end = len(line)
     match = _COLUMN.match
-    while True:
-        found = match(text, reader.pos)
-        if found is None:
-            reader.skip_spaces()
-            if reader.at_end() or (stop_at is not None and reader.startswith(stop_at)):
-                return values
-            raise ValueError(f"unreadable column at {reader.pos} in {text[:200]!r}")
+    while (found := match(line, pos)) is not None:  # None: the caller's marker, or an error
+        pos = found.end()
         quoted_name, name, type_name, quoted, bits, word = found.groups()
         if name is None:
             name = quoted_name.replace('""', '"')
-        reader.pos = found.end()
         if quoted is not None:
-            values[name] = convert(
-                type_name, quoted.replace("''", "'") if "'" in quoted else quoted
-            )
+            if "''" in quoted:
+                quoted = quoted.replace("''", "'")
+            converter = _BY_TYPE[type_name] if type_name in _BY_TYPE else _converter(type_name)
+            if converter is None:
+                values[name] = quoted
+            else:
+                try:
+                    values[name] = converter(quoted)
+                except ValueError:
+                    values[name] = quoted
         elif bits is not None:
             values[name] = bits
         elif word == "null":
@@ -183,6 +158,13 @@ def _columns(reader: _Reader, stop_at: str | None = None) -> dict[str, Any]:
             values[name] = UNCHANGED_TOAST
         else:
             values[name] = convert(type_name, word)
+        if pos == end:
+            break
+    while pos < end and line[pos] == " ":
+        pos += 1
+    if pos < end and (stop_at is None or not line.startswith(stop_at, pos)):
+        raise ValueError(f"unreadable column at {pos} in {line[:200]!r}")
+    return values, pos
 
 
 def parse_change(line: str) -> RowChange | None:
@@ -193,39 +175,40 @@ def parse_change(line: str) -> RowChange | None:
     """
     if not line.startswith("table "):
         return None
-    reader = _Reader(line)
-    reader.pos = len("table ")
-    schema = reader.identifier(".")
-    reader.expect(".")
-    table = reader.identifier(":")
-    reader.expect(": ")
-    action = reader.until(":")
-    reader.expect(":")
-    reader.skip_spaces()
+    header = _HEADER.match(line)
+    if header is None:
+        raise ValueError(f"unreadable change line {line[:200]!r}")
+    schema, table, action = header["schema"], header["table"], header["action"]
+    if schema is None:
+        schema = header["quoted_schema"].replace('""', '"')
+    if table is None:
+        table = header["quoted_table"].replace('""', '"')
+    pos = header.end()
     if action == "TRUNCATE":
         return RowChange(schema, table, "truncate")
-    if reader.startswith("(no-tuple-data)"):
+    if line.startswith("(no-tuple-data)", pos):
         if action == "INSERT":
             return None
         return RowChange(
             schema, table, "delete" if action == "DELETE" else "update", {}, None, False
         )
     if action == "INSERT":
-        return RowChange(schema, table, "insert", None, _columns(reader))
+        return RowChange(schema, table, "insert", None, _section(line, pos)[0])
     if action == "DELETE":
-        return RowChange(schema, table, "delete", _columns(reader), None)
+        return RowChange(schema, table, "delete", _section(line, pos)[0], None)
     if action != "UPDATE":
         raise ValueError(f"unknown change {action!r} in {line[:200]!r}")
     before: dict[str, Any] | None = None
-    if reader.startswith("old-key:"):
-        reader.pos += len("old-key:")
-        before = _columns(reader, stop_at="new-tuple:")
-        reader.expect("new-tuple:")
-    after = _columns(reader)
+    if line.startswith(_OLD_KEY, pos):
+        before, pos = _section(line, pos + len(_OLD_KEY), _NEW_TUPLE)
+        if not line.startswith(_NEW_TUPLE, pos):
+            raise ValueError(f"expected {_NEW_TUPLE!r} at {pos} in {line[:200]!r}")
+        pos += len(_NEW_TUPLE)
+    after = _section(line, pos)[0]
     if before is None:
         return RowChange(schema, table, "update", None, _resolved(after, {}), False)
     after = _resolved(after, before)
-    return RowChange(schema, table, "update", before, after, set(before) >= set(after))
+    return RowChange(schema, table, "update", before, after, before.keys() >= after.keys())
 
 
 def _resolved(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,9 @@ from fastrdb.capture.rows import RowChange, Transaction
 from fastrdb.capture.source import Batch, CaptureSetupError
 
 __all__ = ["MariaDBSource", "ServerAddress"]
+
+_FETCH_BATCH = 500
+"""Keys per SELECT of :meth:`MariaDBSource.fetch`."""
 
 REPORT_EVERY = 0.1
 """Seconds between two writes of the position while transactions stream in."""
@@ -227,6 +231,11 @@ class MariaDBSource:
             # also serves starts exactly at the stored position.
             is_mariadb=False,
             slave_heartbeat=self.heartbeat,
+            # A table map event precedes every transaction's rows; decoding it again each
+            # time (column types, names, charsets, in Python) cost about a quarter of capture's
+            # CPU. A table id names one table definition until the server re-opens the table
+            # (DDL, a flush) or restarts (a new stream): on DDL the decoded maps are dropped.
+            freeze_schema=True,
             pymysql_wrapper=_connect,
             only_events=[
                 WriteRowsEvent,
@@ -262,6 +271,7 @@ class MariaDBSource:
                         truncated = RowChange(schema, table, "truncate")
                         self._put(_transaction([truncated], here, event.timestamp))
                     elif query != "BEGIN" and not rows:
+                        stream.table_map.clear()  # DDL: table maps are decoded afresh
                         self._reload_schema()  # DDL: new boolean columns, foreign keys
                         self._put(_transaction([], here, event.timestamp))  # a safe point
                 if not rows and here[1]:
@@ -299,15 +309,17 @@ class MariaDBSource:
         return batch
 
     async def confirm(self, batch: Batch) -> None:
-        """Store ``batch``'s position in Redis: at once when nothing more is waiting, else at
-        most every :data:`REPORT_EVERY` seconds (one Redis call per delivery saved; a restart
-        may receive again what was delivered since, which at-least-once allows)."""
+        """Store ``batch``'s position in Redis at most every :data:`REPORT_EVERY` seconds
+        while transactions stream in, and at once when a read found none (a pause): not one
+        Redis call per delivery (a read that empties the queue is no pause: under a steady
+        stream most do). A restart may receive again what was delivered since, which
+        at-least-once allows."""
         if batch.position is not None:
             self._unstored = batch.position
         if self._unstored is None:
             return
         now = time.monotonic()
-        if self._queue.empty() or now - self._stored_at >= REPORT_EVERY:
+        if not batch.transactions or now - self._stored_at >= REPORT_EVERY:
             await self.redis.set(self.position_key, json.dumps(list(self._unstored)))
             self._unstored = None
             self._stored_at = now
@@ -332,6 +344,43 @@ class MariaDBSource:
     def reached(self, end: Any) -> bool:
         return _later_or_equal(self._seen, end) and self._queue.empty()
 
+    async def fetch(
+        self, schema: str, table: str, columns: Sequence[str], keys: Sequence[tuple[Any, ...]]
+    ) -> list[dict[str, Any]]:
+        flags = self._booleans.get((schema, table))
+
+        def select() -> list[dict[str, Any]]:
+            connection = self._connect()
+            found: list[dict[str, Any]] = []
+            try:
+                with connection.cursor() as cursor:
+                    for start in range(0, len(keys), _FETCH_BATCH):
+                        chunk = keys[start : start + _FETCH_BATCH]
+                        row = "(" + ", ".join(["%s"] * len(columns)) + ")"
+                        names = ", ".join(map(_quoted, columns))
+                        cursor.execute(
+                            f"SELECT * FROM {_quoted(schema)}.{_quoted(table)}"
+                            f" WHERE ({names}) IN ({', '.join([row] * len(chunk))})",
+                            [value for key in chunk for value in key],
+                        )
+                        labels = [d[0] for d in cursor.description]
+                        for values in cursor.fetchall():
+                            image = dict(zip(labels, values, strict=True))
+                            for column in flags or ():
+                                if image.get(column) is not None:
+                                    image[column] = bool(image[column])
+                            found.append(image)
+            finally:
+                connection.close()
+            return found
+
+        return await asyncio.to_thread(select)
+
+    async def horizon(self) -> Any:
+        """The binlog's end: MariaDB writes a transaction to the binlog before its commit
+        in the engine makes it visible."""
+        return await self.end()
+
     async def close(self) -> None:
         self._stop.set()
         thread, self._thread = self._thread, None
@@ -349,6 +398,10 @@ def _connect(**settings: Any) -> Any:
     if "passwd" in settings:
         settings["password"] = settings.pop("passwd")
     return pymysql.connect(**settings)
+
+
+def _quoted(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
 
 
 def _text(value: Any) -> str:
@@ -429,7 +482,25 @@ def _with_cascades(changes: list[RowChange], cascades: Cascades) -> list[RowChan
     return result
 
 
+_ABSENT = "cols bitmap"
+"""``mysql-replication``'s none source of a column the row image left out
+(``binlog_row_image=MINIMAL`` or ``NOBLOB``, which a session may set for itself)."""
+
+
+def _present(row: dict[str, Any], values: str, sources: str) -> tuple[dict[str, Any], bool]:
+    """The columns a row image holds (the ones it left out are not NULL: they are unknown),
+    and whether it holds every column."""
+    image: dict[str, Any] = row[values]
+    absent = [name for name, source in row.get(sources, {}).items() if source == _ABSENT]
+    if not absent:
+        return image, True
+    return {name: value for name, value in image.items() if name not in absent}, False
+
+
 def _row_changes(event: Any, booleans: Booleans) -> list[RowChange]:
+    """The row changes of one rows event. A row image without every column (the writer's
+    session set ``binlog_row_image`` to ``MINIMAL``: capture refuses a server whose global
+    setting is not ``FULL``, but a session may change its own) is marked incomplete."""
     from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent
 
     schema, table = _text(event.schema), _text(event.table)
@@ -442,15 +513,19 @@ def _row_changes(event: Any, booleans: Booleans) -> list[RowChange]:
                     values[column] = bool(values[column])
         return values
 
+    changes: list[RowChange] = []
     if isinstance(event, UpdateRowsEvent):
-        return [
-            RowChange(
-                schema, table, "update", typed(row["before_values"]), typed(row["after_values"])
+        for row in event.rows:
+            before, complete = _present(row, "before_values", "before_none_sources")
+            after, _ = _present(row, "after_values", "after_none_sources")
+            changes.append(
+                RowChange(schema, table, "update", typed(before), typed(after), complete)
             )
-            for row in event.rows
-        ]
-    if isinstance(event, DeleteRowsEvent):
-        return [
-            RowChange(schema, table, "delete", typed(row["values"]), None) for row in event.rows
-        ]
-    return [RowChange(schema, table, "insert", None, typed(row["values"])) for row in event.rows]
+        return changes
+    for row in event.rows:
+        image, complete = _present(row, "values", "none_sources")
+        if isinstance(event, DeleteRowsEvent):
+            changes.append(RowChange(schema, table, "delete", typed(image), None, complete))
+        else:
+            changes.append(RowChange(schema, table, "insert", None, typed(image), complete))
+    return changes

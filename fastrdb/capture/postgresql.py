@@ -10,6 +10,7 @@ receives those transactions again on restart: at-least-once.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,14 +26,42 @@ PLUGIN = "test_decoding"
 
 _OPTIONS = {"include-xids": "0", "include-timestamp": "1"}
 _FLUSHED = "SELECT pg_current_wal_flush_lsn() - '0/0'::pg_lsn"
+_INSERTED = "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
+_FETCH_BATCH = 500
+"""Keys per SELECT of :meth:`PostgresSource.fetch`."""
 _IDENTITIES = (
     "SELECT n.nspname::text, c.relname::text, c.relreplident::text,"
     " ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid"
-    " AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) FROM pg_class c"
+    " AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),"
+    " ARRAY(SELECT a.attname::text FROM pg_index i JOIN pg_attribute a"
+    " ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = c.oid"
+    " AND CASE c.relreplident WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident"
+    " ELSE false END)"
+    " FROM pg_class c"
     " JOIN pg_namespace n ON n.oid = c.relnamespace"
     " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
     " AND n.nspname NOT LIKE 'pg_toast%'"
 )
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _key_match(
+    columns: Sequence[str], keys: Sequence[tuple[Any, ...]], placeholder: Callable[[int], str]
+) -> tuple[str, list[Any]]:
+    """``(c1, c2) IN ((…), …)`` over bound parameters, and the parameters."""
+    params = [value for key in keys for value in key]
+    marks = iter(range(1, len(params) + 1))
+    tuples = ", ".join(
+        "(" + ", ".join(placeholder(next(marks)) for _ in columns) + ")" for _ in keys
+    )
+    names = ", ".join(map(_quoted, columns))
+    return f"({names}) IN ({tuples})", params
+
+
+_NONE: dict[str, Any] = {}
 
 
 def _commit_time(line: str) -> float | None:
@@ -65,6 +94,8 @@ class PostgresSource:
         self._open: Transaction | None = None
         self._full_identity: dict[tuple[str, str], bool] = {}
         self._columns: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._column_sets: dict[tuple[str, str], frozenset[str]] = {}
+        self._identity_columns: dict[tuple[str, str], tuple[str, ...]] = {}
 
     async def open(self) -> None:
         import asyncpg
@@ -158,6 +189,8 @@ class PostgresSource:
         rows = await self._connection.fetch(_IDENTITIES)
         self._full_identity = {(r[0], r[1]): r[2] == "f" for r in rows}
         self._columns = {(r[0], r[1]): tuple(r[3]) for r in rows}
+        self._column_sets = {key: frozenset(names) for key, names in self._columns.items()}
+        self._identity_columns = {(r[0], r[1]): tuple(r[4]) for r in rows}
 
     async def read(self) -> Batch:
         assert self._stream is not None
@@ -185,20 +218,33 @@ class PostgresSource:
         marked incomplete.
 
         With ``REPLICA IDENTITY FULL`` ``test_decoding`` leaves the NULL columns out of an old
-        row: they are put back as None, so the keys of a NULL old value are named too."""
-        if change.operation not in ("update", "delete") or change.before is None:
+        row: they are put back as None, so the keys of a NULL old value are named too. With
+        another identity an UPDATE that kept the identity's columns logs no old row: those
+        columns' old values are the new ones, and make the (partial) pre-image."""
+        if change.operation not in ("update", "delete"):
             return change
         key = (change.schema, change.table)
-        columns = self._columns.get(key)
-        if columns is None or not set(change.before) <= set(columns):
+        names = self._column_sets.get(key)
+        if (
+            names is None
+            or not (change.before or _NONE).keys() | (change.after or _NONE).keys() <= names
+        ):
             await self._load_identities()  # a new table, or new columns
-            columns = self._columns.get(key, ())
+            names = self._column_sets.get(key, frozenset())
+        columns = self._columns.get(key, ())
+        if change.before is None:
+            after = change.after or {}
+            identity = self._identity_columns.get(key, ())
+            before = {name: after[name] for name in identity if name in after}
+            return RowChange(change.schema, change.table, change.operation, before, after, False)
         if not self._full_identity.get(key, False):
             if not change.before_complete:
                 return change
             return RowChange(
                 change.schema, change.table, change.operation, change.before, change.after, False
             )
+        if len(change.before) == len(names):
+            return change  # no NULL column left out: the old row is whole as logged
         before = dict.fromkeys(columns)
         before.update(dict.fromkeys(change.after or ()))
         before.update(change.before)
@@ -236,6 +282,24 @@ class PostgresSource:
             return True
         stream.ping()  # the server answers with how far it has read its WAL
         return False
+
+    async def fetch(
+        self, schema: str, table: str, columns: Sequence[str], keys: Sequence[tuple[Any, ...]]
+    ) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        name = f"{_quoted(schema)}.{_quoted(table)}"
+        for start in range(0, len(keys), _FETCH_BATCH):
+            chunk = keys[start : start + _FETCH_BATCH]
+            where, params = _key_match(columns, chunk, lambda n: f"${n}")
+            rows = await self._connection.fetch(f"SELECT * FROM {name} WHERE {where}", *params)
+            found += [dict(row) for row in rows]
+        return found
+
+    async def horizon(self) -> Any:
+        """The server's WAL insert position: a commit is inserted into the WAL before it
+        becomes visible (with ``synchronous_commit = off`` too, which makes it visible before
+        it is flushed); the stream reaches it once it is flushed."""
+        return int(await self._connection.fetchval(_INSERTED))
 
     async def close(self) -> None:
         stream, self._stream = self._stream, None

@@ -74,8 +74,10 @@ def to_changes(transactions: Sequence[Transaction], names: TableNames) -> Change
     """One :class:`Changes` for whole transactions, applied together.
 
     Each row contributes its pre-image and post-image. A pre-image without every column (the
-    table's replica identity is not FULL) still names the keys it can; the table is then
-    touched, so plans drop what depends on values it cannot name (the table's pages).
+    table's replica identity is not FULL, a MariaDB session's ``binlog_row_image=MINIMAL``, a
+    child row changed by a foreign key action, a truncated table) is recorded as partial: it
+    names the keys it can, and the plan sweeps the keys of the patterns it lacks a
+    placeholder of, and the table's narrowed pages when it lacks a prefix's placeholder.
     """
     changes = Changes()
     changes.reader = scheme_values  # rows are logged by column name, values in the log's types
@@ -85,9 +87,11 @@ def to_changes(transactions: Sequence[Transaction], names: TableNames) -> Change
             if not tables:
                 continue
             if row.operation == "truncate":
-                changes.touch(tables)
+                changes.add_partial(tables, {})
                 continue
-            if row.before is not None:
+            if row.operation != "insert" and not row.before_complete:
+                changes.add_partial(tables, row.before or {})
+            elif row.before is not None:
                 changes.add(tables, row.before)
             if row.after is not None:
                 changes.add(tables, row.after)

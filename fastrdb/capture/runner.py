@@ -9,24 +9,37 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from fastrdb._compat import greenlet_spawn
 from fastrdb._logging import log
+from fastrdb._types import Raw
 from fastrdb.cache.refusals import note_refusal
 from fastrdb.cache.replicas import Wait, check_client
-from fastrdb.cache.store import REDIS_ERRORS, Caller, deliver_invalidation
+from fastrdb.cache.store import REDIS_ERRORS, Caller, InvalidationPlan, deliver_invalidation
+from fastrdb.cache.wipe import sweep
+from fastrdb.capture.families import Rows
 from fastrdb.capture.rows import TableNames, to_changes
 from fastrdb.capture.source import Batch, CaptureSetupError, Source
 from fastrdb.capture.walstream import StreamError
 from fastrdb.events.changes import Changes
 from fastrdb.keys import Namespace
+from fastrdb.schemes import Scheme
 from fastrdb.settings import DEFAULT_SETTINGS, Settings
 
-__all__ = ["CaptureStats", "Runner"]
+__all__ = ["FETCH_ROUNDS", "CaptureStats", "Runner"]
+
+T = TypeVar("T")
+
+FETCH_ROUNDS = 4
+"""Rounds of reading rows of inheritance hierarchies from the database (each may bring more
+transactions, with new rows, from the log); rows still unread after them are swept."""
+
+_SHORT = 0.05
+"""Pauses up to this long are slept through whole (:meth:`Runner.stop` waits that much at
+most); longer ones (backoff) end as soon as capture is stopped."""
 
 
 @dataclass(slots=True)
@@ -36,6 +49,9 @@ class CaptureStats:
     transactions: int = 0
     rows: int = 0
     deliveries: int = 0
+    sweeps: int = 0
+    """Scans for keys that changes logged without their old values could not name (see
+    docs/capture.md, ``REPLICA IDENTITY FULL``)."""
     redis_failures: int = 0
     database_failures: int = 0
     last_lag: float | None = None
@@ -69,6 +85,7 @@ class Runner:
         self.lag_interval = lag_interval
         self.stats = CaptureStats()
         self._call = Caller(True, delivery_timeout)
+        self._delivery_timeout = delivery_timeout
         self._stopping = asyncio.Event()
         self._round = 0
         self._drained_round = -1
@@ -115,9 +132,13 @@ class Runner:
             batch = await self.source.read()
             started = time.monotonic()
             if batch.transactions:
-                changes = to_changes(batch.transactions, names)
-                if changes and not await self._deliver(changes):
+                rows = await self._hierarchies(batch, names)
+                if rows is None:
                     return  # stopping: nothing confirmed, the next run reads it again
+                changes = to_changes(batch.transactions, names)
+                rows.apply(changes)
+                if changes and not await self._deliver(changes):
+                    return
                 self._count(batch)
             if not await self._confirm(batch):
                 return
@@ -138,6 +159,64 @@ class Runner:
                 # is delivered at once.
                 await self._sleep(started + self.poll_interval - time.monotonic())
 
+    async def _hierarchies(self, batch: Batch, names: TableNames) -> Rows | None:
+        """The rows of joined-table inheritance hierarchies that ``batch`` changes, with
+        every image of each of their tables (see :mod:`fastrdb.capture.families`): tables the
+        batch logs nothing of are read from the database, and the batch is extended up to
+        the log position after those reads. None if capture stops meanwhile.
+
+        The published hierarchies are read again after each extension, so every transaction
+        planned was committed before the last read of them: a reader that published its
+        hierarchy later leased its entry after those commits (and reads what they wrote)."""
+        rows = Rows(names)
+        collected = 0
+        for round_ in range(FETCH_ROUNDS + 1):
+            members = await self._retrying(self._read_families)
+            if members is None:
+                return None
+            new = rows.learn(members)
+            rows.collect(batch.transactions[:collected], only=new)
+            rows.collect(batch.transactions[collected:])
+            collected = len(batch.transactions)
+            todo = rows.unread()
+            if not todo or round_ == FETCH_ROUNDS:
+                break
+            for (table, columns), keys in todo.items():
+                schema, _, bare = table.rpartition(".")
+                found = await self.source.fetch(
+                    schema or self.source.default_schema, bare, columns, keys
+                )
+                rows.read(table, columns, keys, found)
+            horizon = await self.source.horizon()
+            drained = batch.drained
+            while not (drained and self.source.reached(horizon)):
+                if self._stopping.is_set():
+                    return None
+                more = await self.source.read()
+                batch.transactions += more.transactions
+                if more.position is not None:
+                    batch.position = more.position
+                batch.drained = drained = more.drained
+        rows.give_up()
+        return rows
+
+    async def _read_families(self) -> set[Raw]:
+        async with asyncio.timeout(self._delivery_timeout):
+            members: set[Raw] = await self.redis.smembers(self.namespace.families())
+        return members
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T | None:
+        """``await call()``, retried with backoff while Redis fails; None if capture stops."""
+        delay = self.backoff[0]
+        while True:
+            try:
+                return await call()
+            except REDIS_ERRORS as exc:
+                self._redis_failed(exc, delay)
+            if await self._sleep(delay):
+                return None
+            delay = min(delay * 2, self.backoff[1])
+
     def _count(self, batch: Batch) -> None:
         self.stats.transactions += len(batch.transactions)
         self.stats.rows += sum(len(t.rows) for t in batch.transactions)
@@ -148,19 +227,10 @@ class Runner:
     async def _deliver(self, changes: Changes) -> bool:
         """Deliver ``changes``, retrying with backoff until Redis takes them or capture stops."""
         tables = sorted(changes.rows)
-        plan = partial(changes.plan, namespace=self.namespace)
         delay = self.backoff[0]
         while True:
             try:
-                dropped = await greenlet_spawn(
-                    deliver_invalidation,
-                    self._call,
-                    self.redis,
-                    self.namespace,
-                    tables,
-                    plan,
-                    wait=self._wait,
-                )
+                dropped = await greenlet_spawn(self._drop, changes, tables)
             except REDIS_ERRORS as exc:
                 self._redis_failed(exc, delay)
             else:
@@ -172,6 +242,41 @@ class Runner:
             if await self._sleep(delay):
                 return False
             delay = min(delay * 2, self.backoff[1])
+
+    def _drop(self, changes: Changes, tables: list[str]) -> int:
+        """Drop what ``changes`` name; then sweep what they could not name key by key (a
+        pre-image logged in part): the keys of the patterns it lacks a placeholder of, and
+        the table's narrowed pages (a scan, see :func:`fastrdb.cache.wipe.sweep`)."""
+        planned: list[InvalidationPlan] = []
+
+        def plan(schemes: Mapping[str, list[Scheme]]) -> InvalidationPlan:
+            todo = changes.plan(schemes, self.namespace)
+            planned.append(todo)
+            return todo
+
+        dropped = deliver_invalidation(
+            self._call, self.redis, self.namespace, tables, plan, wait=self._wait
+        )
+        for table, todo in planned[-1].sweeps.items():
+            swept = sweep(
+                self._call,
+                self.redis,
+                self.namespace,
+                table,
+                todo.patterns,
+                todo.narrowed,
+                wait=self._wait,
+            )
+            self.stats.sweeps += 1
+            log.debug(
+                "capture_sweep",
+                table=table,
+                patterns=len(todo.patterns),
+                narrowed=todo.narrowed,
+                dropped=swept.dropped,
+            )
+            dropped += swept.dropped
+        return dropped
 
     async def _confirm(self, batch: Batch) -> bool:
         """Confirm ``batch``'s position (a source that keeps it in Redis may need retries)."""
@@ -199,6 +304,9 @@ class Runner:
     async def _sleep(self, seconds: float) -> bool:
         """Wait ``seconds`` or until stopped; True if stopping."""
         if seconds <= 0:
+            return self._stopping.is_set()
+        if seconds <= _SHORT:  # the pause between deliveries: no timeout to set up and cancel
+            await asyncio.sleep(seconds)
             return self._stopping.is_set()
         try:
             async with asyncio.timeout(seconds):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,6 +57,16 @@ class Source(Protocol):
     def reached(self, end: Any) -> bool:
         """Whether everything up to ``end`` has been read (a drained batch after that is
         then delivered and confirmed)."""
+
+    async def fetch(
+        self, schema: str, table: str, columns: Sequence[str], keys: Sequence[tuple[Any, ...]]
+    ) -> list[dict[str, Any]]:
+        """Every column (by name, values as a SELECT gives them) of the rows of ``table``
+        whose ``columns`` hold one of ``keys``: their current committed state."""
+
+    async def horizon(self) -> Any:
+        """A log position at or after the commit of every transaction that a :meth:`fetch`
+        made before this call could see (:meth:`reached` compares against it)."""
 
     async def close(self) -> None:
         """Disconnect (nothing is confirmed here)."""

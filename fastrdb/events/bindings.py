@@ -24,6 +24,7 @@ from fastrdb.settings import DEFAULT_SETTINGS, Settings
 
 __all__ = [
     "BINDING_KEY",
+    "CLIENT_KEY",
     "Refresher",
     "register_refresher",
     "refreshers_of",
@@ -36,16 +37,22 @@ __all__ = [
 
 BINDING_KEY = "fastrdb.binding"
 CHANGES_KEY = "fastrdb.changes"
+CLIENT_KEY = "fastrdb.client"
+"""Where a session bound by a CRUD call keeps its client alive (its binding holds it weakly)."""
 
 
 class Binding:
-    """A Redis client that a group of sessions sends its invalidations to."""
+    """A Redis client that a group of sessions sends its invalidations to.
+
+    ``weak``: the binding refers to its client weakly, so that a table of bindings keyed
+    (weakly) by client does not keep every client alive; whoever uses the binding then holds
+    the client (a session bound by a CRUD call keeps it in its ``info``)."""
 
     __slots__ = (
         "__weakref__",
+        "_client",
         "active",
         "caller",
-        "client",
         "health",
         "is_async",
         "namespace",
@@ -54,9 +61,15 @@ class Binding:
     )
 
     def __init__(
-        self, client: Any, *, is_async: bool, settings: Settings, refresh: bool = False
+        self,
+        client: Any,
+        *,
+        is_async: bool,
+        settings: Settings,
+        refresh: bool = False,
+        weak: bool = False,
     ) -> None:
-        self.client = client
+        self._client: Callable[[], Any] = weakref.ref(client) if weak else lambda: client
         self.is_async = is_async
         self.refresh = refresh
         """After each commit, fill the changed rows' keys again instead of leaving them cold."""
@@ -66,6 +79,12 @@ class Binding:
         self.caller = Caller(is_async, self.health.settings.redis_timeout)
         self.namespace = Namespace(self.health.settings.namespace)
         self.active = True
+
+    @property
+    def client(self) -> Any:
+        """The Redis client (None only for a weak binding whose client is gone, which no
+        session can reach any more)."""
+        return self._client()
 
 
 class Slot:
@@ -104,6 +123,8 @@ def refreshers_of(model: type) -> list[Refresher]:
 _session_classes: dict[type[Session], Binding] = {}
 _async_session_classes: dict[type[AsyncSession], Binding] = {}
 _crud_bindings: weakref.WeakKeyDictionary[Any, Binding] = weakref.WeakKeyDictionary()
+"""Per client, the binding of the sessions its CRUD calls bound (a weak one: a strong
+reference from the value to its key would keep every client alive, with its connections)."""
 
 
 def binding_of(session: Session) -> Binding | None:
@@ -139,10 +160,11 @@ def bind_session(
         binding = _crud_bindings.get(client)
         if binding is None:
             binding = _crud_bindings[client] = Binding(
-                client, is_async=True, settings=settings or DEFAULT_SETTINGS
+                client, is_async=True, settings=settings or DEFAULT_SETTINGS, weak=True
             )
         install()
         session.info[BINDING_KEY] = binding
+        session.info[CLIENT_KEY] = client  # its commits need the client the binding holds weakly
     return binding
 
 

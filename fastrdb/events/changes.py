@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastrdb.cache.store import InvalidationPlan
+from fastrdb.cache.store import InvalidationPlan, Sweep
 from fastrdb.keys import Namespace
 from fastrdb.schemes import Scheme
 
@@ -40,6 +40,7 @@ class Changes:
         "filled",
         "fills",
         "own_tokens",
+        "partial",
         "reader",
         "rows",
         "touched",
@@ -61,6 +62,10 @@ class Changes:
         """Rows inserted or updated, for listeners that refresh instead of only invalidating."""
         self.touched: set[str] = set()
         """Tables changed in rows whose values are unknown: their negative entries go too."""
+        self.partial: dict[str, list[dict[str, Any]]] = {}
+        """Pre-images known only in part (a log without the old row's every column): a
+        pattern they lack a placeholder of cannot name its key, so the plan asks for a sweep
+        of that pattern's keys (:attr:`InvalidationPlan.sweeps`)."""
         self.whole: set[str] = set()
         """Tables whose every entry goes, found by a scan (:mod:`fastrdb.cache.wipe`)."""
         self.everything = False
@@ -108,6 +113,7 @@ class Changes:
             self.rows.clear()
             self.touched.clear()
             self.whole.clear()
+            self.partial.clear()
             self.everything = True
 
     def tables(self) -> list[str]:
@@ -121,6 +127,17 @@ class Changes:
         snapshot = dict(values)
         for table in tables:
             self.rows.setdefault(table, []).append(snapshot)
+
+    def add_partial(self, tables: Iterable[str], values: Mapping[str, object]) -> None:
+        """Record a pre-image of which only ``values`` are known (maybe none: a truncated
+        table, an update logged without old values). It names the keys it can; the keys and
+        narrowed pages of patterns it lacks a placeholder of are swept (see :meth:`plan`)."""
+        snapshot = dict(values)
+        tables = list(tables)
+        self.touch(tables)
+        for table in tables:
+            self.rows[table].append(snapshot)
+            self.partial.setdefault(table, []).append(snapshot)
 
     def versions(self, table: str) -> int:
         """How many row versions of ``table`` are recorded (a mark for :meth:`latest`)."""
@@ -163,6 +180,7 @@ class Changes:
         self.whole.update(tables)
         for table in tables:
             self.rows[table] = []
+            self.partial.pop(table, None)
 
     def merge(self, other: Changes) -> None:
         """Fold ``other`` in; its write-through leases and fills are not carried over."""
@@ -172,6 +190,7 @@ class Changes:
             self.rows.clear()
             self.touched.clear()
             self.whole.clear()
+            self.partial.clear()
             self.everything = True
             return
         for table, snapshots in other.rows.items():
@@ -179,19 +198,28 @@ class Changes:
             if table not in self.whole:
                 kept.extend(snapshots)
         self.touched |= other.touched
+        for table, snapshots in other.partial.items():
+            if table not in self.whole:
+                self.partial.setdefault(table, []).extend(snapshots)
         self.wipe(other.whole - self.whole)
 
     def plan(self, schemes: Mapping[str, list[Scheme]], namespace: Namespace) -> InvalidationPlan:
-        """The keys to drop, given the patterns published for each changed table."""
+        """The keys to drop, given the patterns published for each changed table.
+
+        A partial pre-image (:meth:`add_partial`) that lacks a placeholder of a row pattern
+        asks for a sweep of that pattern's keys; one that lacks a placeholder of an
+        ``invalidate_pattern_prefix`` asks for a sweep of the table's narrowed pages (any of
+        them may hold the row's old value)."""
         row_keys: dict[str, str] = {}
         registries: dict[str, None] = {}
+        sweeps: dict[str, Sweep] = {}
+        reader = self.reader
         for table, snapshots in self.rows.items():
             registries[namespace.lists(table)] = None
             registries[namespace.embeds(table)] = None  # entries that embed rows of the table
             if table in self.touched:
                 registries[namespace.negatives(table)] = None
             table_schemes = schemes.get(table, ())
-            reader = self.reader
             for snapshot in snapshots:
                 for scheme in table_schemes:
                     pattern = scheme.pattern
@@ -203,10 +231,21 @@ class Changes:
                         row_keys.setdefault(text, self.own_tokens.get(text, ""))
                     else:
                         registries[namespace.narrowed_lists(table, text)] = None
+            for snapshot in self.partial.get(table, ()):
+                for scheme in table_schemes:
+                    values = snapshot if reader is None else reader(scheme, snapshot)
+                    if values is not None and not scheme.pattern.missing(values):
+                        continue
+                    sweep = sweeps.setdefault(table, Sweep())
+                    if scheme.kind == "row":
+                        sweep.patterns[scheme.text] = None
+                    else:
+                        sweep.narrowed = True
         return InvalidationPlan(
             row_keys=list(row_keys),
             own_tokens=list(row_keys.values()),
             registries=list(registries),
             fills=self.fills,
             filled=self.filled,
+            sweeps=sweeps,
         )

@@ -29,6 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapper
 from sqlalchemy.orm.mapper import _all_registries
+from sqlalchemy.sql import operators, visitors
+from sqlalchemy.sql.elements import BinaryExpression
 
 __all__ = ["Shape", "mapper_shape", "table_name", "table_shape"]
 
@@ -51,6 +53,10 @@ class Shape:
     unique_keys: tuple[tuple[str, ...], ...]
     """Attribute keys of the primary key and of every unique constraint or index."""
     by_column: dict[Column[Any], str] = field(default_factory=dict)
+    links: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Joined-table inheritance: per table of the hierarchy, the names of its columns that
+    hold the base table's primary key (in the base key's order). Empty for one table, or when
+    a join condition does not pair every key column."""
     _by_identity: dict[bool, Select[Any]] = field(default_factory=dict, compare=False)
 
     IDENTITIES = "fastrdb_identities"
@@ -188,7 +194,49 @@ def _hierarchy_shape(base: Mapper[Any]) -> Shape:
         lock_table=base_table,
         unique_keys=tuple(unique),
         by_column=by_column,
+        links=_links(base_table, tables, mappers),
     )
+
+
+def _links(
+    base_table: Table, tables: Mapping[str, Table], mappers: Sequence[Mapper[Any]]
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Per table, its columns equal to the base table's primary key columns through the
+    hierarchy's join conditions (``manager.id = employee.id``, transitively)."""
+    if len(tables) < 2:
+        return ()
+    same: dict[Column[Any], set[Column[Any]]] = {}
+
+    def join(a: Column[Any], b: Column[Any]) -> None:
+        group = same.get(a, {a}) | same.get(b, {b})
+        for column in group:
+            same[column] = group
+
+    for mapper in mappers:
+        condition = mapper.inherit_condition
+        if condition is None:
+            continue
+        for element in visitors.iterate(condition):
+            if (
+                isinstance(element, BinaryExpression)
+                and element.operator is operators.eq
+                and isinstance(element.left, Column)
+                and isinstance(element.right, Column)
+            ):
+                join(element.left, element.right)
+    links: list[tuple[str, tuple[str, ...]]] = []
+    for name, table in tables.items():
+        columns: list[str] = []
+        for key in base_table.primary_key.columns:
+            if table is base_table:
+                columns.append(key.name)
+                continue
+            found = [c for c in same.get(key, ()) if c.table is table]
+            if not found:
+                return ()
+            columns.append(found[0].name)
+        links.append((name, tuple(columns)))
+    return tuple(links)
 
 
 def _unique_column_sets(table: Table) -> list[tuple[Column[Any], ...]]:
