@@ -1230,3 +1230,35 @@ async def test_a_hierarchy_first_cached_while_a_batch_is_planned_is_known_to_it(
         source.fetch = fetch
     assert moved.is_set()
     assert await cached(redis_client, "car:plate:P-1", "manager:email:a@x.io") == []
+
+
+async def test_a_refused_read_of_a_hierarchy_table_sweeps_instead(
+    served: Served, sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """Capture's role without SELECT on a hierarchy's table (forced: the read raises the
+    driver's permission error): the write is still delivered, its hierarchy's keys swept,
+    and capture goes on (a database error would restart it and never get past the write)."""
+    keys = await _seed_manager(sessions, redis_client, capture)
+    source: Any = capture._runner.source
+    fetch = source.fetch
+
+    async def refused(*args: Any) -> Any:
+        if served.kind == "postgresql":
+            import asyncpg
+
+            raise asyncpg.InsufficientPrivilegeError("permission denied for table")
+        import pymysql
+
+        raise pymysql.err.OperationalError(1142, "SELECT command denied")
+
+    source.fetch = refused
+    try:
+        async with sessions() as db:
+            await db.execute(text("UPDATE cap_managers SET level = 2 WHERE manager_id = 1"))
+            await db.commit()
+        async with asyncio.timeout(10):
+            await capture.sync()
+    finally:
+        source.fetch = fetch
+    assert await cached(redis_client, *keys) == []
+    assert capture.stats.refused_reads >= 1

@@ -146,7 +146,8 @@ class PostgresSource:
                 tables=partial[:20],
                 count=len(partial),
                 hint="ALTER TABLE … REPLICA IDENTITY FULL, so that an UPDATE or DELETE names"
-                " the keys of the row's old values",
+                " the keys of the row's old values (without it, capture finds them by scanning"
+                " the keyspace: see docs/capture.md)",
             )
         await self._start_stream()
 

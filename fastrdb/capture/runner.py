@@ -50,6 +50,8 @@ class CaptureStats:
     rows: int = 0
     deliveries: int = 0
     sweeps: int = 0
+    refused_reads: int = 0
+    """Reads of an inheritance hierarchy's table the database refused (the rows were swept)."""
     """Scans for keys that changes logged without their old values could not name (see
     docs/capture.md, ``REPLICA IDENTITY FULL``)."""
     redis_failures: int = 0
@@ -86,6 +88,7 @@ class Runner:
         self.stats = CaptureStats()
         self._call = Caller(True, delivery_timeout)
         self._delivery_timeout = delivery_timeout
+        self._refused_tables: set[str] = set()
         self._stopping = asyncio.Event()
         self._round = 0
         self._drained_round = -1
@@ -183,9 +186,15 @@ class Runner:
                 break
             for (table, columns), keys in todo.items():
                 schema, _, bare = table.rpartition(".")
-                found = await self.source.fetch(
-                    schema or self.source.default_schema, bare, columns, keys
-                )
+                try:
+                    found = await self.source.fetch(
+                        schema or self.source.default_schema, bare, columns, keys
+                    )
+                except Exception as exc:
+                    if not _is_refused(exc):
+                        raise
+                    self._refused(table, exc)
+                    continue  # left unread: swept
                 rows.read(table, columns, keys, found)
             horizon = await self.source.horizon()
             drained = batch.drained
@@ -199,6 +208,21 @@ class Runner:
                 batch.drained = drained = more.drained
         rows.give_up()
         return rows
+
+    def _refused(self, table: str, exc: BaseException) -> None:
+        """The database refused to let capture read ``table`` (no SELECT privilege): the
+        rows are swept instead; said once per table."""
+        self.stats.refused_reads += 1
+        if table not in self._refused_tables:
+            self._refused_tables.add(table)
+            log.warning(
+                "capture_read_refused",
+                table=table,
+                error=type(exc).__name__,
+                hint="GRANT SELECT on the tables of joined-table inheritance hierarchies to"
+                " capture's role (docs/security.md); until then their keys are found by"
+                " scanning the keyspace",
+            )
 
     async def _read_families(self) -> set[Raw]:
         async with asyncio.timeout(self._delivery_timeout):
@@ -332,3 +356,12 @@ def _is_database_error(exc: BaseException) -> bool:
     return isinstance(exc, StreamError) or module.startswith(
         ("asyncpg", "psycopg", "pymysql", "pymysqlreplication")
     )
+
+
+def _is_refused(exc: BaseException) -> bool:
+    """A permission error of a SELECT (PostgreSQL's SQLSTATE 42501; MariaDB's 1142 and 1143,
+    command or column denied): checked by attribute, so neither driver has to be installed."""
+    if getattr(exc, "sqlstate", None) == "42501":
+        return True
+    code = exc.args[0] if exc.args else None
+    return type(exc).__module__.startswith("pymysql") and code in (1142, 1143)
