@@ -829,6 +829,15 @@ async def test_capture_delivers_to_a_redis_cluster(
             assert await cached(
                 client, "author:1", "book:t2", "authors:1:10", "books:1:10", "author:2"
             ) == ["author:2"]
+            # a hierarchy published and read on a cluster; a partial old row swept there
+            keys = await _seed_manager(sessions, client, running)
+            async with sessions() as db:
+                await db.execute(text("UPDATE cap_managers SET level = 2 WHERE manager_id = 1"))
+                await db.execute(text("TRUNCATE TABLE cap_books"))
+                await db.commit()
+            await synced(running)
+            assert await cached(client, *keys, "book:t1") == []
+            assert running.stats.sweeps >= 1
     finally:
         await client.aclose()
 
