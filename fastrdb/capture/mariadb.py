@@ -10,14 +10,15 @@ before it were delivered; a restart resumes there (at-least-once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fastrdb._logging import log
 from fastrdb.capture.rows import RowChange, Transaction
@@ -49,6 +50,8 @@ class ServerAddress:
 
 
 Position = tuple[str, int]
+
+T = TypeVar("T")
 
 Cascades = dict[tuple[str, str], list[tuple[str, str, list[tuple[str, str]], str, str]]]
 """Per referenced table: (child schema, child table, [(child column, parent column)],
@@ -119,6 +122,7 @@ class MariaDBSource:
         self._stored_at = 0.0
         self._cascades: Cascades = {}
         self._booleans: Booleans = {}
+        self._reader: Any = None
 
     def _connect(self) -> Any:
         import pymysql
@@ -348,40 +352,53 @@ class MariaDBSource:
         self, schema: str, table: str, columns: Sequence[str], keys: Sequence[tuple[Any, ...]]
     ) -> list[dict[str, Any]]:
         flags = self._booleans.get((schema, table))
+        row = "(" + ", ".join(["%s"] * len(columns)) + ")"
+        names = ", ".join(map(_quoted, columns))
 
-        def select() -> list[dict[str, Any]]:
-            connection = self._connect()
+        def select(cursor: Any) -> list[dict[str, Any]]:
             found: list[dict[str, Any]] = []
-            try:
-                with connection.cursor() as cursor:
-                    for start in range(0, len(keys), _FETCH_BATCH):
-                        chunk = keys[start : start + _FETCH_BATCH]
-                        row = "(" + ", ".join(["%s"] * len(columns)) + ")"
-                        names = ", ".join(map(_quoted, columns))
-                        cursor.execute(
-                            f"SELECT * FROM {_quoted(schema)}.{_quoted(table)}"
-                            f" WHERE ({names}) IN ({', '.join([row] * len(chunk))})",
-                            [value for key in chunk for value in key],
-                        )
-                        labels = [d[0] for d in cursor.description]
-                        for values in cursor.fetchall():
-                            image = dict(zip(labels, values, strict=True))
-                            for column in flags or ():
-                                if image.get(column) is not None:
-                                    image[column] = bool(image[column])
-                            found.append(image)
-            finally:
-                connection.close()
+            for start in range(0, len(keys), _FETCH_BATCH):
+                chunk = keys[start : start + _FETCH_BATCH]
+                cursor.execute(
+                    f"SELECT * FROM {_quoted(schema)}.{_quoted(table)}"
+                    f" WHERE ({names}) IN ({', '.join([row] * len(chunk))})",
+                    [value for key in chunk for value in key],
+                )
+                labels = [d[0] for d in cursor.description]
+                for values in cursor.fetchall():
+                    image = dict(zip(labels, values, strict=True))
+                    for column in flags or ():
+                        if image.get(column) is not None:
+                            image[column] = bool(image[column])
+                    found.append(image)
             return found
 
-        return await asyncio.to_thread(select)
+        return await asyncio.to_thread(self._on_reader, select)
 
     async def horizon(self) -> Any:
         """The binlog's end: MariaDB writes a transaction to the binlog before its commit
         in the engine makes it visible."""
-        return await self.end()
+        return await asyncio.to_thread(self._on_reader, self._master_position)
+
+    def _on_reader(self, work: Callable[[Any], T]) -> T:
+        """``work(cursor)`` on the connection kept for :meth:`fetch` and :meth:`horizon`
+        (autocommit: each statement reads the latest commit), made again after a failure."""
+        if self._reader is None:
+            self._reader = self._connect()
+        try:
+            with self._reader.cursor() as cursor:
+                return work(cursor)
+        except Exception:
+            reader, self._reader = self._reader, None
+            with contextlib.suppress(Exception):
+                reader.close()
+            raise
 
     async def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                reader.close()
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None:
