@@ -89,6 +89,7 @@ class Runner:
         self._call = Caller(True, delivery_timeout)
         self._delivery_timeout = delivery_timeout
         self._refused_tables: set[str] = set()
+        self._swept_tables: set[str] = set()
         self._stopping = asyncio.Event()
         self._round = 0
         self._drained_round = -1
@@ -292,7 +293,9 @@ class Runner:
                 wait=self._wait,
             )
             self.stats.sweeps += 1
-            log.debug(
+            first = table not in self._swept_tables  # said once per table, then at debug
+            self._swept_tables.add(table)
+            (log.info if first else log.debug)(
                 "capture_sweep",
                 table=table,
                 patterns=len(todo.patterns),
