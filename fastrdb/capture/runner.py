@@ -174,6 +174,7 @@ class Runner:
         hierarchy later leased its entry after those commits (and reads what they wrote)."""
         rows = Rows(names)
         collected = 0
+        refused: set[str] = set()  # tables the database would not let capture read
         for round_ in range(FETCH_ROUNDS + 1):
             members = await self._retrying(self._read_families)
             if members is None:
@@ -182,7 +183,9 @@ class Runner:
             rows.collect(batch.transactions[:collected], only=new)
             rows.collect(batch.transactions[collected:])
             collected = len(batch.transactions)
-            todo = rows.unread()
+            todo = {
+                target: keys for target, keys in rows.unread().items() if target[0] not in refused
+            }
             if not todo or round_ == FETCH_ROUNDS:
                 break
             for (table, columns), keys in todo.items():
@@ -195,6 +198,7 @@ class Runner:
                     if not _is_refused(exc):
                         raise
                     self._refused(table, exc)
+                    refused.add(table)
                     continue  # left unread: swept
                 rows.read(table, columns, keys, found)
             horizon = await self.source.horizon()
