@@ -882,6 +882,28 @@ books_unregistered = FastRDB[Book, BookOut, BookOut, BookOut](
 table's registry of possibly-negative keys, which a change of unknown values drains)."""
 
 
+async def test_a_server_whose_row_image_is_not_full_is_refused(
+    served: Served, redis_client: Redis
+) -> None:
+    """MariaDB with a global binlog_row_image of MINIMAL (set on the tests' own server, put
+    back after): capture does not start, and the error names the setting."""
+    if served.kind != "mariadb":
+        pytest.skip("binlog_row_image is MariaDB's")
+    engine = create_engine(served.sync_url)
+    with engine.begin() as connection:
+        connection.execute(text("SET GLOBAL binlog_row_image = 'MINIMAL'"))
+    try:
+        capture = Capture(served.url, redis_client, max_backoff=0.2)
+        with pytest.raises(CaptureSetupError) as raised:
+            async with asyncio.timeout(30):
+                await capture.run()
+        assert raised.value.setting == "binlog_row_image"
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text("SET GLOBAL binlog_row_image = 'FULL'"))
+        engine.dispose()
+
+
 async def _partial_old_rows_still_drop(
     sessions: async_sessionmaker[Any], redis: Redis, capture: Capture, setup: list[str]
 ) -> None:
