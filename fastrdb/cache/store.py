@@ -14,7 +14,7 @@ import asyncio
 import enum
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final, Literal, TypeVar, cast, overload
@@ -39,6 +39,7 @@ __all__ = [
     "Caller",
     "InvalidationPlan",
     "Miss",
+    "Republished",
     "Sweep",
     "acquire",
     "deliver_invalidation",
@@ -352,6 +353,11 @@ def _read_schemes(
     return read
 
 
+class Republished(Exception):
+    """A set :func:`deliver_invalidation` was asked to ``verify`` no longer holds the members
+    the caller planned with: nothing was dropped; read the set again and plan again."""
+
+
 def deliver_invalidation(
     call: Caller,
     client: Any,
@@ -360,6 +366,7 @@ def deliver_invalidation(
     plan: Callable[[Mapping[str, list[Scheme]]], InvalidationPlan],
     *,
     wait: Wait | None = None,
+    verify: Mapping[str, Collection[Raw]] | None = None,
 ) -> int:
     """Plan with the patterns published for ``tables`` and drop the keys. Raises what Redis
     raises, and :class:`~fastrdb.cache.replicas.NotReplicated` when ``wait`` asks for more
@@ -372,6 +379,10 @@ def deliver_invalidation(
     go in the same script, after the drops (recorded in its ``filled``); a cluster leaves them
     to the writer. With ``wait``, the same pipeline then waits for the replicas (see
     :mod:`fastrdb.cache.replicas`).
+
+    ``verify`` (one Redis only): other sets, key → the members the caller planned with,
+    checked by content in the same script; if one differs (or a pattern set changed) nothing
+    is dropped and :class:`Republished` is raised, for the caller to read and plan again.
     """
     if is_cluster(client):
         schemes = _read_schemes(call, client, namespace, tables)
@@ -387,11 +398,15 @@ def deliver_invalidation(
         if missing:
             cache.update(_read_schemes(call, client, namespace, missing))
         todo = plan({table: cache[table][1] for table in tables})
-        keys = [namespace.schemes(t) for t in tables] + todo.row_keys + todo.registries
-        args: list[Raw | int | str] = [len(tables), len(todo.row_keys)]
+        checked = dict(verify or {})
+        keys = [namespace.schemes(t) for t in tables] + list(checked)
+        keys += todo.row_keys + todo.registries
+        args: list[Raw | int | str] = [len(tables) + len(checked), len(todo.row_keys)]
         for table in tables:
             members = cache[table][0]
             args += [len(members), *members]
+        for expected in checked.values():
+            args += [len(expected), *expected]
         args += todo.own_tokens
         own = zip(todo.row_keys, todo.own_tokens, strict=True)
         fills = [
@@ -418,6 +433,8 @@ def deliver_invalidation(
             return dropped
         for table in tables:
             cache.pop(table, None)  # the published patterns changed meanwhile: read them again
+        if checked:
+            raise Republished(", ".join(checked))
     raise RuntimeError("the published key patterns kept changing during the invalidation")
 
 

@@ -18,7 +18,14 @@ from fastrdb._logging import log
 from fastrdb._types import Raw
 from fastrdb.cache.refusals import note_refusal
 from fastrdb.cache.replicas import Wait, check_client
-from fastrdb.cache.store import REDIS_ERRORS, Caller, InvalidationPlan, deliver_invalidation
+from fastrdb.cache.store import (
+    REDIS_ERRORS,
+    Caller,
+    InvalidationPlan,
+    Republished,
+    deliver_invalidation,
+    is_cluster,
+)
 from fastrdb.cache.wipe import sweep
 from fastrdb.capture.families import Rows
 from fastrdb.capture.rows import TableNames, to_changes
@@ -90,6 +97,8 @@ class Runner:
         self._delivery_timeout = delivery_timeout
         self._refused_tables: set[str] = set()
         self._swept_tables: set[str] = set()
+        self._families: set[Raw] | None = None
+        """The published hierarchies as last read (None: read them at the next batch)."""
         self._stopping = asyncio.Event()
         self._round = 0
         self._drained_round = -1
@@ -136,13 +145,18 @@ class Runner:
             batch = await self.source.read()
             started = time.monotonic()
             if batch.transactions:
-                rows = await self._hierarchies(batch, names)
-                if rows is None:
-                    return  # stopping: nothing confirmed, the next run reads it again
-                changes = to_changes(batch.transactions, names)
-                rows.apply(changes)
-                if changes and not await self._deliver(changes):
-                    return
+                while True:
+                    rows = await self._hierarchies(batch, names)
+                    if rows is None:
+                        return  # stopping: nothing confirmed, the next run reads it again
+                    changes = to_changes(batch.transactions, names)
+                    rows.apply(changes)
+                    delivered = await self._deliver(changes) if changes else True
+                    if delivered is None:
+                        continue  # the published hierarchies changed: plan again
+                    if not delivered:
+                        return
+                    break
                 self._count(batch)
             if not await self._confirm(batch):
                 return
@@ -230,8 +244,16 @@ class Runner:
             )
 
     async def _read_families(self) -> set[Raw]:
+        """The published hierarchies. On one Redis, as last read: the delivery checks them
+        by content in its script (:func:`deliver_invalidation`'s ``verify``), so a change
+        since is found after the batch was read, and the batch is planned again. A cluster
+        checks nothing in its deliveries: they are read each time."""
+        if self._families is not None:
+            return self._families
         async with asyncio.timeout(self._delivery_timeout):
             members: set[Raw] = await self.redis.smembers(self.namespace.families())
+        if not is_cluster(self.redis):
+            self._families = members
         return members
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T | None:
@@ -253,13 +275,18 @@ class Runner:
         if committed:
             self.stats.last_lag = max(0.0, time.time() - max(committed))
 
-    async def _deliver(self, changes: Changes) -> bool:
-        """Deliver ``changes``, retrying with backoff until Redis takes them or capture stops."""
+    async def _deliver(self, changes: Changes) -> bool | None:
+        """Deliver ``changes``, retrying with backoff until Redis takes them or capture stops
+        (False). None: the published hierarchies they were planned with changed meanwhile;
+        nothing was dropped."""
         tables = sorted(changes.rows)
         delay = self.backoff[0]
         while True:
             try:
                 dropped = await greenlet_spawn(self._drop, changes, tables)
+            except Republished:
+                self._families = None
+                return None
             except REDIS_ERRORS as exc:
                 self._redis_failed(exc, delay)
             else:
@@ -283,8 +310,15 @@ class Runner:
             planned.append(todo)
             return todo
 
+        families = self._families
         dropped = deliver_invalidation(
-            self._call, self.redis, self.namespace, tables, plan, wait=self._wait
+            self._call,
+            self.redis,
+            self.namespace,
+            tables,
+            plan,
+            wait=self._wait,
+            verify=None if families is None else {self.namespace.families(): families},
         )
         for table, todo in planned[-1].sweeps.items():
             swept = sweep(
