@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import enum
 import os
+import random
 import signal
 import textwrap
 import time as clock
@@ -21,7 +22,8 @@ from typing import Any, ClassVar
 import pytest
 import redis.asyncio
 from pydantic import BaseModel
-from sqlalchemy import Enum, ForeignKey, Numeric, String, create_engine, text, update
+from sqlalchemy import Enum, ForeignKey, Numeric, String, create_engine, select, text, update
+from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -1090,6 +1092,8 @@ async def test_a_null_old_value_names_its_key_and_the_row_counts_as_complete(
     assert await cached(redis_client, "gadget:ok:%true:%none:1", registry) == [registry]
 
 
+select_managers = select(Manager)
+
 managers = {
     name: FastRDB[Manager, ManagerOut, ManagerOut, ManagerOut](Manager, ManagerOut, pattern=pattern)
     for name, pattern in {
@@ -1293,3 +1297,99 @@ async def test_a_refused_read_of_a_hierarchy_table_sweeps_instead(
         source.fetch = fetch
     assert await cached(redis_client, *keys) == []
     assert capture.stats.refused_reads >= 1
+
+
+@pytest.mark.parametrize("seed_", [1, 5, 6])
+async def test_random_writes_of_either_table_leave_no_stale_manager_entry(
+    seed_: int,
+    served: Served,
+    sessions: async_sessionmaker[Any],
+    redis_client: Redis,
+    capture: Capture,
+) -> None:
+    """A random history of capture-only writes to either table of the hierarchy (alone,
+    both in one transaction, or a second write forced inside capture's read of the row),
+    with readers caching Manager entries by every pattern in between: after each delivery,
+    every entry Redis holds is what a read of the database gives now."""
+    from fastrdb.negatives import NEGATIVE_PAYLOAD
+
+    rng = random.Random(seed_)
+    emails = ["a@x.io", "b@x.io", "c@x.io"]
+    async with sessions() as db:
+        db.add(Manager(id=1, email="a@x.io", name="m", level=1))
+        db.add(Manager(id=2, email="b@x.io", name="n", level=1))
+        await db.commit()
+    await synced(capture)
+    source: Any = capture._runner.source
+    fetch = source.fetch
+    inside: list[str] = []
+
+    async def fetch_with_write(*args: Any) -> Any:
+        while inside:
+            async with sessions() as db:
+                await db.execute(text(inside.pop()))
+                await db.commit()
+        return await fetch(*args)
+
+    def write() -> str:
+        row = rng.choice([1, 2])
+        if rng.random() < 0.5:
+            return f"UPDATE cap_employees SET email = '{rng.choice(emails)}x' WHERE id = {row}"
+        return f"UPDATE cap_managers SET level = {rng.randint(1, 3)} WHERE manager_id = {row}"
+
+    async def expected() -> dict[str, str | None]:
+        """Every key the patterns could name, and what a read gives for it now."""
+        found: dict[str, str | None] = {}
+        async with sessions() as db:
+            rows = (await db.execute(select_managers)).scalars().all()
+            current = [ManagerOut.model_validate(r, from_attributes=True) for r in rows]
+
+        def one(match: list[ManagerOut]) -> str | None:  # get() of several rows raises
+            return match[0].model_dump_json() if len(match) == 1 else None
+
+        for email in emails + [e + "x" for e in emails]:
+            match = [m for m in current if m.email == email]
+            found[f"manager:email:{email}"] = one(match)
+            for level in (1, 2, 3):
+                found[f"manager:{email}:{level}"] = one([m for m in match if m.level == level])
+        for level in (1, 2, 3):
+            found[f"manager:level:{level}"] = one([m for m in current if m.level == level])
+        return found
+
+    source.fetch = fetch_with_write
+    try:
+        for _ in range(12):
+            truth = await expected()
+            async with sessions() as db:  # readers fill some entries from the current rows
+                for key in rng.sample(sorted(truth), 6):
+                    pattern, _, rest = key.rpartition(":")
+                    with contextlib.suppress(NoResultFound, MultipleResultsFound):
+                        if key.startswith("manager:email:"):
+                            await managers["email"].get(db=db, redis=redis_client, email=rest)
+                        elif key.startswith("manager:level:"):
+                            await managers["level"].get(db=db, redis=redis_client, level=int(rest))
+                        else:
+                            email = pattern.split(":", 1)[1]
+                            await managers["both"].get(
+                                db=db, redis=redis_client, email=email, level=int(rest)
+                            )
+            kind = rng.choice(["alone", "both", "inside"])
+            statements = [write()] if kind != "both" else [write(), write()]
+            if kind == "inside":
+                inside.append(write())
+            async with sessions() as db:
+                for statement in statements:
+                    await db.execute(text(statement))
+                await db.commit()
+            await synced(capture)
+            await synced(capture)  # and a write made inside capture's read, after the first
+            inside.clear()
+            truth = await expected()
+            for key, value in truth.items():
+                held = await redis_client.get(key)
+                if held is None or held == NEGATIVE_PAYLOAD.encode():
+                    assert held is None or value is None, key
+                    continue
+                assert held.decode() == value, key
+    finally:
+        source.fetch = fetch
