@@ -783,7 +783,9 @@ async def test_a_restart_resumes_at_the_confirmed_position(
         await db.commit()
     async with capturing(served, redis_client) as second:
         await synced(second)
-        assert second.stats.transactions == 1
+        # Rows, not transactions: PostgreSQL's log also holds transactions without rows
+        # (an autovacuum ANALYZE commits one now and then: seen once, transactions=2 rows=1).
+        assert second.stats.rows == 1
     assert await cached(redis_client, "author:1") == []
 
 
