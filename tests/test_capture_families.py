@@ -144,3 +144,23 @@ def test_a_family_member_is_read_back_and_malformed_ones_are_skipped() -> None:
         '["family",[["a",["id"]],["b",[1]]]]',
     ):
         assert Family.from_member(raw) is None, raw
+
+
+def test_a_column_name_two_tables_share_names_both_values() -> None:
+    """A subclass column named like a base column (``name`` in both): the pattern's column
+    name cannot say which table it reads, so the keys of both values are named."""
+    rows, transactions = _rows(
+        RowChange(
+            "public",
+            "manager",
+            "update",
+            {"manager_id": 1, "name": "sub", "level": 1},
+            {"manager_id": 1, "name": "sub", "level": 1},
+        )
+    )
+    rows.read("employee", ("id",), [(1,)], [{"id": 1, "email": "a", "name": "base"}])
+    changes = to_changes(transactions, TableNames("public"))
+    rows.apply(changes)
+    named = Scheme("row", "manager:name:{name}", (("name", Field("name", "str")),))
+    plan = changes.plan({"manager": [named], "employee": []}, NAMESPACE)
+    assert sorted(plan.row_keys) == ["manager:name:base", "manager:name:sub"]

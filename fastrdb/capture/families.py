@@ -153,8 +153,8 @@ class Rows:
 
     def apply(self, changes: Changes) -> None:
         """Record, for every table of each row's hierarchy, each combination of one image per
-        table (merged; the base table's values win a clash of names); a combination with a
-        partial image is recorded as partial (its missing patterns are swept)."""
+        table (merged: see :func:`_merged`); a combination with a partial image is recorded
+        as partial (its missing patterns are swept)."""
         for (family, _), row in self._rows.items():
             tables = family.tables
             if row.swept:
@@ -168,13 +168,26 @@ class Rows:
                 changes.add_partial(tables, {})
                 continue
             for combination in itertools.product(*options):
-                merged: dict[str, Any] = {}
-                for image, _ in reversed(combination):
-                    merged.update(image)
-                if all(complete for _, complete in combination):
-                    changes.add(tables, merged)
-                else:
-                    changes.add_partial(tables, merged)
+                complete = all(whole for _, whole in combination)
+                for merged in _merged([image for image, _ in combination]):
+                    if complete:
+                        changes.add(tables, merged)
+                    else:
+                        changes.add_partial(tables, merged)
+
+
+def _merged(images: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row of the tables' images (base first): the base table's values win a column name
+    two tables share; if such values differ (a subclass column named like a base column,
+    which a pattern's published column name cannot tell apart), the row with the other
+    tables' values winning is named too."""
+    merged: dict[str, Any] = {}
+    for image in reversed(images):
+        merged.update(image)
+    other: dict[str, Any] = {}
+    for image in images:
+        other.update(image)
+    return [merged] if other == merged else [merged, other]
 
 
 def _distinct(
