@@ -134,12 +134,9 @@ def before_flush(session: Session, flush_context: UOWTransaction, instances: obj
         known = handed.get(shape, {})
         if updated and not foldable(connection, shape):
             unread, updated = unread + updated, []
+        for identity in updated:  # its UPDATE returns it (a row noted as loaded too)
+            flush.folding.defer(connection, shape, identity)
         before = flush.before.setdefault(shape, {})
-        for identity in updated:
-            if identity in known:
-                before[identity] = known[identity]
-            else:
-                flush.folding.defer(connection, shape, identity)
         before.update({identity: known[identity] for identity in unread if identity in known})
         unread = [identity for identity in unread if identity not in known]
         if unread:

@@ -128,13 +128,17 @@ def _stores_as_is(column: Column[Any], value: Any) -> bool:
     return _EXACT.get(type(column_type)) is type(value)
 
 
-def plain(connection: Connection, shape: Shape) -> bool:
-    """No table of ``shape`` has anything that may change a row beyond the values sent."""
+def plain(connection: Connection, shape: Shape, *, by_metadata: bool = True) -> bool:
+    """No table of ``shape`` has anything that may change a row beyond the values sent: no
+    trigger, rule, generated column, partition or inheritance child in the database, and
+    (``by_metadata``) no ``onupdate``, ``server_onupdate`` or computed column in the model."""
     known = _plain_tables.setdefault(connection.engine, {})
     for table in _tables(shape):
+        if by_metadata and not _plain_by_metadata(table):
+            return False
         name = table.fullname
         if name not in known:
-            known[name] = _plain_by_metadata(table) and _plain_in_database(connection, table)
+            known[name] = _plain_in_database(connection, table)
         if not known[name]:
             return False
     return True

@@ -1,5 +1,7 @@
-"""On PostgreSQL, a flush's single-row UPDATE reads the row's pre-image itself: one round trip
-instead of a locked SELECT before it (and no post-image read after it).
+"""The UPDATE statements of a listened flush, as they run: on PostgreSQL a single-row UPDATE
+reads the row's pre-image itself (one round trip instead of a locked SELECT before it, and no
+post-image read after it); on every database, a row written again after its post-image became
+known (a ``post_update``) is read back after the flush instead.
 
 The unit of work's UPDATE of a row by primary key is rewritten, as it is executed, into::
 
@@ -16,10 +18,11 @@ included). The statement changes the same rows as the original (one, or none whe
 gone, which the unit of work reports as before), so its row count is the same.
 
 Only where that is plainly true: PostgreSQL, a hierarchy of one table with no trigger, rule,
-generated column, ``onupdate`` default or version counter (as :mod:`fastrdb.events.exact`
-checks), and an UPDATE of one row by its primary key. A row the flush defers here and whose
-UPDATE comes in another form (several rows in one ``executemany``, an unexpected WHERE) has
-its pre-image read under the lock right before that statement runs, as before.
+generated column, partition or inheritance child (as :mod:`fastrdb.events.exact` asks the
+database) and no version counter, and an UPDATE of one row by its primary key (``onupdate``
+columns are fine: the UPDATE sets them and RETURNING shows them). A row the flush defers
+here and whose UPDATE comes in another form (several rows in one ``executemany``, an
+unexpected WHERE) has its pre-image read under the lock right before that statement runs.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam
+from sqlalchemy import ColumnElement, bindparam, select
 from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import BooleanClauseList
@@ -130,7 +133,7 @@ def foldable(connection: Connection, shape: Shape) -> bool:
         and (dialect.server_version_info or (0,)) >= (12,)  # AS MATERIALIZED
         and len(shape.tables) == 1
         and shape.selectable is shape.lock_table
-        and plain(connection, shape)
+        and plain(connection, shape, by_metadata=False)  # RETURNING shows what onupdate set
     )
 
 
@@ -229,17 +232,25 @@ def _folded(shape: Shape, statement: Update) -> Update | None:
         and not statement._returning
         and not statement._return_defaults
     ):
+        # The CTE's columns get names no table has, so that a SQL expression in the SET
+        # (``literal_column("seq") + 1``) still names the updated table's column alone.
+        names = [f"{_OLD}{i}" for i in range(len(shape.columns))]
         old = (
-            shape.select_values()
+            select(*(column.label(n) for n, (_, column) in zip(names, shape.columns, strict=True)))
+            .select_from(shape.selectable)
             .where(*by_key)
             .with_for_update()
             .cte("fastrdb_old")
             .prefix_with("MATERIALIZED")
         )
+        position = {key: i for i, (key, _) in enumerate(shape.columns)}
         folded = statement.where(
-            *(column == old.c[key] for key, column in zip(shape.primary_key, keys, strict=True))
+            *(
+                column == old.c[names[position[key]]]
+                for key, column in zip(shape.primary_key, keys, strict=True)
+            )
         ).returning(
-            *(old.c[key].label(f"{_OLD}{i}") for i, (key, _) in enumerate(shape.columns)),
+            *(old.c[name] for name in names),
             *(column.label(f"{_NEW}{i}") for i, (_, column) in enumerate(shape.columns)),
         )
     _statements[statement] = folded
