@@ -123,6 +123,7 @@ class MariaDBSource:
         self._cascades: Cascades = {}
         self._booleans: Booleans = {}
         self._reader: Any = None
+        self._reader_lock = threading.Lock()
 
     def _connect(self) -> Any:
         import pymysql
@@ -335,15 +336,10 @@ class MariaDBSource:
         return {"binlog_file": seen[0], "behind_bytes": behind}
 
     async def end(self) -> Any:
-        def current() -> Position:
-            connection = self._connect()
-            try:
-                with connection.cursor() as cursor:
-                    return self._master_position(cursor)
-            finally:
-                connection.close()
-
-        return await asyncio.to_thread(current)
+        """The binlog's end, on the kept connection: a new connection per call cost 40 ms
+        here (up to 140 ms under load), and the lag line every ``lag_interval`` held every
+        delivery that long."""
+        return await asyncio.to_thread(self._on_reader, self._master_position)
 
     def reached(self, end: Any) -> bool:
         return _later_or_equal(self._seen, end) and self._queue.empty()
@@ -383,19 +379,21 @@ class MariaDBSource:
     def _on_reader(self, work: Callable[[Any], T]) -> T:
         """``work(cursor)`` on the connection kept for :meth:`fetch` and :meth:`horizon`
         (autocommit: each statement reads the latest commit), made again after a failure."""
-        if self._reader is None:
-            self._reader = self._connect()
-        try:
-            with self._reader.cursor() as cursor:
-                return work(cursor)
-        except Exception:
-            reader, self._reader = self._reader, None
-            with contextlib.suppress(Exception):
-                reader.close()
-            raise
+        with self._reader_lock:  # sync() asks for the end from another task
+            if self._reader is None:
+                self._reader = self._connect()
+            try:
+                with self._reader.cursor() as cursor:
+                    return work(cursor)
+            except Exception:
+                reader, self._reader = self._reader, None
+                with contextlib.suppress(Exception):
+                    reader.close()
+                raise
 
     async def close(self) -> None:
-        reader, self._reader = self._reader, None
+        with self._reader_lock:
+            reader, self._reader = self._reader, None
         if reader is not None:
             with contextlib.suppress(Exception):
                 reader.close()
