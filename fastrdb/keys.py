@@ -27,6 +27,7 @@ __all__ = [
     "glob_escape",
     "lease_key",
     "deps_key",
+    "dropping_key",
     "families_key",
     "indexed_table",
     "tables_index",
@@ -187,6 +188,15 @@ def lease_key(key: str) -> str:
 def deps_key(key: str) -> str:
     """The set of keys derived from ``key`` (extra-filter variants), in ``key``'s slot."""
     return "{" + key + "}:deps"
+
+
+def dropping_key(registry: str) -> str:
+    """The set, in ``registry``'s Redis Cluster slot, of its members that invalidations took out
+    of it and have not dropped yet (``token|member``): another invalidation must drop them too
+    before its commit returns."""
+    if registry.startswith("{"):  # its hash tag is its slot: keep it first
+        return registry + ":dropping"
+    return "{" + registry + "}:dropping"
 
 
 def wait_key(key: str) -> str | None:

@@ -18,7 +18,7 @@ from fastrdb import FastRDB, Settings
 from fastrdb._compat import await_in_greenlet
 from fastrdb.cache import store
 from fastrdb.cache.health import health_of
-from fastrdb.cache.scripts import INVALIDATE
+from fastrdb.cache.scripts import DROP, INVALIDATE
 from fastrdb.events import listen
 from tests.conftest import Database, async_redis_client
 from tests.interleave import CountSelects, HoldGetReply, PauseAfterSelect
@@ -188,6 +188,52 @@ async def test_a_commit_before_the_writers_invalidation_refuses_its_write_throug
     assert patient_users.stats()["fills_refused"] == refused + 1
     async with maker() as db:
         assert (await users.get(db=db, redis=redis_client, email="a@x.io")).name == "B"
+
+
+async def test_a_page_another_invalidation_took_is_dropped_before_the_commit_returns(
+    engine: AsyncEngine,
+    maker: async_sessionmaker[AsyncSession],
+    redis_client: Redis,
+    writer: async_sessionmaker[AsyncSession],
+) -> None:
+    """Redis Cluster: writer A's invalidation has taken a cached page out of the list registry
+    and is held before it drops anything; writer B commits a change to another row of that
+    page. When B's commit returns, the page no longer holds B's old row: B drops it too."""
+    if not store.is_cluster(redis_client):
+        pytest.skip("on one Redis the registry drain and the drops are one script")
+    async with maker() as db:
+        await add_user(db, redis_client, "a@x.io", "A0")
+        await add_user(db, redis_client, "b@x.io", "B0")
+        assert [u.name for u in await users.get_multi(db=db, redis=redis_client)] == ["A0", "B0"]
+    assert await redis_client.get("user:page:1:limit:10") is not None
+    a_client = async_redis_client()  # A's own client, patient while the test holds it
+    a_sessions = async_sessionmaker(engine)
+    handle = listen(a_sessions, a_client, settings=Settings(redis_timeout=30))
+    arrived, resume = asyncio.Event(), asyncio.Event()
+    evalsha = a_client.evalsha
+
+    async def held_evalsha(sha: str, numkeys: int, *args: Any) -> Any:
+        if sha == DROP.sha and not arrived.is_set():
+            arrived.set()
+            await resume.wait()
+        return await evalsha(sha, numkeys, *args)
+
+    a_client.evalsha = held_evalsha  # type: ignore[method-assign]
+    try:
+        task = asyncio.create_task(rename(a_sessions, "a@x.io", "A1"))
+        async with asyncio.timeout(10):
+            await arrived.wait()  # A's registries are drained; its first drop waits
+        await rename(writer, "b@x.io", "B1")
+        raw = await redis_client.get("user:page:1:limit:10")
+        assert raw is None or b'"B0"' not in raw
+        resume.set()
+        await task
+    finally:
+        resume.set()
+        handle.remove()
+        await a_client.aclose()
+    async with maker() as db:
+        assert [u.name for u in await users.get_multi(db=db, redis=redis_client)] == ["A1", "B1"]
 
 
 async def test_concurrent_misses_cost_one_database_read(

@@ -244,7 +244,7 @@ def test_the_documented_lines_grant_every_command_the_scripts_call() -> None:
     assert {"EVALSHA", "EVAL"} <= granted_by(acl_line("fastrdb_app"))
     for script in scripts.ALL:
         assert set(script.calls) <= granted_by(acl_line("fastrdb_app")), script.name
-    for script in (scripts.INVALIDATE, scripts.DROP):
+    for script in (scripts.INVALIDATE, scripts.DRAIN, scripts.DROP):
         assert set(script.calls) <= granted_by(acl_line("fastrdb_capture")), script.name
 
 

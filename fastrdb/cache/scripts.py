@@ -11,7 +11,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-__all__ = ["DROP", "FILL", "INVALIDATE", "LEASE", "RELEASE", "LuaScript", "by_sha"]
+__all__ = ["DRAIN", "DROP", "FILL", "INVALIDATE", "LEASE", "RELEASE", "LuaScript", "by_sha"]
 
 Arg = str | int | bytes
 
@@ -54,13 +54,14 @@ class LuaScript:
             return call(client.eval(self.source, len(keys), *keys, *args))
 
 
+DRAIN = LuaScript("drain")
 DROP = LuaScript("drop")
 FILL = LuaScript("fill")
 RELEASE = LuaScript("release")
 INVALIDATE = LuaScript("invalidate")
 LEASE = LuaScript("lease")
 
-ALL = (DROP, FILL, INVALIDATE, LEASE, RELEASE)
+ALL = (DRAIN, DROP, FILL, INVALIDATE, LEASE, RELEASE)
 
 
 def by_sha(sha: str) -> LuaScript | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import secrets
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -29,8 +30,8 @@ from fastrdb.cache.deadline import watchdog
 from fastrdb.cache.health import REDIS_ERRORS, ClientHealth
 from fastrdb.cache.near import forget
 from fastrdb.cache.replicas import Wait, run_then_wait, wait_on_masters
-from fastrdb.cache.scripts import DROP, FILL, INVALIDATE, LEASE, RELEASE
-from fastrdb.keys import Namespace, deps_key, families_key, lease_key, tables_index
+from fastrdb.cache.scripts import DRAIN, DROP, FILL, INVALIDATE, LEASE, RELEASE
+from fastrdb.keys import Namespace, deps_key, dropping_key, families_key, lease_key, tables_index
 from fastrdb.schemes import Scheme, parse_members
 
 __all__ = [
@@ -442,30 +443,35 @@ def _deliver_per_slot(call: Caller, client: Any, todo: InvalidationPlan) -> tupl
     """The same invalidation on a Redis Cluster, where one command touches one slot: how many
     keys it dropped, and the keys it wrote to (whose masters a wait for replicas covers).
 
-    Registries are drained first (SMEMBERS, then SREM of exactly what was read), then every key
-    is dropped with its lease. A reader registers a key only after taking its lease, so a key
-    that joins a registry after the drain was leased after this commit and reads fresh data.
+    Registries are drained first, then every key is dropped with its lease. Draining takes the
+    members out of a registry (so a key that joins it later, leased after this commit and
+    reading fresh data, is kept for the next invalidation) and notes them, in the registry's
+    slot, as being dropped by this invalidation until it has dropped them. An invalidation that
+    drains meanwhile drops those too: otherwise it would find the registry empty and its commit
+    could return while a page it made stale is still served, before the first one drops it.
     """
+    token = secrets.token_hex(8)
     drained = [deps_key(key) for key in todo.row_keys] + todo.registries
-    pipe = client.pipeline(transaction=False)
+    taken: list[list[str]] = []
+    doomed: dict[str, None] = {}  # every member to drop, in order, once
     for registry in drained:
-        pipe.smembers(registry)
-    members = call(pipe.execute())
-    pipe = client.pipeline(transaction=False)
-    for registry, read in zip(drained, members, strict=True):
-        if read:
-            pipe.srem(registry, *read)
-    call(pipe.execute())
+        mine, dropping = DRAIN.run(call, client, (registry, dropping_key(registry)), (token,))
+        taken.append([decode_text(member) for member in mine])
+        for entry in dropping:
+            doomed[decode_text(entry).partition("|")[2]] = None
     dropped = 0
-    written = [registry for registry, read in zip(drained, members, strict=True) if read]
-    for key, token in zip(todo.row_keys, todo.own_tokens, strict=True):
-        dropped += int(DROP.run(call, client, (key, lease_key(key)), (token,)))
+    written = [registry for registry, mine in zip(drained, taken, strict=True) if mine]
+    for key, own in zip(todo.row_keys, todo.own_tokens, strict=True):
+        dropped += int(DROP.run(call, client, (key, lease_key(key)), (own,)))
         written.append(key)
-    for read in members:
-        for member in read:
-            name = decode_text(member)
-            dropped += int(DROP.run(call, client, (name, lease_key(name)), ("",)))
-            written.append(name)
+    for name in doomed:
+        dropped += int(DROP.run(call, client, (name, lease_key(name)), ("",)))
+        written.append(name)
+    pipe = client.pipeline(transaction=False)
+    for registry, mine in zip(drained, taken, strict=True):
+        if mine:  # dropped: no longer being dropped by this invalidation
+            pipe.srem(dropping_key(registry), *(f"{token}|{member}" for member in mine))
+    call(pipe.execute())
     return dropped, written
 
 
