@@ -29,6 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fastrdb import FastRDB, Settings
 from fastrdb.capture import Capture, CaptureSetupError
+from fastrdb.capture.source import Batch
 from fastrdb.settings import DEFAULT_SETTINGS
 from tests.conftest import DATABASES, REDIS_URL
 from tests.dbservers import MariaDBServer, PostgresServer
@@ -690,6 +691,65 @@ async def _slot_position(served: Served) -> object:
         )
     await engine.dispose()
     return found
+
+
+async def test_sync_waits_for_a_commit_read_right_after_an_empty_round(
+    served: Served, sessions: async_sessionmaker[Any], redis_client: Redis, capture: Capture
+) -> None:
+    """sync() after a commit returns only once that commit is delivered. Forced: the log has
+    not reached capture in the two rounds after sync() asked for the log's end (empty rounds,
+    as when the walsender or binlog thread is slow on a loaded machine); the round right after
+    reads the commit, and its delivery is held. sync() must still be waiting then: a round
+    that ended before the commit was read says nothing about it."""
+    await seed(sessions, redis_client, capture)
+    runner = capture._runner
+    source: Any = runner.source
+    read, end, deliver = source.read, source.end, runner._deliver
+    holding = asyncio.Event()
+    asked = asyncio.Event()
+    delivering = asyncio.Event()
+    release = asyncio.Event()
+    rounds_after_asked = 0
+
+    async def slow_log() -> Batch:
+        nonlocal rounds_after_asked
+        holding.set()
+        if asked.is_set():
+            rounds_after_asked += 1
+            if rounds_after_asked > 2:
+                return await read()  # in the same step as the round before ended
+        await asyncio.sleep(0.05)
+        return Batch()
+
+    async def end_then_mark() -> Any:
+        found = await end()
+        asked.set()
+        return found
+
+    async def held(changes: Any) -> Any:
+        delivering.set()
+        await release.wait()
+        return await deliver(changes)
+
+    source.read, source.end, runner._deliver = slow_log, end_then_mark, held
+    try:
+        async with asyncio.timeout(30):
+            await holding.wait()  # a read of the log begun earlier has ended
+        async with sessions() as db:
+            await db.execute(text("UPDATE cap_authors SET name = 'later' WHERE id = 1"))
+            await db.commit()
+        syncing = asyncio.create_task(synced(capture))
+        async with asyncio.timeout(30):
+            await delivering.wait()
+        await asyncio.sleep(0.1)  # room for a wrongly woken sync() to return
+        assert not syncing.done(), "sync() returned before the commit was delivered"
+        assert await cached(redis_client, "author:1") == ["author:1"]
+        release.set()
+        await syncing
+        assert await cached(redis_client, "author:1", "author:2") == ["author:2"]
+    finally:
+        release.set()
+        source.read, source.end, runner._deliver = read, end, deliver
 
 
 async def test_a_slow_reader_cannot_fill_after_a_capture_only_write(

@@ -100,9 +100,8 @@ class Runner:
         self._families: set[Raw] | None = None
         """The published hierarchies as last read (None: read them at the next batch)."""
         self._stopping = asyncio.Event()
-        self._round = 0
-        self._drained_round = -1
-        self._progress = asyncio.Condition()
+        self._syncs: list[tuple[Any, asyncio.Future[None]]] = []
+        """The :meth:`sync` calls waiting: the log's end each asked at, and its future."""
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the batch in hand (safe from a signal handler)."""
@@ -140,8 +139,6 @@ class Runner:
         names = TableNames(self.source.default_schema, self.tables)
         next_lag = time.monotonic() + self.lag_interval
         while not self._stopping.is_set():
-            self._round += 1
-            number = self._round
             batch = await self.source.read()
             started = time.monotonic()
             if batch.transactions:
@@ -161,9 +158,7 @@ class Runner:
             if not await self._confirm(batch):
                 return
             if batch.drained:
-                async with self._progress:
-                    self._drained_round = number
-                    self._progress.notify_all()
+                self._release_syncs()
             if time.monotonic() >= next_lag:
                 next_lag = time.monotonic() + self.lag_interval
                 await self._log_lag()
@@ -383,11 +378,31 @@ class Runner:
     async def sync(self) -> None:
         """Wait until every transaction committed before this call has been delivered."""
         end = await self.source.end()
-        async with self._progress:
-            started = self._round
-            await self._progress.wait_for(
-                lambda: self._drained_round > started and self.source.reached(end)
-            )
+        done = asyncio.get_running_loop().create_future()
+        self._syncs.append((end, done))
+        try:
+            await done
+        finally:
+            self._syncs = [(e, d) for e, d in self._syncs if d is not done]
+
+    def _release_syncs(self) -> None:
+        """Release the :meth:`sync` calls whose end the log was read up to, once a drained
+        batch was delivered and confirmed.
+
+        Checked here, in the capture loop, before it reads again: every transaction the
+        source has read whole is then delivered. A waiter woken to check for itself runs
+        only when the loop next yields, often after its next read took transactions it has
+        not delivered yet (a read that finds them waiting does not yield), and would see
+        their positions as reached."""
+        waiting = []
+        for end, done in self._syncs:
+            if done.done():
+                continue
+            if self.source.reached(end):
+                done.set_result(None)
+            else:
+                waiting.append((end, done))
+        self._syncs = waiting
 
 
 def _is_database_error(exc: BaseException) -> bool:
