@@ -21,7 +21,8 @@ from importlib import metadata, resources, util
 assert all(util.find_spec(name) is None for name in ("asyncpg", "aiosqlite", "fastapi"))
 assert fastrdb.__version__ == metadata.version("fastrdb"), fastrdb.__version__
 lua = sorted(p.name for p in resources.files("fastrdb.cache").joinpath("lua").iterdir())
-assert lua == ["drop.lua", "fill.lua", "invalidate.lua", "lease.lua", "release.lua"], lua
+scripts = ["drain", "drop", "fill", "invalidate", "lease", "release"]
+assert lua == [f"{name}.lua" for name in scripts], lua
 assert resources.files("fastrdb").joinpath("py.typed").is_file()
 from fastrdb.cache.scripts import LEASE
 assert "SET" in LEASE.source
