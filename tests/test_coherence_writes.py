@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 import redis.asyncio
 from pydantic import BaseModel
-from sqlalchemy import create_engine, event, insert, select, update
+from sqlalchemy import Engine, create_engine, event, insert, select, update
 from sqlalchemy.exc import NoResultFound, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from fastrdb import FastRDB
 from fastrdb._compat import await_in_greenlet
-from fastrdb.events import listen
+from fastrdb.events import folding, listen
 from tests.conftest import Database
 from tests.models import User, UserCreate, UserResponse, UserUpdate, Verse
 from tests.models_writes import (
@@ -706,6 +706,29 @@ async def test_a_row_written_again_by_a_post_update_in_the_same_flush(
         one.buddy = two
         await session.commit()
     assert (await read(nodes_by_buddy, maker, redis_client, buddy_id=2)).name == "One"
+
+
+async def test_an_update_the_engine_hook_did_not_see_drops_the_whole_table(
+    database: Database, maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """PostgreSQL leaves a row's pre-image to its UPDATE, which FastRDB folds from the engine's
+    ``before_execute``. Should that statement ever reach the database unseen (forced here by
+    taking the hook out), the row's old values are unknown: every entry of its table goes, the
+    old email's key with them, rather than none."""
+    if database.name != "postgresql":
+        pytest.skip("only PostgreSQL leaves the pre-image to the UPDATE")
+    await add(maker, Acct(id=1, email_addr="a@x.io", name="Ann"))
+    await cached(accts, maker, redis_client, email_addr="a@x.io")
+    event.remove(Engine, "before_execute", folding.before_execute)
+    try:
+        async with writer() as session:
+            (await session.get_one(Acct, 1)).email_addr = "b@x.io"
+            await session.commit()
+    finally:
+        event.listen(Engine, "before_execute", folding.before_execute, retval=True)
+    with pytest.raises(NoResultFound):
+        await read(accts, maker, redis_client, email_addr="a@x.io")
+    assert (await read(accts, maker, redis_client, email_addr="b@x.io")).name == "Ann"
 
 
 # -- the post-image: computed where the values sent are exact, read back elsewhere --

@@ -37,6 +37,7 @@ from sqlalchemy.orm import (
 )
 from sqlalchemy.sql.dml import Delete, Insert, Update
 
+from fastrdb._logging import log
 from fastrdb.events.bindings import CHANGES_KEY, Binding, binding_of
 from fastrdb.events.changes import Changes
 from fastrdb.events.exact import known_post_image
@@ -66,7 +67,7 @@ Identity = tuple[Any, ...]
 class _Flush:
     """Images gathered during one flush, per hierarchy shape and identity."""
 
-    __slots__ = ("after", "before", "connection", "folding", "known")
+    __slots__ = ("after", "before", "connection", "folding", "known", "unseen")
 
     def __init__(self) -> None:
         self.connection: Connection | None = None
@@ -77,6 +78,9 @@ class _Flush:
         """Rows whose post-image is known without reading it back."""
         self.folding = Folding(self.before, self.known, self.after)
         """Rows whose UPDATE reads their pre-image itself (PostgreSQL); rows written again."""
+        self.unseen: set[Shape] = set()
+        """Hierarchies a deferred row of which was updated by a statement FastRDB did not see
+        (another ``before_execute`` listener replaced it): their entries are all dropped."""
 
 
 def changes_of(session: Session) -> Changes:
@@ -229,7 +233,11 @@ def after_write(mapper: Mapper[Any], connection: Connection, target: Any) -> Non
     known = None
     if state.key is not None:  # an UPDATE (an INSERT has no pre-image)
         if not flush.folding.written(shape, identity):
-            return  # deferred to an UPDATE that was not needed: the row is as it was
+            # Written (the flush sends its changed columns), but its UPDATE never came by the
+            # engine's before_execute: its pre-image is unknown, so every entry of its tables
+            # goes (a SCAN of their patterns, the rare path).
+            flush.unseen.add(shape)
+            return
         if identity in flush.after.get(shape, {}):
             flush.after[shape][identity] = state.class_  # written again: read back
             return
@@ -256,6 +264,9 @@ def after_flush(session: Session, flush_context: UOWTransaction) -> None:
         return
     changes = changes_of(session)
     _touch_association_tables(session, changes)
+    for shape in flush.unseen:
+        log.warning("cache_pre_image_unseen", tables=list(shape.tables))
+        changes.wipe(shape.tables)
     for shape, rows in flush.before.items():
         for row in rows.values():
             changes.add(shape.tables, row)
