@@ -173,6 +173,40 @@ async def test_out_of_date_copy_updates_another_field(
     assert (await read(users, maker, redis_client, email="b@x.io")).name == "Renamed"
 
 
+async def test_out_of_date_copies_updated_in_one_statement(
+    engine: AsyncEngine, maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """Three copies loaded before another session changed their emails (a → a2), given new
+    emails (a3) in one flush: the unit of work sends one UPDATE with three parameter sets
+    (``executemany``), and every row's a2 key drops — known only from each row's pre-image as
+    the database held it, not from the session (a) nor the post-image (a3)."""
+    async with maker() as db:
+        ids = [(await add_user(db, redis_client, f"{n}@x.io", n)).id for n in ("a", "b", "c")]
+    sent: list[tuple[str, bool]] = []
+
+    def note(connection: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool):
+        if statement.startswith("UPDATE users"):
+            sent.append((statement, many))
+
+    async with writer() as session:
+        held = [await session.get_one(User, user_id) for user_id in ids]
+        for user_id, name in zip(ids, ("a", "b", "c"), strict=True):
+            await _change_email_elsewhere(writer, user_id, f"{name}2@x.io")
+            await cached(users, maker, redis_client, email=f"{name}2@x.io")
+        for user, name in zip(held, ("a", "b", "c"), strict=True):
+            user.email = f"{name}3@x.io"
+        event.listen(engine.sync_engine, "before_cursor_execute", note)
+        try:
+            await session.commit()
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", note)
+    assert [many for _, many in sent] == [True], sent
+    for name in ("a", "b", "c"):
+        with pytest.raises(NoResultFound):
+            await read(users, maker, redis_client, email=f"{name}2@x.io")
+        assert (await read(users, maker, redis_client, email=f"{name}3@x.io")).name == name
+
+
 async def test_out_of_date_copy_deletes_the_row(
     maker: Maker, redis_client: Redis, writer: Maker
 ) -> None:
@@ -568,10 +602,11 @@ async def test_sqlite_pre_image_is_read_under_the_write_lock(
 ) -> None:
     """SQLite has no FOR UPDATE, and its drivers begin a transaction only at the first write: a
     pre-image read before it could be followed by another connection's commit. Forced: right
-    before the writer's UPDATE (after its pre-image read), another connection tries to move the
-    row from a@x.io to b@x.io and a reader caches b@x.io. The writer then sets c@x.io. Either
-    that connection waited for the writer's lock (the fix), or the key b@x.io must be dropped;
-    b@x.io must not serve a row that now has c@x.io."""
+    before the writer's UPDATE, another connection tries to move the row from a@x.io to b@x.io
+    and a reader caches b@x.io. The writer then sets c@x.io. Either that connection waited for
+    the writer's lock (a pre-image read after ``BEGIN IMMEDIATE``), or it committed and the
+    writer's UPDATE, which reads the pre-image itself (``fastrdb_old`` in its WHERE), saw
+    b@x.io: the key b@x.io must be dropped, not serve a row that now has c@x.io."""
     if database.name != "sqlite":
         pytest.skip("PostgreSQL and MariaDB lock the pre-image with SELECT … FOR UPDATE")
     async with maker() as db:
@@ -711,12 +746,12 @@ async def test_a_row_written_again_by_a_post_update_in_the_same_flush(
 async def test_an_update_the_engine_hook_did_not_see_drops_the_whole_table(
     database: Database, maker: Maker, redis_client: Redis, writer: Maker
 ) -> None:
-    """PostgreSQL leaves a row's pre-image to its UPDATE, which FastRDB folds from the engine's
-    ``before_execute``. Should that statement ever reach the database unseen (forced here by
-    taking the hook out), the row's old values are unknown: every entry of its table goes, the
-    old email's key with them, rather than none."""
-    if database.name != "postgresql":
-        pytest.skip("only PostgreSQL leaves the pre-image to the UPDATE")
+    """PostgreSQL and SQLite leave a row's pre-image to its UPDATE, which FastRDB folds from
+    the engine's ``before_execute``. Should that statement ever reach the database unseen
+    (forced here by taking the hook out), the row's old values are unknown: every entry of its
+    table goes, the old email's key with them, rather than none."""
+    if database.name == "mariadb":
+        pytest.skip("MariaDB reads the pre-image before the UPDATE")
     await add(maker, Acct(id=1, email_addr="a@x.io", name="Ann"))
     await cached(accts, maker, redis_client, email_addr="a@x.io")
     event.remove(Engine, "before_execute", folding.before_execute)
@@ -794,9 +829,9 @@ async def test_a_plain_update_reads_no_post_image(
     database: Database, engine: AsyncEngine, maker: Maker, redis_client: Redis, writer: Maker
 ) -> None:
     """An ORM UPDATE sending plain values to a table with no trigger, ``onupdate`` or
-    generated column: on SQLite the row is read once (its pre-image, under the lock), not
-    twice; on PostgreSQL not at all (the UPDATE itself locks and returns the row as it was and
-    as it is written); MariaDB reads the post-image back. The old value's key and the new
+    generated column: on PostgreSQL and SQLite the row is not read (the UPDATE itself reads
+    the row as it was under the lock, and returns it as written on PostgreSQL; SQLite's
+    post-image is computed); MariaDB reads the post-image back. The old value's key and the new
     value's negative entry both drop."""
     await add(maker, Acct(id=1, email_addr="a@x.io", name="Ann"))
     await cached(accts, maker, redis_client, email_addr="a@x.io")
@@ -816,7 +851,7 @@ async def test_a_plain_update_reads_no_post_image(
             await session.commit()
         finally:
             event.remove(engine.sync_engine, "before_cursor_execute", count)
-    assert len(selects) == {"mariadb": 2, "postgresql": 0, "sqlite": 1}[database.name], selects
+    assert len(selects) == {"mariadb": 2, "postgresql": 0, "sqlite": 0}[database.name], selects
     with pytest.raises(NoResultFound):
         await read(accts, maker, redis_client, email_addr="a@x.io")
     assert (await read(accts, maker, redis_client, email_addr="b@x.io")).name == "Ann"

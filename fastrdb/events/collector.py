@@ -11,8 +11,8 @@ cascades). So, per row the flush writes:
   events, which fire for every row the flush writes) for any row not read yet. A row that
   FastRDB's own ``update``/``delete`` just loaded with ``SELECT … FOR UPDATE`` in the same
   transaction (:func:`read_under_lock`; not on SQLite) is taken from that load instead. On
-  PostgreSQL a row of a plain single-table hierarchy is left to its UPDATE, which reads it
-  itself (:mod:`fastrdb.events.folding`);
+  PostgreSQL and SQLite a row of a single-table hierarchy (plain, on PostgreSQL) is left to its
+  UPDATE, which reads it itself (:mod:`fastrdb.events.folding`);
 - post-image (INSERT, UPDATE): read back by primary key in ``after_flush``, one SELECT per
   hierarchy, so server defaults, ``onupdate`` columns and SQL expressions are seen as stored;
   except an UPDATE that returned it (folded) or whose result is known exactly from the
@@ -77,7 +77,8 @@ class _Flush:
         self.known: dict[Shape, dict[Identity, tuple[type, Row]]] = {}
         """Rows whose post-image is known without reading it back."""
         self.folding = Folding(self.before, self.known, self.after)
-        """Rows whose UPDATE reads their pre-image itself (PostgreSQL); rows written again."""
+        """Rows whose UPDATE reads their pre-image itself (PostgreSQL, SQLite); rows written
+        again."""
         self.unseen: set[Shape] = set()
         """Hierarchies a deferred row of which was updated by a statement FastRDB did not see
         (another ``before_execute`` listener replaced it): their entries are all dropped."""

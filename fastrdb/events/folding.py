@@ -1,9 +1,10 @@
-"""The UPDATE statements of a listened flush, as they run: on PostgreSQL a single-row UPDATE
-reads the row's pre-image itself (one round trip instead of a locked SELECT before it, and no
-post-image read after it); on every database, a row written again after its post-image became
-known (a ``post_update``) is read back after the flush instead.
+"""The UPDATE statements of a listened flush, as they run: on PostgreSQL and SQLite the UPDATE
+reads the row's pre-image itself (one round trip instead of a locked SELECT before it; on
+PostgreSQL no post-image read after it either); on every database, a row written again after its
+post-image became known (a ``post_update``) is read back after the flush instead.
 
-The unit of work's UPDATE of a row by primary key is rewritten, as it is executed, into::
+PostgreSQL: the unit of work's UPDATE of a row by primary key is rewritten, as it is executed,
+into::
 
     WITH old AS MATERIALIZED (SELECT … FROM t WHERE pk = :pk FOR UPDATE)
     UPDATE t SET … FROM old WHERE t.pk = :pk AND t.pk = old.pk
@@ -23,6 +24,19 @@ database) and no version counter, and an UPDATE of one row by its primary key (`
 columns are fine: the UPDATE sets them and RETURNING shows them). A row the flush defers
 here and whose UPDATE comes in another form (several rows in one ``executemany``, an
 unexpected WHERE) has its pre-image read under the lock right before that statement runs.
+
+SQLite: the unit of work's UPDATE by primary key (one row or an ``executemany`` of several) gets
+one more condition, ``AND fastrdb_old(<every column>)``: a function FastRDB registers on the
+connection that keeps its arguments and returns true. SQLite evaluates an UPDATE's WHERE on
+each matched row before writing it, and an UPDATE holds the database's write lock before it
+reads a row (in WAL mode, a transaction whose snapshot is not the newest cannot take it), so the
+arguments are the row as stored, under the lock that serializes every writer: the pre-image
+without ``BEGIN IMMEDIATE`` and a SELECT, two trips through the driver's thread fewer. The
+values are raw SQLite values and go through the columns' result processors, as a SELECT's
+would (not with ``native_datetime=True``, where the driver converts some itself: those rows are
+read). The post-image is found as on MariaDB (:mod:`fastrdb.events.exact`: known from the
+pre-image and the values sent, or read back). Hierarchies of one table with at most 100 columns
+(SQLite's default limit is 127 arguments).
 """
 
 from __future__ import annotations
@@ -31,11 +45,12 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, select
+from sqlalchemy import Boolean, ColumnElement, bindparam, func, select
 from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import BooleanClauseList
 
+from fastrdb._logging import log
 from fastrdb.events.exact import plain
 from fastrdb.events.images import Row, read_by_identity
 from fastrdb.events.shapes import Shape, table_name
@@ -45,6 +60,10 @@ __all__ = ["Folding", "after_execute", "before_execute", "foldable"]
 Identity = tuple[Any, ...]
 
 _OLD, _NEW = "fastrdb_old_", "fastrdb_new_"
+
+_FUNCTION = "fastrdb_old"
+_RECORDER_KEY = "fastrdb.old_rows"
+_MAX_ARGUMENTS = 100
 
 
 class Folding:
@@ -70,7 +89,8 @@ class Folding:
         """Rows to be updated whose pre-image has not been read yet."""
         self.folded: dict[Shape, dict[Identity, Row]] = {}
         """Post-images returned by folded UPDATEs, until the rows' ``after_update``."""
-        self.expected: tuple[Update, Shape, Identity] | None = None
+        self.expected: tuple[Update, Shape, list[Identity]] | None = None
+        """A folded UPDATE being executed, and the deferred rows it names."""
         self.connections: list[Connection] = []
 
     def watch(self, connection: Connection) -> None:
@@ -121,20 +141,60 @@ class Folding:
 
 
 _active: weakref.WeakKeyDictionary[Connection, Folding] = weakref.WeakKeyDictionary()
-_statements: weakref.WeakKeyDictionary[Update, Update | None] = weakref.WeakKeyDictionary()
+_statements: weakref.WeakKeyDictionary[Update, dict[str, Update | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class _Recorder:
+    """``fastrdb_old(…)`` on one SQLite connection: called by a folded UPDATE's WHERE with a
+    matched row's columns as stored before the write, it keeps them and returns true."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+
+    def __call__(self, *values: Any) -> int:
+        self.rows.append(values)
+        return 1
 
 
 def foldable(connection: Connection, shape: Shape) -> bool:
     """Whether an UPDATE of a row of ``shape`` (with no version counter: the caller checks)
     on ``connection`` can read its own pre-image."""
+    if len(shape.tables) != 1 or shape.selectable is not shape.lock_table:
+        return False
     dialect = connection.dialect
+    if dialect.name == "sqlite":
+        return (
+            len(shape.columns) <= _MAX_ARGUMENTS
+            and not getattr(dialect, "native_datetime", False)
+            and _recorder(connection) is not None
+        )
     return (
         dialect.name == "postgresql"
         and (dialect.server_version_info or (0,)) >= (12,)  # AS MATERIALIZED
-        and len(shape.tables) == 1
-        and shape.selectable is shape.lock_table
         and plain(connection, shape, by_metadata=False)  # RETURNING shows what onupdate set
     )
+
+
+def _recorder(connection: Connection) -> _Recorder | None:
+    """The connection's ``fastrdb_old`` function, registered on first use (None: the driver
+    cannot register functions)."""
+    info = connection.connection.info
+    recorder: _Recorder | None = info.get(_RECORDER_KEY, False) or None
+    if _RECORDER_KEY not in info:
+        recorder = _Recorder()
+        try:
+            connection.connection.dbapi_connection.create_function(  # type: ignore[union-attr]
+                _FUNCTION, -1, recorder
+            )
+        except Exception as error:  # a driver without create_function: pre-images are read
+            log.debug("cache_fold_unavailable", error=repr(error))
+            recorder = None
+        info[_RECORDER_KEY] = recorder or False
+    return recorder
 
 
 def before_execute(
@@ -159,10 +219,14 @@ def before_execute(
     pending = folding.deferred.get(shape)
     if not pending:
         return statement, multiparams, params
-    if identities is not None and len(identities) == 1 and identities[0] in pending:
-        rewritten = _folded(shape, statement)
+    sqlite = connection.dialect.name == "sqlite"
+    named = [identity for identity in identities or () if identity in pending]
+    if named and (sqlite or len(named) == len(identities or ()) == 1):
+        rewritten = _folded(shape, statement, sqlite=sqlite)
         if rewritten is not None:
-            folding.expected = (rewritten, shape, identities[0])
+            if sqlite:
+                _recorded(connection, shape)  # nothing left over from a failed statement
+            folding.expected = (rewritten, shape, named)
             return rewritten, multiparams, params
     if identities is None:
         hit = list(pending)  # rows not named by the parameters: read every deferred one
@@ -184,13 +248,22 @@ def after_execute(
     execution_options: Any,
     result: CursorResult[Any],
 ) -> None:
-    """``after_execute``: record what a folded UPDATE returned (nothing: the row is gone)."""
+    """``after_execute``: record the pre-images a folded UPDATE saw and, on PostgreSQL, the
+    post-images it returned (nothing: the row is gone)."""
     folding = _active.get(connection)
     if folding is None or folding.expected is None or folding.expected[0] is not statement:
         return
-    _, shape, identity = folding.expected
+    _, shape, identities = folding.expected
     folding.expected = None
-    folding.deferred[shape].discard(identity)
+    folding.deferred[shape].difference_update(identities)
+    if connection.dialect.name == "sqlite":
+        before = folding.before.setdefault(shape, {})
+        wanted = set(identities)
+        for old in _recorded(connection, shape):
+            identity = shape.identity(old)
+            if identity in wanted:
+                before.setdefault(identity, old)
+        return
     for row in result.fetchall():
         values = row._mapping
         old = {key: values[f"{_OLD}{i}"] for i, (key, _) in enumerate(shape.columns)}
@@ -213,11 +286,34 @@ def _named(
     return identities
 
 
-def _folded(shape: Shape, statement: Update) -> Update | None:
+def _recorded(connection: Connection, shape: Shape) -> list[Row]:
+    """The rows ``fastrdb_old`` kept on ``connection`` since the last call (then forgotten),
+    their values through the columns' result processors."""
+    recorder = _recorder(connection)
+    if recorder is None or not recorder.rows:
+        return []
+    dialect = connection.dialect
+    processors = [
+        column.type._cached_result_processor(dialect, None) for _, column in shape.columns
+    ]
+    rows = [
+        {
+            key: value if processor is None else processor(value)
+            for (key, _), processor, value in zip(shape.columns, processors, values, strict=True)
+        }
+        for values in recorder.rows
+    ]
+    recorder.rows.clear()
+    return rows
+
+
+def _folded(shape: Shape, statement: Update, *, sqlite: bool) -> Update | None:
     """``statement`` (the unit of work's UPDATE by primary key) reading its own pre-image, or
     None when it is not of that form."""
-    if statement in _statements:
-        return _statements[statement]
+    dialect = "sqlite" if sqlite else "postgresql"
+    cached = _statements.setdefault(statement, {})
+    if dialect in cached:
+        return cached[dialect]
     folded: Update | None = None
     keys = [shape.column(key) for key in shape.primary_key]
     by_key: list[ColumnElement[bool]] = [
@@ -226,12 +322,14 @@ def _folded(shape: Shape, statement: Update) -> Update | None:
     criteria = statement._where_criteria
     if len(criteria) == 1 and isinstance(criteria[0], BooleanClauseList):
         criteria = tuple(criteria[0].clauses)  # the unit of work's AND of its own making
-    if (
-        len(criteria) == len(by_key)
-        and all(c.compare(k) for c, k in zip(criteria, by_key, strict=True))
-        and not statement._returning
-        and not statement._return_defaults
-    ):
+    by_primary_key = len(criteria) == len(by_key) and all(
+        c.compare(k) for c, k in zip(criteria, by_key, strict=True)
+    )
+    if by_primary_key and sqlite:
+        folded = statement.where(
+            func.fastrdb_old(*(column for _, column in shape.columns), type_=Boolean)
+        )
+    elif by_primary_key and not statement._returning and not statement._return_defaults:
         # The CTE's columns get names no table has, so that a SQL expression in the SET
         # (``literal_column("seq") + 1``) still names the updated table's column alone.
         names = [f"{_OLD}{i}" for i in range(len(shape.columns))]
@@ -253,5 +351,5 @@ def _folded(shape: Shape, statement: Update) -> Update | None:
             *(old.c[name] for name in names),
             *(column.label(f"{_NEW}{i}") for i, (_, column) in enumerate(shape.columns)),
         )
-    _statements[statement] = folded
+    cached[dialect] = folded
     return folded
