@@ -87,6 +87,15 @@ class Priced(WritesBase):
     name: Mapped[str] = mapped_column(String(50))
 
 
+class Tally(WritesBase):
+    """A row with an integer pattern field (MariaDB keeps negative entries for it)."""
+
+    __tablename__ = "tallies"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    n: Mapped[int] = mapped_column(Integer)
+
+
 class Node(WritesBase):
     """A row whose foreign key the unit of work sets in a second UPDATE (``post_update``)."""
 
@@ -134,6 +143,12 @@ class NodeOut(BaseModel):
     id: int
     name: str
     buddy_id: int | None
+
+
+class TallyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    n: int
 
 
 class PricedOut(BaseModel):

@@ -15,12 +15,17 @@ import redis.asyncio
 from pydantic import BaseModel
 from sqlalchemy import Engine, create_engine, event, insert, select, update
 from sqlalchemy.exc import NoResultFound, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from fastrdb import FastRDB
 from fastrdb._compat import await_in_greenlet
-from fastrdb.events import folding, listen
+from fastrdb.events import exact, folding, listen
 from tests.conftest import Database
 from tests.models import User, UserCreate, UserResponse, UserUpdate, Verse
 from tests.models_writes import (
@@ -40,6 +45,8 @@ from tests.models_writes import (
     PricedOut,
     Stamped,
     StampedOut,
+    Tally,
+    TallyOut,
 )
 from tests.test_crud import add_user, users, verses
 
@@ -66,6 +73,7 @@ stamps_by_rev = FastRDB[Stamped, BaseModel, BaseModel, StampedOut](
 stamps_by_seq = FastRDB[Stamped, BaseModel, BaseModel, StampedOut](
     Stamped, StampedOut, pattern="stamped:seq:{seq}"
 )
+tallies = FastRDB[Tally, BaseModel, BaseModel, TallyOut](Tally, TallyOut, pattern="tally:{n}")
 priced = FastRDB[Priced, BaseModel, BaseModel, PricedOut](
     Priced,
     PricedOut,
@@ -831,8 +839,9 @@ async def test_a_plain_update_reads_no_post_image(
     """An ORM UPDATE sending plain values to a table with no trigger, ``onupdate`` or
     generated column: on PostgreSQL and SQLite the row is not read (the UPDATE itself reads
     the row as it was under the lock, and returns it as written on PostgreSQL; SQLite's
-    post-image is computed); MariaDB reads the post-image back. The old value's key and the new
-    value's negative entry both drop."""
+    post-image is computed); MariaDB reads it once (its pre-image, under the lock; the
+    post-image is computed under a strict ``sql_mode``, the server's default). The old value's
+    key and the new value's negative entry both drop."""
     await add(maker, Acct(id=1, email_addr="a@x.io", name="Ann"))
     await cached(accts, maker, redis_client, email_addr="a@x.io")
     with pytest.raises(NoResultFound):
@@ -851,7 +860,120 @@ async def test_a_plain_update_reads_no_post_image(
             await session.commit()
         finally:
             event.remove(engine.sync_engine, "before_cursor_execute", count)
-    assert len(selects) == {"mariadb": 2, "postgresql": 0, "sqlite": 0}[database.name], selects
+    assert len(selects) == {"mariadb": 1, "postgresql": 0, "sqlite": 0}[database.name], selects
     with pytest.raises(NoResultFound):
         await read(accts, maker, redis_client, email_addr="a@x.io")
     assert (await read(accts, maker, redis_client, email_addr="b@x.io")).name == "Ann"
+
+
+async def test_mariadb_without_a_strict_sql_mode_reads_the_post_image_back(
+    database: Database, redis_client: Redis
+) -> None:
+    """Without a strict ``sql_mode`` MariaDB stores an integer too large for its ``INT``
+    column as the column's largest value (a warning, not an error): the value sent is not the
+    value stored, so the post-image is read back and the key of the stored value (a negative
+    entry cached for it before) drops. Computed from the value sent, that key would be
+    missed."""
+    if database.name != "mariadb":
+        pytest.skip("sql_mode is MariaDB's")
+    engine = create_async_engine(
+        database.async_url, connect_args={"init_command": "SET SESSION sql_mode = ''"}
+    )
+    try:
+        maker = async_sessionmaker(engine, expire_on_commit=False)
+        writer = async_sessionmaker(engine)
+        handle = listen(writer, redis_client)
+        await add(maker, Tally(id=1, n=1))
+        stored = 2**31 - 1
+        with pytest.raises(NoResultFound):
+            await read(tallies, maker, redis_client, n=stored)  # a negative entry
+        async with writer() as session:
+            (await session.get_one(Tally, 1)).n = 2**40
+            await session.commit()
+        handle.remove()
+        assert (await read(tallies, maker, redis_client, n=stored)).id == 1
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("sql_mode", "trusted"),
+    [
+        ("STRICT_TRANS_TABLES", True),
+        ("STRICT_ALL_TABLES", True),
+        ("", False),
+        ("STRICT_TRANS_TABLES,EMPTY_STRING_IS_NULL", False),
+    ],
+)
+async def test_mariadb_values_sent_are_trusted_only_under_a_strict_sql_mode(
+    database: Database, sql_mode: str, trusted: bool
+) -> None:
+    """The post-image is computed from the values sent only on a connection whose sql_mode
+    makes a value the column cannot store as sent an error (strict), and keeps ``""`` as
+    ``""`` (no ``EMPTY_STRING_IS_NULL``); read once per pooled connection."""
+    if database.name != "mariadb":
+        pytest.skip("sql_mode is MariaDB's")
+    engine = create_async_engine(
+        database.async_url,
+        connect_args={"init_command": f"SET SESSION sql_mode = '{sql_mode}'"},
+    )
+    try:
+        async with engine.connect() as connection:
+            assert await connection.run_sync(exact._stores_as_sent) is trusted
+            await connection.exec_driver_sql("SET SESSION sql_mode = 'STRICT_ALL_TABLES'")
+            assert await connection.run_sync(exact._stores_as_sent) is trusted  # kept
+    finally:
+        await engine.dispose()
+
+
+class _DdlBase(DeclarativeBase):
+    """Tables whose DDL the test writes itself (what the model does not declare)."""
+
+
+class Doubled(_DdlBase):
+    __tablename__ = "doubled"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    n: Mapped[int]
+    twice: Mapped[int]  # generated by the database; the model does not say so
+
+
+class DoubledOut(BaseModel):
+    id: int
+    twice: int
+
+
+doubled = FastRDB[Doubled, BaseModel, BaseModel, DoubledOut](
+    Doubled, DoubledOut, pattern="doubled:{twice}"
+)
+
+_GENERATED = {
+    "postgresql": "twice INTEGER GENERATED ALWAYS AS (n * 2) STORED",
+    "sqlite": "twice INTEGER GENERATED ALWAYS AS (n * 2) STORED",
+    "mariadb": "twice INTEGER AS (n * 2) PERSISTENT",
+}
+
+
+async def test_a_column_the_database_generates_but_the_model_does_not_declare(
+    database: Database, engine: AsyncEngine, maker: Maker, redis_client: Redis, writer: Maker
+) -> None:
+    """A generated column the model maps as a plain one: an UPDATE of ``n`` changes ``twice``
+    with nothing in the model to say so. The database's catalog does, so the post-image is read
+    back and the key of the new ``twice`` (a negative entry cached for it before) drops."""
+    async with engine.begin() as connection:
+        await connection.exec_driver_sql("DROP TABLE IF EXISTS doubled")
+        await connection.exec_driver_sql(
+            f"CREATE TABLE doubled (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, "
+            f"{_GENERATED[database.name]})"
+        )
+        await connection.exec_driver_sql("INSERT INTO doubled (id, n) VALUES (1, 1)")
+    try:
+        with pytest.raises(NoResultFound):
+            await read(doubled, maker, redis_client, twice=10)  # a negative entry
+        async with writer() as session:
+            (await session.get_one(Doubled, 1)).n = 5
+            await session.commit()
+        assert (await read(doubled, maker, redis_client, twice=10)).id == 1
+    finally:
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql("DROP TABLE IF EXISTS doubled")

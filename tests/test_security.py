@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.credentials import UsernamePasswordCredentialProvider
 from sqlalchemy import Engine, String, create_engine, select, text, update
+from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -926,3 +927,68 @@ async def test_the_app_user_with_the_cluster_additions_runs_on_a_redis_cluster(
     for port in acl_cluster.ports:
         with redis.Redis(port=port) as node:
             assert node.execute_command("ACL", "LOG") == [], port
+
+
+class TriggerBase(DeclarativeBase):
+    pass
+
+
+class Counted(TriggerBase):
+    __tablename__ = "sec_counted"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    n: Mapped[int]
+
+
+class CountedOut(BaseModel):
+    id: int
+    n: int
+
+
+counted = FastRDB[Counted, BaseModel, BaseModel, CountedOut](
+    Counted, CountedOut, pattern="counted:{n}", settings=PATIENT
+)
+
+
+@pytest.mark.slow
+async def test_mariadb_user_without_the_trigger_privilege_reads_the_post_image_back(
+    app_database: AppDatabase, redis_client: Redis
+) -> None:
+    """An application account without the TRIGGER privilege (SELECT, INSERT, UPDATE, DELETE,
+    as docs/security.md's) writes a row whose BEFORE UPDATE trigger changes the value sent.
+    MariaDB still lists the trigger to it (MySQL would not: FastRDB never computes there), so
+    FastRDB reads the post-image back instead of computing it from the value sent, and the key
+    of the stored value (a negative entry cached for it before) drops."""
+    if app_database.kind != "mariadb":
+        pytest.skip("a MariaDB account's view of triggers")
+    root = create_engine(app_database.owner_sync_url)
+    TriggerBase.metadata.create_all(root)
+    with root.begin() as connection:
+        for statement in (
+            "DROP TRIGGER IF EXISTS sec_counted_shift",
+            "CREATE TRIGGER sec_counted_shift BEFORE UPDATE ON sec_counted "
+            "FOR EACH ROW SET NEW.n = NEW.n + 1000",
+            "CREATE USER IF NOT EXISTS fastrdb_rw@'%' IDENTIFIED BY 'change-me'",
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON app.* TO fastrdb_rw@'%'",
+            "DELETE FROM sec_counted",
+            "INSERT INTO sec_counted (id, n) VALUES (1, 1)",
+        ):
+            connection.execute(text(statement))
+    root.dispose()
+    port = app_database.owner_sync_url.split(":")[-1].split("/")[0]
+    engine = create_async_engine(f"mysql+asyncmy://fastrdb_rw:change-me@127.0.0.1:{port}/app")
+    maker = async_sessionmaker(engine, expire_on_commit=False)
+    writer = async_sessionmaker(engine)
+    handle = listen(writer, redis_client)
+    try:
+        async with maker() as db:
+            with pytest.raises(NoResultFound):
+                await counted.get(db=db, redis=redis_client, n=1005)  # a negative entry
+        async with writer() as session:
+            (await session.get_one(Counted, 1)).n = 5
+            await session.commit()
+        async with maker() as db:
+            assert (await counted.get(db=db, redis=redis_client, n=1005)).id == 1
+    finally:
+        handle.remove()
+        await engine.dispose()

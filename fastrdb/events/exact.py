@@ -3,8 +3,11 @@ so that its post-image is known without reading it back (one round trip less per
 
 It is, when all of these hold; anywhere else the post-image is read back:
 
-- the database is PostgreSQL or SQLite (MariaDB may store a value other than the one sent,
-  depending on the connection's ``sql_mode``);
+- the database is PostgreSQL or SQLite, or MariaDB on an InnoDB table with the
+  connection's ``sql_mode`` strict (``STRICT_TRANS_TABLES`` or ``STRICT_ALL_TABLES``) and
+  without ``EMPTY_STRING_IS_NULL``: a value the column cannot store as sent is then an error,
+  not a truncated, converted or NULL value. The ``sql_mode`` is read once per pooled
+  connection (``SET SESSION sql_mode`` later on the same connection is not seen);
 - the row's pre-image was read under the write lock in this flush, and the UPDATE changed no
   primary key column and has no version counter;
 - every value the UPDATE sent is a plain Python value that the column stores and returns
@@ -13,9 +16,12 @@ It is, when all of these hold; anywhere else the post-image is read back:
   expression, not a ``Numeric``, a date, an ``Enum`` or a ``TypeDecorator``);
 - no table of the row has a column with an ``onupdate`` or ``server_onupdate`` default or a
   computed (generated) column, and the database reports no trigger, rule or generated column
-  on them (and, on PostgreSQL, no partitions or inheritance children). The database is asked
-  once per engine and table, in a savepoint of the writer's transaction; a trigger created
-  while the process runs is seen after a restart.
+  on them (on PostgreSQL, no partitions or inheritance children; on MariaDB, no column with
+  ``ON UPDATE CURRENT_TIMESTAMP`` or anything else in ``information_schema.COLUMNS.EXTRA`` but
+  ``auto_increment``). MySQL lists triggers only to an account with the ``TRIGGER``
+  privilege, so on MySQL (not MariaDB) the post-image is always read back. The database is
+  asked once per engine and table, in a savepoint of the writer's transaction; a trigger
+  created while the process runs is seen after a restart.
 
 A row the same flush writes again afterwards (a ``post_update``) is read back after all
 (:mod:`fastrdb.events.folding` sees that statement).
@@ -85,6 +91,22 @@ _PROBES: dict[str, str] = {
     """,
 }
 
+_PROBES["mysql"] = _PROBES["mariadb"] = """
+    SELECT EXISTS (SELECT 1 FROM information_schema.TABLES
+                   WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE())
+                   AND TABLE_NAME = :name AND ENGINE = 'InnoDB')
+       AND NOT EXISTS (SELECT 1 FROM information_schema.TRIGGERS
+                       WHERE EVENT_OBJECT_SCHEMA = COALESCE(:schema, DATABASE())
+                       AND EVENT_OBJECT_TABLE = :name)
+       AND NOT EXISTS (SELECT 1 FROM information_schema.COLUMNS
+                       WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE())
+                       AND TABLE_NAME = :name AND EXTRA NOT IN ('', 'auto_increment'))
+"""
+"""MariaDB lists a table's triggers to any account with a privilege on the table (MySQL only to
+one with the TRIGGER privilege: there the post-image is always read back)."""
+
+_STRICT_KEY = "fastrdb.strict_sql_mode"
+
 _plain_tables: weakref.WeakKeyDictionary[Engine, dict[str, bool]] = weakref.WeakKeyDictionary()
 
 
@@ -114,9 +136,28 @@ def known_post_image(
         if not _stores_as_is(column, value):
             return None
         after[key] = value
-    if not plain(connection, shape):
+    if not plain(connection, shape) or not _stores_as_sent(connection):
         return None
     return after
+
+
+def _stores_as_sent(connection: Connection) -> bool:
+    """Whether the connection stores a value its column cannot hold as sent as an error (and
+    ``""`` as ``""``): always on PostgreSQL and SQLite (for the types :data:`_EXACT` admits);
+    on MariaDB with a strict ``sql_mode`` without ``EMPTY_STRING_IS_NULL``, read once per
+    pooled connection."""
+    if connection.dialect.name not in ("mysql", "mariadb"):
+        return True
+    info = connection.connection.info
+    strict: bool | None = info.get(_STRICT_KEY)
+    if strict is None:
+        mode = str(connection.exec_driver_sql("SELECT @@SESSION.sql_mode").scalar() or "")
+        flags = set(mode.upper().split(","))
+        strict = bool(flags & {"STRICT_TRANS_TABLES", "STRICT_ALL_TABLES"}) and (
+            "EMPTY_STRING_IS_NULL" not in flags
+        )
+        info[_STRICT_KEY] = strict
+    return strict
 
 
 def _stores_as_is(column: Column[Any], value: Any) -> bool:
@@ -166,13 +207,18 @@ def _plain_in_database(connection: Connection, table: Table) -> bool:
     dialect = connection.dialect
     if dialect.name == "sqlite" and table.schema is not None:
         return False  # an attached database: not worth a probe of its own
+    if dialect.name in ("mysql", "mariadb") and not getattr(dialect, "is_mariadb", False):
+        return False  # MySQL hides triggers from accounts without the TRIGGER privilege
     name = (
         dialect.identifier_preparer.format_table(table)
         if dialect.name == "postgresql"
         else table.name
     )
+    parameters: dict[str, str | None] = {"name": name}
+    if dialect.name in ("mysql", "mariadb"):
+        parameters["schema"] = table.schema
     try:
         with connection.begin_nested():
-            return bool(connection.execute(text(_PROBES[dialect.name]), {"name": name}).scalar())
+            return bool(connection.execute(text(_PROBES[dialect.name]), parameters).scalar())
     except DBAPIError:
         return False  # rolled back to the savepoint: the writer's transaction goes on
