@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -14,7 +16,12 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from fastrdb import ConfigurationError, FastRDB, Settings
 from fastrdb.cache.near import NearCache
@@ -442,3 +449,30 @@ async def test_history_with_a_writer_in_this_process(
     assert len(history.committed["h"]) > 5
     assert near_items.stats()["near_hits"] > hits + 20
     assert history.violations() == []
+
+
+def test_a_closed_event_loop_is_let_go(database: Database) -> None:
+    """A near cache's tracker is kept per event loop (weakly, by the loop) and must not keep
+    its loop alive: a process that runs several loops one after another (``asyncio.run`` per
+    job, a test runner) would keep every loop, its tracking connection and its tasks. Once
+    another loop used the near cache, nothing holds the first (its tracker held it, directly,
+    by its finished set-up task, and by the client pool's keyword arguments, which reach the
+    pool's connections and their loop)."""
+
+    async def use(sku: str) -> weakref.ref[asyncio.AbstractEventLoop]:
+        engine = create_async_engine(database.async_url)
+        client = Redis.from_url(REDIS_URL)
+        try:
+            await tracked(near_items, client)
+            maker = async_sessionmaker(engine, expire_on_commit=False)
+            await add(maker, client, sku)
+            await get(maker, client, sku)
+        finally:
+            await client.aclose()
+            await engine.dispose()
+        return weakref.ref(asyncio.get_running_loop())
+
+    first = asyncio.run(use("a"))
+    asyncio.run(use("b"))  # the instance remembers its last loop (the hit path's shortcut)
+    gc.collect()
+    assert first() is None

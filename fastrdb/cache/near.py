@@ -256,7 +256,8 @@ class Tracker:
         address: dict[str, Any],
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        self.loop = loop
+        self._loop = weakref.ref(loop)
+        """Weak: a tracker is kept per loop (:data:`_trackers`), and must not keep its loop."""
         self.address = address
         self.tls = tls
         """The client's TLS settings (``rediss://``), used for the tracking connection too."""
@@ -275,6 +276,13 @@ class Tracker:
         self._task: asyncio.Task[None] | None = None
         self._retry = _RETRY_FIRST
         self._warned = False
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop()
+        if loop is None:
+            raise RuntimeError("the near cache's event loop is gone")
+        return loop
 
     # -- caches and prefixes --
 
@@ -409,6 +417,11 @@ class Tracker:
         if self.loop.is_closed() or (self._task is not None and not self._task.done()):
             return
         self._task = self.loop.create_task(self._set_up(delay))
+        self._task.add_done_callback(self._set_up_done)
+
+    def _set_up_done(self, task: asyncio.Task[None]) -> None:
+        if self._task is task:
+            self._task = None  # a finished task holds its loop
 
     async def _set_up(self, delay: float) -> None:
         while True:
@@ -608,6 +621,7 @@ _trackers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, 
     weakref.WeakKeyDictionary()
 )
 _all: weakref.WeakSet[Tracker] = weakref.WeakSet()
+_ADDRESS = ("host", "port", "path", "username", "password", "credential_provider")
 
 
 def tracker_for(
@@ -615,11 +629,10 @@ def tracker_for(
 ) -> Tracker:
     """The tracker of the server at ``address`` (host, port or path, credentials) in ``loop``,
     reached over TLS with ``tls`` when given."""
-    identity = (
-        *(address.get(name) for name in ("host", "port", "path", "username", "password")),
-        address.get("credential_provider"),
-        tls is not None,
-    )
+    # Only what tracking needs: the pool's own keyword arguments hold objects that reach its
+    # connections and, through them, the loop.
+    address = {name: address.get(name) for name in _ADDRESS}
+    identity = (*address.values(), tls is not None)
     per_loop = _trackers.get(loop)
     if per_loop is None:
         per_loop = _trackers[loop] = {}
