@@ -30,6 +30,7 @@ from fastrdb import ConfigurationError, FastRDB, FastRDBError, Settings
 from fastrdb.cache import store
 from fastrdb.cache.scripts import DROP
 from fastrdb.events import listen
+from fastrdb.keys import Namespace, dropping_key
 from fastrdb.relations import embedding
 from tests.conftest import Database, async_redis_client
 from tests.interleave import PauseAfterSelect
@@ -444,6 +445,32 @@ async def test_a_fill_between_the_drain_and_the_drop_is_dropped(
         resume_drop.set()
         handle.remove()
         await writer_client.aclose()
+
+
+async def test_members_left_being_dropped_by_a_crashed_invalidation_are_cleared(
+    engine: AsyncEngine, maker: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """On a Redis Cluster an invalidation notes the members it drained as being dropped until
+    it has dropped them. One that dies in between (its process killed) leaves them noted; the
+    next invalidation that drains the registry drops them, and then clears them: otherwise
+    every later invalidation of that registry would drop them again, for ever. Forced by
+    doing what the dead one did: the member taken out of the registry and noted, not dropped."""
+    if not store.is_cluster(redis_client):
+        pytest.skip("one Redis drains and drops in one script")
+    await seed(maker)
+    async with maker() as db:
+        await cache_both(db, redis_client)
+    registry = Namespace("fastrdb").embeds("authors")  # what a rename of the author drains
+    assert await redis_client.srem(registry, "book:1") == 1
+    await redis_client.sadd(dropping_key(registry), "deadbeefdeadbeef|book:1")
+    writer = async_sessionmaker(engine)
+    handle = listen(writer, redis_client)
+    try:
+        await rename(writer, "New")
+    finally:
+        handle.remove()
+    assert await redis_client.get("book:1") is None
+    assert await redis_client.smembers(dropping_key(registry)) == set()
 
 
 # -- what the schema walk finds, and what it refuses --------------------------------------------

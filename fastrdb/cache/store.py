@@ -449,14 +449,19 @@ def _deliver_per_slot(call: Caller, client: Any, todo: InvalidationPlan) -> tupl
     slot, as being dropped by this invalidation until it has dropped them. An invalidation that
     drains meanwhile drops those too: otherwise it would find the registry empty and its commit
     could return while a page it made stale is still served, before the first one drops it.
+    Whatever an invalidation dropped is no longer noted afterwards, its own members and those
+    it found noted by another (dropped now, key and lease: nothing read before can land), so
+    the members of one that died before dropping them are not dropped again by every later one.
     """
     token = secrets.token_hex(8)
     drained = [deps_key(key) for key in todo.row_keys] + todo.registries
     taken: list[list[str]] = []
+    noted: list[list[Raw]] = []  # per registry, every 'token|member' it had noted
     doomed: dict[str, None] = {}  # every member to drop, in order, once
     for registry in drained:
         mine, dropping = DRAIN.run(call, client, (registry, dropping_key(registry)), (token,))
         taken.append([decode_text(member) for member in mine])
+        noted.append(dropping)
         for entry in dropping:
             doomed[decode_text(entry).partition("|")[2]] = None
     dropped = 0
@@ -468,9 +473,9 @@ def _deliver_per_slot(call: Caller, client: Any, todo: InvalidationPlan) -> tupl
         dropped += int(DROP.run(call, client, (name, lease_key(name)), ("",)))
         written.append(name)
     pipe = client.pipeline(transaction=False)
-    for registry, mine in zip(drained, taken, strict=True):
-        if mine:  # dropped: no longer being dropped by this invalidation
-            pipe.srem(dropping_key(registry), *(f"{token}|{member}" for member in mine))
+    for registry, entries in zip(drained, noted, strict=True):
+        if entries:  # dropped: no longer being dropped, by this invalidation or another
+            pipe.srem(dropping_key(registry), *entries)
     call(pipe.execute())
     return dropped, written
 
