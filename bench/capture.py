@@ -2,7 +2,8 @@
 vs not, and catch-up of a queued backlog.
 
     python -m bench.capture [--databases postgresql,mariadb] [--seconds 4]
-                            [--baseline DIR] [--rounds 2]
+                            [--baseline DIR] [--rounds 2] [--pairs 10]
+                            [--cases lag,throughput,catchup]
 
 Starts its own PostgreSQL (wal_level=logical), MariaDB (row binlog) and Redis on free loopback
 ports, and runs ``fastrdb capture`` as a separate process, as in production. Key deletions
@@ -25,6 +26,7 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +40,11 @@ from tests.servers import RedisServer
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = 10_000
 WRITERS = 4
-PAIRS = 5
-"""Writer throughput: alternations of 1,000 updates with capture stopped, then running."""
+PAIRS = 10
+"""Writer throughput: pairs of legs, one with capture stopped and one with it running, in
+alternating order (stopped first in even pairs, running first in odd ones)."""
+LEG_ROWS = 2000
+"""Row updates per writer throughput leg."""
 SCHEME = '["row","bc:{id}"]'
 
 
@@ -88,12 +93,12 @@ async def stop_capture(process: asyncio.subprocess.Process) -> None:
 
 
 class Deletions:
-    """Arrival time of each ``del`` keyspace event, per key."""
+    """Arrival times of the ``del`` keyspace events, per key."""
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
-        self.seen: dict[str, float] = {}
-        self._waiters: dict[str, asyncio.Future[float]] = {}
+        self.seen: dict[str, list[float]] = {}
+        self._waiters: dict[str, tuple[float, asyncio.Future[float]]] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -107,15 +112,21 @@ class Deletions:
                 continue
             now = time.perf_counter()
             key = message["data"].decode()
-            self.seen[key] = now
-            waiter = self._waiters.pop(key, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(now)
+            self.seen.setdefault(key, []).append(now)
+            after, waiter = self._waiters.get(key, (0.0, None))
+            if waiter is not None and now >= after:
+                del self._waiters[key]
+                if not waiter.done():
+                    waiter.set_result(now)
 
-    async def wait(self, key: str, within: float = 120) -> float:
-        if key in self.seen:
-            return self.seen[key]
-        future = self._waiters[key] = asyncio.get_running_loop().create_future()
+    async def wait(self, key: str, after: float = 0.0, within: float = 120) -> float:
+        """The first deletion of ``key`` at or after ``after`` (a deletion before it, of an
+        earlier change delivered again or late, is not this change's)."""
+        for moment in self.seen.get(key, ()):
+            if moment >= after:
+                return moment
+        future = asyncio.get_running_loop().create_future()
+        self._waiters[key] = (after, future)
         async with asyncio.timeout(within):
             return await future
 
@@ -134,19 +145,37 @@ async def prepare(engine: AsyncEngine, kind: str, client: redis.asyncio.Redis) -
             await connection.execute(text("ALTER TABLE bench_capture REPLICA IDENTITY FULL"))
         await connection.execute(
             text("INSERT INTO bench_capture (id, name) VALUES (:id, 'n')"),
-            [{"id": n} for n in range(ROWS)],
+            [{"id": n} for n in range(ROWS + 1)],  # the last one: settle()'s
         )
     await client.sadd("fastrdb:schemes:bench_capture", SCHEME)  # as FastRDB publishes it
 
 
+async def settle(engine: AsyncEngine, client: redis.asyncio.Redis) -> None:
+    """Wait until capture has delivered everything committed so far: a change of a row no
+    case writes (id ``ROWS``), committed last, and its key gone."""
+    deletions = Deletions(client)
+    await deletions.start()
+    sent = time.perf_counter()
+    await client.set(f"bc:{ROWS}", "cached")
+    async with engine.connect() as connection:
+        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await autocommit.execute(
+            text("UPDATE bench_capture SET name = :name WHERE id = :id"),
+            {"name": f"s{time.perf_counter()}", "id": ROWS},
+        )
+    await deletions.wait(f"bc:{ROWS}", sent)
+    deletions.stop()
+
+
 async def write_at(
     engine: AsyncEngine, client: redis.asyncio.Redis, rate: int, seconds: float, first: int
-) -> list[tuple[str, float]]:
+) -> list[tuple[str, float, float]]:
     """Update cached rows at ``rate`` rows/s in total, one row per autocommit transaction,
-    from ``WRITERS`` connections; (key, moment its COMMIT returned) per row."""
+    from ``WRITERS`` connections; (key, moment its UPDATE was sent, moment its COMMIT
+    returned) per row."""
     count = int(rate * seconds)
     await client.mset({f"bc:{(first + n) % ROWS}": "cached" for n in range(count)})
-    commits: list[tuple[str, float]] = []
+    commits: list[tuple[str, float, float]] = []
     start = time.perf_counter() + 0.1
 
     async def writer(lane: int) -> None:
@@ -157,11 +186,12 @@ async def write_at(
                 if delay > 0:
                     await asyncio.sleep(delay)
                 row = (first + n) % ROWS
+                sent = time.perf_counter()
                 await autocommit.execute(
                     text("UPDATE bench_capture SET name = :name WHERE id = :id"),
                     {"name": f"v{first + n}", "id": row},
                 )
-                commits.append((f"bc:{row}", time.perf_counter()))
+                commits.append((f"bc:{row}", sent, time.perf_counter()))
 
     await asyncio.gather(*(writer(lane) for lane in range(WRITERS)))
     return commits
@@ -187,11 +217,14 @@ async def lag_case(
     first: int,
     capture_pid: int | None = None,
 ) -> dict[str, Any]:
+    await settle(engine, client)  # nothing of an earlier case is delivered during this one
     deletions = Deletions(client)
     await deletions.start()
     cpu_before = cpu_seconds(capture_pid) if capture_pid else 0.0
     commits = await write_at(engine, client, rate, seconds, first)
-    lags = [(await deletions.wait(key)) - committed for key, committed in commits]
+    # The deletion of this change: the first after its UPDATE was sent (the event loop may
+    # take the notification before the writer's COMMIT returns: a lag just below zero).
+    lags = [(await deletions.wait(key, sent)) - committed for key, sent, committed in commits]
     cpu = cpu_seconds(capture_pid) - cpu_before if capture_pid else None
     deletions.stop()
     extra = {} if cpu is None else {"capture_cpu_us_per_row": round(cpu / len(commits) * 1e6)}
@@ -202,7 +235,7 @@ async def lag_case(
         "p99_ms": round(percentile(lags, 0.99) * 1000, 2),
         "samples": len(lags),
         "achieved_rows_per_s": round(
-            len(commits) / (max(t for _, t in commits) - min(t for _, t in commits))
+            len(commits) / (max(t for *_, t in commits) - min(t for *_, t in commits))
         ),
     }
 
@@ -220,8 +253,97 @@ async def writer_ops(engine: AsyncEngine, count: int, first: int) -> float:
         return count / (time.perf_counter() - start)
 
 
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far (Linux ``/proc/stat``)."""
+    with open("/proc/stat") as stat:
+        fields = [int(f) for f in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
+async def deliveries(client: redis.asyncio.Redis) -> int:
+    """Scripts run by the benchmark's Redis so far: capture's deliveries (one script
+    each; the writers run none)."""
+    stats = await client.info("commandstats")
+    return sum(
+        int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_evalsha", "cmdstat_eval")
+    )
+
+
+async def throughput_case(
+    engine: AsyncEngine,
+    client: redis.asyncio.Redis,
+    capture: asyncio.subprocess.Process,
+    offset: Callable[[], int],
+    pairs: int,
+) -> dict[str, Any]:
+    """Writer throughput with capture running vs stopped (``SIGSTOP``), ``pairs`` pairs of
+    legs in alternating order; per running leg, capture's CPU time and deliveries, and per
+    leg the machine's busy share (what else ran meanwhile)."""
+    ratios: list[float] = []
+    running: list[float] = []
+    stopped: list[float] = []
+    cpu_ms: list[float] = []
+    per_second: list[float] = []
+    busy: list[float] = []
+
+    async def leg(with_capture: bool) -> float:
+        await settle(engine, client)  # each leg starts with capture caught up
+        if not with_capture:
+            capture.send_signal(signal.SIGSTOP)
+        cpu = cpu_seconds(capture.pid)
+        calls = await deliveries(client)
+        machine = machine_busy()
+        start = time.perf_counter()
+        rate = await writer_ops(engine, LEG_ROWS, offset())
+        elapsed = time.perf_counter() - start
+        used, total = (b - a for a, b in zip(machine, machine_busy(), strict=True))
+        busy.append(used / total)
+        if with_capture:
+            cpu_ms.append((cpu_seconds(capture.pid) - cpu) * 1000)
+            per_second.append((await deliveries(client) - calls) / elapsed)
+        else:
+            capture.send_signal(signal.SIGCONT)
+        return rate
+
+    for pair in range(pairs):
+        if pair % 2 == 0:
+            without = await leg(False)
+            with_capture = await leg(True)
+        else:
+            with_capture = await leg(True)
+            without = await leg(False)
+        running.append(with_capture)
+        stopped.append(without)
+        ratios.append(with_capture / without)
+
+    def quartiles(values: list[float], digits: int) -> list[float]:
+        q = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+        return [round(q[0], digits), round(q[2], digits)]
+
+    return {
+        "case": "writer throughput, capture running vs not",
+        "ratio": round(statistics.median(ratios), 2),
+        "quartiles": quartiles(ratios, 2),
+        "spread": [round(min(ratios), 2), round(max(ratios), 2)],
+        "pairs": pairs,
+        "rows_per_s_running": round(statistics.median(running)),
+        "rows_per_s_stopped": round(statistics.median(stopped)),
+        "capture_cpu_ms_per_leg": round(statistics.median(cpu_ms)),
+        "capture_cpu_us_per_row": round(statistics.median(cpu_ms) * 1000 / LEG_ROWS),
+        "deliveries_per_s": round(statistics.median(per_second)),
+        "machine_busy": [round(min(busy), 2), round(max(busy), 2)],
+    }
+
+
 async def bench(
-    kind: str, seconds: float, variants: dict[str, Path], rounds: int
+    kind: str,
+    seconds: float,
+    variants: dict[str, Path],
+    rounds: int,
+    cases: Collection[str] = ("lag", "throughput", "catchup"),
+    pairs: int = PAIRS,
 ) -> list[dict[str, Any]]:
     server: PostgresServer | MariaDBServer = (
         PostgresServer() if kind == "postgresql" else MariaDBServer()
@@ -248,36 +370,23 @@ async def bench(
             for variant, root in variants.items():
                 capture = await start_capture(server.url, redis_url, root)
                 await asyncio.sleep(0.5)
-                for rate in (100, 1000):
+                for rate in (100, 1000) if "lag" in cases else ():
                     progress(f"{kind} {variant} round {round_ + 1}: lag at {rate} rows/s")
                     result = await lag_case(engine, client, rate, seconds, offset(), capture.pid)
                     results.append({**result, "variant": variant, "round": round_ + 1})
-                progress(f"{kind} {variant} round {round_ + 1}: writer throughput")
-                ratios = []
-                for _ in range(PAIRS):
-                    capture.send_signal(signal.SIGSTOP)
-                    without = await writer_ops(engine, 1000, offset())
-                    capture.send_signal(signal.SIGCONT)
-                    await asyncio.sleep(0.5)
-                    with_capture = await writer_ops(engine, 1000, offset())
-                    ratios.append(with_capture / without)
-                results.append(
-                    {
-                        "case": "writer throughput, capture running vs not",
-                        "ratio": round(statistics.median(ratios), 2),
-                        "spread": [round(min(ratios), 2), round(max(ratios), 2)],
-                        "variant": variant,
-                        "round": round_ + 1,
-                    }
-                )
+                if "throughput" in cases:
+                    progress(f"{kind} {variant} round {round_ + 1}: writer throughput")
+                    result = await throughput_case(engine, client, capture, offset, pairs)
+                    results.append({**result, "variant": variant, "round": round_ + 1})
                 await stop_capture(capture)
 
-        for variant, root in variants.items():
+        for variant, root in variants.items() if "catchup" in cases else ():
             progress(f"{kind} {variant}: catch-up of 100,000 queued changes")
             async with engine.begin() as connection:
                 for _ in range(10):  # 100,000 row changes in 10 transactions of 10,000 rows
                     await connection.execute(
-                        text("UPDATE bench_capture SET name = concat(name, 'x')")
+                        text("UPDATE bench_capture SET name = concat(name, 'x') WHERE id < :n"),
+                        {"n": ROWS},
                     )
             await client.set("bc:0", "cached")
             async with engine.begin() as connection:  # the sentinel, committed last
@@ -298,7 +407,9 @@ async def bench(
             )
             await stop_capture(capture)
             async with engine.begin() as connection:
-                await connection.execute(text("UPDATE bench_capture SET name = 'n'"))
+                await connection.execute(
+                    text("UPDATE bench_capture SET name = 'n' WHERE id < :n"), {"n": ROWS}
+                )
             await client.set("bc:1", "cached")
             async with engine.begin() as connection:  # the reset's sentinel
                 await connection.execute(text("UPDATE bench_capture SET name = 'm' WHERE id = 1"))
@@ -321,7 +432,16 @@ async def bench(
 async def amain(args: argparse.Namespace, variants: dict[str, Path]) -> list[dict[str, Any]]:
     results = []
     for kind in args.databases.split(","):
-        results.extend(await bench(kind.strip(), args.seconds, variants, args.rounds))
+        results.extend(
+            await bench(
+                kind.strip(),
+                args.seconds,
+                variants,
+                args.rounds,
+                set(args.cases.split(",")),
+                args.pairs,
+            )
+        )
     return results
 
 
@@ -331,6 +451,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="per lag case")
     parser.add_argument("--baseline", help="another checkout, run alternately with this one")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--pairs", type=int, default=PAIRS, help="writer throughput pairs")
+    parser.add_argument(
+        "--cases", default="lag,throughput,catchup", help="any of lag, throughput, catchup"
+    )
     args = parser.parse_args()
     variants = {"current": ROOT}
     if args.baseline:
