@@ -28,6 +28,7 @@ from fastrdb.cache.store import (
 )
 from fastrdb.cache.wipe import sweep
 from fastrdb.capture.families import Rows
+from fastrdb.capture.pacing import Pacing
 from fastrdb.capture.rows import TableNames, to_changes
 from fastrdb.capture.source import Batch, CaptureSetupError, Source
 from fastrdb.capture.walstream import StreamError
@@ -79,6 +80,7 @@ class Runner:
         tables: Iterable[str] | None = None,
         settings: Settings = DEFAULT_SETTINGS,
         poll_interval: float = 0.005,
+        max_interval: float = 0.025,
         delivery_timeout: float = 5.0,
         backoff: tuple[float, float] = (0.05, 5.0),
         lag_interval: float = 10.0,
@@ -90,6 +92,7 @@ class Runner:
         check_client(redis, settings)
         self._wait = Wait.of(settings)
         self.poll_interval = poll_interval
+        self.pacing = Pacing(poll_interval, max_interval)
         self.backoff = backoff
         self.lag_interval = lag_interval
         self.stats = CaptureStats()
@@ -169,8 +172,9 @@ class Runner:
                 # At most one delivery per poll_interval: under a stream of small commits,
                 # what arrives meanwhile is delivered together (one Redis call, one
                 # confirmation), not one call per commit; a commit after a quiet moment
-                # is delivered at once.
-                await self._sleep(started + self.poll_interval - time.monotonic())
+                # is delivered at once. A faster stream waits longer, up to max_interval.
+                self.pacing.observe(sum(len(t.rows) for t in batch.transactions), started)
+                await self._sleep(started + self.pacing.pause() - time.monotonic())
 
     async def _hierarchies(self, batch: Batch, names: TableNames) -> Rows | None:
         """The rows of joined-table inheritance hierarchies that ``batch`` changes, with
