@@ -3,7 +3,7 @@ vs not, and catch-up of a queued backlog.
 
     python -m bench.capture [--databases postgresql,mariadb] [--seconds 4]
                             [--baseline DIR] [--rounds 2] [--pairs 10]
-                            [--cases lag,throughput,catchup]
+                            [--cases lag,throughput,catchup] [--rates 100,1000,3000]
 
 Starts its own PostgreSQL (wal_level=logical), MariaDB (row binlog) and Redis on free loopback
 ports, and runs ``fastrdb capture`` as a separate process, as in production. Key deletions
@@ -38,13 +38,20 @@ from tests.dbservers import MariaDBServer, PostgresServer
 from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
-ROWS = 10_000
+ROWS = 20_000
+"""Rows of the table the cases write (a lag case changes each at most once: at most
+``ROWS`` changes, 3,000 rows/s for 6 s)."""
+CATCHUP_ROWS = 10_000
+"""Rows of each of the catch-up case's 10 transactions."""
 WRITERS = 4
 PAIRS = 10
 """Writer throughput: pairs of legs, one with capture stopped and one with it running, in
 alternating order (stopped first in even pairs, running first in odd ones)."""
 LEG_ROWS = 2000
 """Row updates per writer throughput leg."""
+QUIET = 0.25
+"""A throughput pair is quiet when, in each leg, processes other than the benchmark's own
+(other users of the machine) used at most this many cores: its ratio is also reported apart."""
 SCHEME = '["row","bc:{id}"]'
 
 
@@ -174,6 +181,8 @@ async def write_at(
     from ``WRITERS`` connections; (key, moment its UPDATE was sent, moment its COMMIT
     returned) per row."""
     count = int(rate * seconds)
+    if count > ROWS:
+        raise ValueError(f"{rate} rows/s for {seconds} s changes more than {ROWS} rows")
     await client.mset({f"bc:{(first + n) % ROWS}": "cached" for n in range(count)})
     commits: list[tuple[str, float, float]] = []
     start = time.perf_counter() + 0.1
@@ -262,6 +271,31 @@ def machine_busy() -> tuple[float, float]:
     return (sum(fields) - idle) / tick, sum(fields) / tick
 
 
+def own_cpu() -> float:
+    """CPU seconds so far of this process and every process it started (the database and
+    Redis servers, capture), living ones (Linux ``/proc``)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    ours = {os.getpid()}
+    grown = True
+    while grown:
+        found = {pid for pid, parent in parents.items() if parent in ours} - ours
+        grown = bool(found)
+        ours |= found
+    return sum(times[pid] for pid in ours)
+
+
 async def deliveries(client: redis.asyncio.Redis) -> int:
     """Scripts run by the benchmark's Redis so far: capture's deliveries (one script
     each; the writers run none)."""
@@ -280,13 +314,18 @@ async def throughput_case(
 ) -> dict[str, Any]:
     """Writer throughput with capture running vs stopped (``SIGSTOP``), ``pairs`` pairs of
     legs in alternating order; per running leg, capture's CPU time and deliveries, and per
-    leg the machine's busy share (what else ran meanwhile)."""
+    leg the machine's busy share and the cores other processes used (other users of the
+    machine): the ratio of the pairs where those stayed under :data:`QUIET` is reported
+    apart, beside the ratio of all pairs."""
     ratios: list[float] = []
+    quiet: list[float] = []
     running: list[float] = []
     stopped: list[float] = []
     cpu_ms: list[float] = []
     per_second: list[float] = []
     busy: list[float] = []
+    others: list[float] = []
+    """Per leg, the CPU (in cores) that processes other than the benchmark's own used."""
 
     async def leg(with_capture: bool) -> float:
         await settle(engine, client)  # each leg starts with capture caught up
@@ -294,12 +333,13 @@ async def throughput_case(
             capture.send_signal(signal.SIGSTOP)
         cpu = cpu_seconds(capture.pid)
         calls = await deliveries(client)
-        machine = machine_busy()
+        machine, mine = machine_busy(), own_cpu()
         start = time.perf_counter()
         rate = await writer_ops(engine, LEG_ROWS, offset())
         elapsed = time.perf_counter() - start
         used, total = (b - a for a, b in zip(machine, machine_busy(), strict=True))
         busy.append(used / total)
+        others.append((used - (own_cpu() - mine)) / elapsed)
         if with_capture:
             cpu_ms.append((cpu_seconds(capture.pid) - cpu) * 1000)
             per_second.append((await deliveries(client) - calls) / elapsed)
@@ -317,6 +357,8 @@ async def throughput_case(
         running.append(with_capture)
         stopped.append(without)
         ratios.append(with_capture / without)
+        if max(others[-2:]) <= QUIET:
+            quiet.append(with_capture / without)
 
     def quartiles(values: list[float], digits: int) -> list[float]:
         q = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
@@ -334,6 +376,10 @@ async def throughput_case(
         "capture_cpu_us_per_row": round(statistics.median(cpu_ms) * 1000 / LEG_ROWS),
         "deliveries_per_s": round(statistics.median(per_second)),
         "machine_busy": [round(min(busy), 2), round(max(busy), 2)],
+        "other_cores": [round(min(others), 2), round(max(others), 2)],
+        "quiet_pairs": len(quiet),
+        "quiet_ratio": round(statistics.median(quiet), 2) if quiet else None,
+        "quiet_spread": [round(min(quiet), 2), round(max(quiet), 2)] if quiet else None,
     }
 
 
@@ -344,6 +390,7 @@ async def bench(
     rounds: int,
     cases: Collection[str] = ("lag", "throughput", "catchup"),
     pairs: int = PAIRS,
+    rates: Collection[int] = (100, 1000, 3000),
 ) -> list[dict[str, Any]]:
     server: PostgresServer | MariaDBServer = (
         PostgresServer() if kind == "postgresql" else MariaDBServer()
@@ -370,7 +417,7 @@ async def bench(
             for variant, root in variants.items():
                 capture = await start_capture(server.url, redis_url, root)
                 await asyncio.sleep(0.5)
-                for rate in (100, 1000) if "lag" in cases else ():
+                for rate in rates if "lag" in cases else ():
                     progress(f"{kind} {variant} round {round_ + 1}: lag at {rate} rows/s")
                     result = await lag_case(engine, client, rate, seconds, offset(), capture.pid)
                     results.append({**result, "variant": variant, "round": round_ + 1})
@@ -386,7 +433,7 @@ async def bench(
                 for _ in range(10):  # 100,000 row changes in 10 transactions of 10,000 rows
                     await connection.execute(
                         text("UPDATE bench_capture SET name = concat(name, 'x') WHERE id < :n"),
-                        {"n": ROWS},
+                        {"n": CATCHUP_ROWS},
                     )
             await client.set("bc:0", "cached")
             async with engine.begin() as connection:  # the sentinel, committed last
@@ -408,7 +455,8 @@ async def bench(
             await stop_capture(capture)
             async with engine.begin() as connection:
                 await connection.execute(
-                    text("UPDATE bench_capture SET name = 'n' WHERE id < :n"), {"n": ROWS}
+                    text("UPDATE bench_capture SET name = 'n' WHERE id < :n"),
+                    {"n": CATCHUP_ROWS},
                 )
             await client.set("bc:1", "cached")
             async with engine.begin() as connection:  # the reset's sentinel
@@ -440,6 +488,7 @@ async def amain(args: argparse.Namespace, variants: dict[str, Path]) -> list[dic
                 args.rounds,
                 set(args.cases.split(",")),
                 args.pairs,
+                [int(rate) for rate in args.rates.split(",")],
             )
         )
     return results
@@ -452,6 +501,7 @@ def main() -> None:
     parser.add_argument("--baseline", help="another checkout, run alternately with this one")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=PAIRS, help="writer throughput pairs")
+    parser.add_argument("--rates", default="100,1000,3000", help="rows/s of the lag cases")
     parser.add_argument(
         "--cases", default="lag,throughput,catchup", help="any of lag, throughput, catchup"
     )
