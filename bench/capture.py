@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -42,7 +43,7 @@ ROWS = 20_000
 """Rows of the table the cases write (a lag case changes each at most once: at most
 ``ROWS`` changes, 3,000 rows/s for 6 s)."""
 CATCHUP_ROWS = 10_000
-"""Rows of each of the catch-up case's 10 transactions."""
+"""Rows of each of the catch-up case's 10 statements (one transaction)."""
 WRITERS = 4
 PAIRS = 10
 """Writer throughput: pairs of legs, one with capture stopped and one with it running, in
@@ -107,9 +108,10 @@ class Deletions:
         self.seen: dict[str, list[float]] = {}
         self._waiters: dict[str, tuple[float, asyncio.Future[float]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._pubsub: Any = None
 
     async def start(self) -> None:
-        pubsub = self.client.pubsub()
+        self._pubsub = pubsub = self.client.pubsub()
         await pubsub.psubscribe("__keyevent@0__:del")
         self._task = asyncio.create_task(self._listen(pubsub))
 
@@ -137,9 +139,14 @@ class Deletions:
         async with asyncio.timeout(within):
             return await future
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """Stop listening and give the connection back (a settle per leg: many of them)."""
         if self._task is not None:
             self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
 
 
 async def prepare(engine: AsyncEngine, kind: str, client: redis.asyncio.Redis) -> None:
@@ -171,7 +178,7 @@ async def settle(engine: AsyncEngine, client: redis.asyncio.Redis) -> None:
             {"name": f"s{time.perf_counter()}", "id": ROWS},
         )
     await deletions.wait(f"bc:{ROWS}", sent)
-    deletions.stop()
+    await deletions.stop()
 
 
 async def write_at(
@@ -235,7 +242,7 @@ async def lag_case(
     # take the notification before the writer's COMMIT returns: a lag just below zero).
     lags = [(await deletions.wait(key, sent)) - committed for key, sent, committed in commits]
     cpu = cpu_seconds(capture_pid) - cpu_before if capture_pid else None
-    deletions.stop()
+    await deletions.stop()
     extra = {} if cpu is None else {"capture_cpu_us_per_row": round(cpu / len(commits) * 1e6)}
     return {
         **extra,
@@ -430,7 +437,7 @@ async def bench(
         for variant, root in variants.items() if "catchup" in cases else ():
             progress(f"{kind} {variant}: catch-up of 100,000 queued changes")
             async with engine.begin() as connection:
-                for _ in range(10):  # 100,000 row changes in 10 transactions of 10,000 rows
+                for _ in range(10):  # 100,000 row changes: 10 statements of 10,000 rows
                     await connection.execute(
                         text("UPDATE bench_capture SET name = concat(name, 'x') WHERE id < :n"),
                         {"n": CATCHUP_ROWS},
@@ -443,7 +450,7 @@ async def bench(
             start = time.perf_counter()
             capture = await start_capture(server.url, redis_url, root)
             gone = await deletions.wait("bc:0")
-            deletions.stop()
+            await deletions.stop()
             results.append(
                 {
                     "case": "catch-up: 100,000 queued row changes applied",
@@ -465,7 +472,7 @@ async def bench(
             await deletions.start()
             capture = await start_capture(server.url, redis_url, root)  # past that reset
             await deletions.wait("bc:1")
-            deletions.stop()
+            await deletions.stop()
             await stop_capture(capture)
     finally:
         await engine.dispose()
