@@ -7,7 +7,7 @@ The public class only: it checks its set-up and hands each call to the plan
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -124,13 +124,20 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
 
     # -- reads --
 
-    async def get(self, *, db: AsyncSession, redis: AsyncRedis, **kwargs: Any) -> ResponseT:
+    # The read methods return the read's coroutine rather than awaiting it in one of their own
+    # (a coroutine a hit passes through costs CPU on a busy loop); nothing runs until it is
+    # awaited, so errors are raised where the call is awaited, as from an ``async def``.
+
+    def get(
+        self, *, db: AsyncSession, redis: AsyncRedis, **kwargs: Any
+    ) -> Coroutine[Any, Any, ResponseT]:
         """The row matching ``kwargs`` (every placeholder of ``pattern``, plus any other column
         filters). Raises ``sqlalchemy.exc.NoResultFound`` if there is none, and remembers that
-        for ``Settings.negative_exp`` seconds (see :mod:`fastrdb.negatives`)."""
-        return await self._reads.get(db, redis, kwargs)
+        for ``Settings.negative_exp`` seconds (see :mod:`fastrdb.negatives`). A coroutine:
+        ``await`` it."""
+        return self._reads.get(db, redis, kwargs)
 
-    async def get_multi(
+    def get_multi(
         self,
         *,
         db: AsyncSession,
@@ -140,20 +147,21 @@ class FastRDB(Generic[ModelT, CreateT, UpdateT, ResponseT]):
         order_by: str | None = None,
         ascending: bool = True,
         **kwargs: Any,
-    ) -> list[ResponseT]:
+    ) -> Coroutine[Any, Any, list[ResponseT]]:
         """A page of rows matching the column filters in ``kwargs``, ordered by ``order_by``
-        (the primary key when not given)."""
-        return await self._reads.get_multi(db, redis, limit, page, order_by, ascending, kwargs)
+        (the primary key when not given). A coroutine: ``await`` it."""
+        return self._reads.get_multi(db, redis, limit, page, order_by, ascending, kwargs)
 
-    async def count(
+    def count(
         self, *, db: AsyncSession, redis: AsyncRedis | None = None, **kwargs: Any
-    ) -> int:
-        """The number of rows matching the column filters in ``kwargs``.
+    ) -> Coroutine[Any, Any, int]:
+        """The number of rows matching the column filters in ``kwargs``. A coroutine: ``await``
+        it.
 
         Cached when ``redis`` is given, like a page of ``get_multi``: any insert, update or
         delete of the table drops it before the writer's ``commit()`` returns, and concurrent
         misses cost one database read."""
-        return await self._reads.count(db, redis, kwargs)
+        return self._reads.count(db, redis, kwargs)
 
     async def get_page(
         self,

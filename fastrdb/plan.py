@@ -245,7 +245,7 @@ class Plan(Generic[ModelT, ResponseT]):
 
     # -- what a call maps to, remembered per distinct call --
 
-    def _recall(
+    def recall(
         self, memo: tuple[Any, ...], plan: Callable[P, T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """What ``plan(*args, **kwargs)`` returned for an earlier call with the same ``memo``
@@ -265,7 +265,7 @@ class Plan(Generic[ModelT, ResponseT]):
     def row_key(self, kwargs: dict[str, Any]) -> RowPlan:
         """What a ``get`` with ``kwargs`` maps to."""
         memo = (*kwargs.items(), *map(type, kwargs.values()))
-        return self._recall(memo, self._plan_row, kwargs)
+        return self.recall(memo, self._plan_row, kwargs)
 
     def _plan_row(self, kwargs: dict[str, Any]) -> RowPlan:
         filters = self.convert(kwargs)
@@ -286,7 +286,7 @@ class Plan(Generic[ModelT, ResponseT]):
         """What a ``get_multi`` with these arguments maps to."""
         call = (limit, page, order_by, ascending, *kwargs.values())
         memo = ("list", *kwargs, *call, *map(type, call))
-        return self._recall(memo, self._plan_list, limit, page, order_by, ascending, kwargs)
+        return self.recall(memo, self._plan_list, limit, page, order_by, ascending, kwargs)
 
     def _plan_list(
         self,
@@ -321,7 +321,7 @@ class Plan(Generic[ModelT, ResponseT]):
     def count_key(self, kwargs: dict[str, Any]) -> CountPlan:
         """What a ``count`` with ``kwargs`` maps to."""
         memo = ("count", *kwargs.items(), *map(type, kwargs.values()))
-        return self._recall(memo, self._plan_count, kwargs)
+        return self.recall(memo, self._plan_count, kwargs)
 
     def _plan_count(self, kwargs: dict[str, Any]) -> CountPlan:
         filters = self.convert(kwargs)

@@ -3,7 +3,8 @@ or Redis, else leased, read from the database and filled (one shape for every mi
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from functools import partial
 from typing import Any, Generic, TypeAlias, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
@@ -14,13 +15,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fastrdb._types import AsyncRedis, Raw
 from fastrdb.cache import store
 from fastrdb.cache.near import NearCaches
-from fastrdb.cache.readthrough import Entry, Loaded, Stats, cached, coalesced, read_through
+from fastrdb.cache.readthrough import (
+    Entry,
+    Loaded,
+    Stats,
+    coalesced,
+    decoded,
+    near_hit,
+    read_through,
+)
 from fastrdb.events.bindings import CHANGES_KEY
 from fastrdb.events.changes import Changes
 from fastrdb.keys import deps_key
 from fastrdb.negatives import ABSENT, NEGATIVE_PAYLOAD, Absent, compares_exactly, decoder
 from fastrdb.plan import Plan
-from fastrdb.sessions import Clients
+from fastrdb.sessions import Clients, checks_due
 from fastrdb.snapshots import run_read
 
 __all__ = ["Reads"]
@@ -28,9 +37,23 @@ __all__ = ["Reads"]
 ModelT = TypeVar("ModelT")
 ResponseT = TypeVar("ResponseT", bound=BaseModel)
 T = TypeVar("T")
+A = TypeVar("A")
 
 Read: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[Loaded[T]]]
 """A database read, given its SELECT's execution options: the value and the text to cache."""
+
+Shaped: TypeAlias = tuple[
+    str, Callable[[Raw], T], Callable[[AsyncSession], tuple[Entry, Read[T]]], dict[str, str], str
+]
+"""What a read call maps to: its key, how to decode a cached value, how to prepare its miss
+in a session (the entry to lease and fill, and the database read), the context of its log
+events, and the near cache's group of the key (its row key, or the table's lists)."""
+
+Shape: TypeAlias = Callable[[A], Shaped[T]]
+"""How a read call (``A``: its arguments) maps to its :data:`Shaped`."""
+
+ListCall: TypeAlias = tuple[int, int, str | None, bool, dict[str, Any]]
+"""The arguments of ``get_multi``: limit, page, order_by, ascending and the filters."""
 
 
 def decode_count(raw: Raw) -> int:
@@ -42,7 +65,14 @@ def decode_count(raw: Raw) -> int:
 
 
 class Reads(Generic[ModelT, ResponseT]):
-    """The read path of one ``FastRDB`` instance (see the module's docstring)."""
+    """The read path of one ``FastRDB`` instance (see the module's docstring).
+
+    ``get``, ``get_multi`` and ``count`` are plain methods that return the one coroutine a
+    read runs (:meth:`_read`), given the call's *shape*: what it maps to is worked out inside
+    that coroutine, so a bad argument raises where the call is awaited, and a hit runs no
+    other coroutine of FastRDB's than the Redis ``GET``'s own (:func:`store.get`). On a busy
+    event loop each coroutine a hit passes through costs its creation and a step at every
+    resumption."""
 
     def __init__(
         self,
@@ -59,47 +89,18 @@ class Reads(Generic[ModelT, ResponseT]):
         self._exp = exp
         self._decode_row = decoder(plan.response_schema.model_validate_json, stats)
         self._list_decoder = TypeAdapter(list[plan.response_schema])  # type: ignore[name-defined]
+        # Bound once: a bound method is a new object at every attribute access.
+        # A row's shape also decodes to ABSENT, which _read raises as NoResultFound.
+        self._row_shape: Shape[dict[str, Any], ResponseT] = self._row  # type: ignore[assignment]
+        self._list_shape: Shape[ListCall, list[ResponseT]] = self._list
+        self._count_shape: Shape[dict[str, Any], int] = self._count
 
-    async def get(self, db: AsyncSession, redis: AsyncRedis, kwargs: dict[str, Any]) -> ResponseT:
-        plan = self._plan
-        base, key, filters = plan.row_key(kwargs)
+    def get(
+        self, db: AsyncSession, redis: AsyncRedis, kwargs: dict[str, Any]
+    ) -> Coroutine[Any, Any, ResponseT]:
+        return self._read(db, redis, self._row_shape, kwargs)
 
-        def prepare() -> tuple[Entry, Read[ResponseT | Absent]]:
-            negative_exp = plan.settings.negative_exp
-            if negative_exp and not compares_exactly(
-                db.get_bind(plan.mapper).dialect.name,
-                plan.columns.columns,
-                plan.columns.python_types,
-                filters,
-            ):
-                negative_exp = 0
-
-            async def read(options: Mapping[str, Any]) -> Loaded[ResponseT | Absent]:
-                clauses, params = plan.where(filters)
-                query = plan.select().where(*clauses)
-                result = await db.execute(query, params, execution_options=options)
-                obj = result.scalar_one_or_none()
-                if obj is None:
-                    return Loaded(ABSENT, NEGATIVE_PAYLOAD if negative_exp else None, negative_exp)
-                response = plan.response(obj)
-                same_key = plan.row_key_of(obj) == base
-                return Loaded(response, response.model_dump_json() if same_key else None)
-
-            registries = list(plan.embedded[1])
-            if len(filters) > len(plan.row.fields):
-                registries.insert(0, deps_key(base))
-            if negative_exp:
-                registries.append(plan.namespace.negatives(plan.table))
-            return Entry(key, plan.schemes_key, plan.row_schemes, registries, plan.family), read
-
-        found = await self._read(
-            db, redis, key, self._decode_row, prepare, plan.context, (base, *plan.near_groups)
-        )
-        if found is ABSENT:
-            raise NoResultFound("No row was found when one was required")
-        return found
-
-    async def get_multi(
+    def get_multi(
         self,
         db: AsyncSession,
         redis: AsyncRedis,
@@ -108,11 +109,73 @@ class Reads(Generic[ModelT, ResponseT]):
         order_by: str | None,
         ascending: bool,
         kwargs: dict[str, Any],
-    ) -> list[ResponseT]:
+    ) -> Coroutine[Any, Any, list[ResponseT]]:
+        call = (limit, page, order_by, ascending, kwargs)
+        return self._read(db, redis, self._list_shape, call)
+
+    def count(
+        self, db: AsyncSession, redis: AsyncRedis | None, kwargs: dict[str, Any]
+    ) -> Coroutine[Any, Any, int]:
+        return self._read(db, redis, self._count_shape, kwargs)
+
+    def _row(self, kwargs: dict[str, Any]) -> Shaped[ResponseT | Absent]:
+        # Remembered per distinct call, as the plan's key is: a hit allocates nothing here.
+        memo = ("get", *kwargs.items(), *map(type, kwargs.values()))
+        return self._plan.recall(memo, self._shape_row, kwargs)
+
+    def _shape_row(self, kwargs: dict[str, Any]) -> Shaped[ResponseT | Absent]:
         plan = self._plan
+        base, key, filters = plan.row_key(kwargs)
+        prepare = partial(self._prepare_row, base, key, filters, {})
+        return key, self._decode_row, prepare, plan.context, base
+
+    def _prepare_row(
+        self,
+        base: str,
+        key: str,
+        filters: dict[str, Any],
+        exact: dict[str, bool],
+        db: AsyncSession,
+    ) -> tuple[Entry, Read[ResponseT | Absent]]:
+        """The miss of a ``get``; ``exact`` remembers, per dialect, whether the database
+        matches ``filters`` exactly when their key text matches (a negative entry may be
+        cached)."""
+        plan = self._plan
+        negative_exp = plan.settings.negative_exp
+        if negative_exp:
+            dialect = db.get_bind(plan.mapper).dialect.name
+            fits = exact.get(dialect)
+            if fits is None:
+                columns = plan.columns
+                fits = compares_exactly(dialect, columns.columns, columns.python_types, filters)
+                exact[dialect] = fits
+            if not fits:
+                negative_exp = 0
+
+        async def read(options: Mapping[str, Any]) -> Loaded[ResponseT | Absent]:
+            clauses, params = plan.where(filters)
+            query = plan.select().where(*clauses)
+            result = await db.execute(query, params, execution_options=options)
+            obj = result.scalar_one_or_none()
+            if obj is None:
+                return Loaded(ABSENT, NEGATIVE_PAYLOAD if negative_exp else None, negative_exp)
+            response = plan.response(obj)
+            same_key = plan.row_key_of(obj) == base
+            return Loaded(response, response.model_dump_json() if same_key else None)
+
+        registries = list(plan.embedded[1])
+        if len(filters) > len(plan.row.fields):
+            registries.insert(0, deps_key(base))
+        if negative_exp:
+            registries.append(plan.namespace.negatives(plan.table))
+        return Entry(key, plan.schemes_key, plan.row_schemes, registries, plan.family), read
+
+    def _list(self, call: ListCall) -> Shaped[list[ResponseT]]:
+        plan = self._plan
+        limit, page, order_by, ascending, kwargs = call
         key, ordering, filters = plan.list_key(limit, page, order_by, ascending, kwargs)
 
-        def prepare() -> tuple[Entry, Read[list[ResponseT]]]:
+        def prepare(db: AsyncSession) -> tuple[Entry, Read[list[ResponseT]]]:
             narrowed = plan.narrowing(db.get_bind(plan.mapper).dialect.name, filters, key)
 
             async def read(options: Mapping[str, Any]) -> Loaded[list[ResponseT]]:
@@ -141,77 +204,101 @@ class Reads(Generic[ModelT, ResponseT]):
             schemes = plan.prefix_schemes
             return Entry(key, plan.schemes_key, schemes, (registry, *embeds), plan.family), read
 
-        decode = self._list_decoder.validate_json
-        groups = (plan.list_group, *plan.near_groups)
-        return await self._read(db, redis, key, decode, prepare, plan.list_context, groups)
+        return key, self._list_decoder.validate_json, prepare, plan.list_context, plan.list_group
 
-    async def count(
-        self, db: AsyncSession, redis: AsyncRedis | None, kwargs: dict[str, Any]
-    ) -> int:
+    def _count(self, kwargs: dict[str, Any]) -> Shaped[int]:
         plan = self._plan
         key, filters = plan.count_key(kwargs)
 
-        async def read(options: Mapping[str, Any]) -> Loaded[int]:
-            clauses, params = plan.where(filters)
-            query = select(func.count()).select_from(plan.mapper.local_table).where(*clauses)
-            total = int((await db.execute(query, params)).scalar_one())
-            return Loaded(total, str(total))
+        def prepare(db: AsyncSession) -> tuple[Entry, Read[int]]:
+            async def read(options: Mapping[str, Any]) -> Loaded[int]:
+                clauses, params = plan.where(filters)
+                query = select(func.count()).select_from(plan.mapper.local_table).where(*clauses)
+                total = int((await db.execute(query, params)).scalar_one())
+                return Loaded(total, str(total))
 
-        if redis is None:
-            return (await run_read(db, read))[0].value
-
-        def prepare() -> tuple[Entry, Read[int]]:
             registry = plan.namespace.lists(plan.table)
             return Entry(key, plan.schemes_key, (), (registry,), plan.family), read
 
-        groups = (plan.list_group, *plan.near_groups)
-        return await self._read(db, redis, key, decode_count, prepare, plan.list_context, groups)
+        return key, decode_count, prepare, plan.list_context, plan.list_group
 
     async def _read(
-        self,
-        db: AsyncSession,
-        redis: AsyncRedis,
-        key: str,
-        decode: Callable[[Raw], T],
-        prepare: Callable[[], tuple[Entry, Read[T]]],
-        context: dict[str, str],
-        groups: tuple[str, ...],
+        self, db: AsyncSession, redis: AsyncRedis | None, shape: Shape[A, T], call: A
     ) -> T:
-        """Serve ``key`` from the near cache or Redis, or ``prepare()`` the miss path (only a
-        miss pays it): the entry to lease and fill, and the database read. ``context`` goes with
-        the log events (the model, and the row or list pattern); ``groups``: what else
-        invalidates ``key`` in the near cache (its row key or the table's lists; the tables its
-        entries embed)."""
-        near = self._near.of(redis) if self._near is not None else None
-        health = await self._clients.ready(db, redis)
+        """Serve the key ``shape`` maps ``call`` to from the near cache or Redis, or run its
+        ``prepare(db)`` (only a miss pays it): the entry to lease and fill, and the database
+        read. Without ``redis``, read the database. ``ABSENT`` (no row) raises
+        ``NoResultFound``.
+
+        With a near cache: served from it when it holds the key; else what Redis returned is
+        stored in it, unless an invalidation of the key, of its group (its row key, or the
+        table's lists) or of the tables its entries embed arrived since before the ``GET``."""
+        key, decode, prepare, context, group = shape(call)
+        stats = self._stats
+        if redis is None:
+            value = (await run_read(db, prepare(db)[1]))[0].value
+            return _present(value)
+        clients = self._clients
+        health = clients.bound(db, redis)
+        if health.failures or not health.policy_checked or health.server.pending is not None:
+            if checks_due(health):
+                await clients.check(redis, health)
+            usable = health.usable
+        else:  # the common case, without a call: the breaker is closed, nothing is pending
+            usable = health.safe
         changes: Changes | None = db.sync_session.info.get(CHANGES_KEY)
-        if health.usable and (changes is None or not self._written_in(changes)):
-            value = await cached(redis, health, key, decode, self._stats, context, near, groups)
-            if value is not store.MISS:
-                return value
-            entry, read = prepare()
-            return await read_through(
+        if usable and (changes is None or not self._written_in(changes)):
+            near = self._near.of(redis) if self._near is not None else None
+            ticket = None
+            if near is not None:
+                served = near_hit(near, key, decode, stats)
+                if served is not store.MISS:
+                    return _present(served)
+                ticket = near.tracker.ticket()
+            raw = await store.get(redis, health, key)
+            if raw is not store.MISS:
+                served = decoded(raw, key, decode, stats, context)
+                if served is not store.MISS:
+                    if ticket is not None and near is not None:
+                        near.store(key, (group, *self._plan.near_groups), raw, ticket)
+                    if served is not ABSENT:
+                        return served
+                    raise _no_row()
+            entry, read = prepare(db)
+            value = await read_through(
                 redis,
                 health,
                 entry,
                 decode=decode,
                 load=_loader(db, read),
                 exp=self._exp,
-                stats=self._stats,
+                stats=stats,
                 context=context,
             )
-        self._stats.bypasses += 1
-        load = _loader(db, prepare()[1])
+            return _present(value)
+        stats.bypasses += 1
+        load = _loader(db, prepare(db)[1])
         session = db.sync_session
         if changes is None and not (session.new or session.dirty or session.deleted):
             # Redis can't be used: concurrent misses of this key in the process share one read.
-            return await coalesced(key, decode, load)
-        return (await load()).value
+            return _present(await coalesced(key, decode, load))
+        return _present((await load()).value)
 
     def _written_in(self, changes: Changes) -> bool:
         """Whether ``changes`` touch the model's table or a table its entries embed."""
         plan = self._plan
         return changes.touches(plan.table) or any(map(changes.touches, plan.embedded[0]))
+
+
+def _present(value: T) -> T:
+    """``value``, unless it is ABSENT (a ``get`` of a row that does not exist)."""
+    if value is ABSENT:
+        raise _no_row()
+    return value
+
+
+def _no_row() -> NoResultFound:
+    return NoResultFound("No row was found when one was required")
 
 
 def _loader(db: AsyncSession, read: Read[T]) -> Callable[[], Awaitable[Loaded[T]]]:

@@ -16,7 +16,7 @@ from fastrdb.events.hooks import install_hooks
 from fastrdb.events.invalidator import replay
 from fastrdb.settings import Settings
 
-__all__ = ["Clients"]
+__all__ = ["Clients", "checks_due"]
 
 
 class Clients:
@@ -52,17 +52,35 @@ class Clients:
             self._last_health = health
         return health
 
+    def bound(self, db: AsyncSession, redis: AsyncRedis) -> ClientHealth:
+        """The client's health, after binding the session so FastRDB's writes invalidate: the
+        part of :meth:`ready` every call pays, without a coroutine. The rest is due when
+        :func:`checks_due` says so (first use, invalidations waiting)."""
+        return self._health_of(
+            redis, bind_session(db.sync_session, redis, self.settings, install_hooks)
+        )
+
     async def ready(
         self, db: AsyncSession, redis: AsyncRedis, *, replay_pending: bool = True
     ) -> ClientHealth:
         """The client's health, after binding the session so FastRDB's writes invalidate, after
         checking the server's memory policy (first use), and (``replay_pending``) after
         replaying invalidations that Redis could not take before."""
-        health = self._health_of(
-            redis, bind_session(db.sync_session, redis, self.settings, install_hooks)
-        )
+        health = self.bound(db, redis)
+        await self.check(redis, health, replay_pending=replay_pending)
+        return health
+
+    async def check(
+        self, redis: AsyncRedis, health: ClientHealth, *, replay_pending: bool = True
+    ) -> None:
+        """Check the server's memory policy (first use) and (``replay_pending``) replay the
+        invalidations that Redis could not take before."""
         if not health.policy_checked:
             await check_memory_policy(redis, health)
         if replay_pending and health.pending is not None:
             await replay(redis, health)
-        return health
+
+
+def checks_due(health: ClientHealth) -> bool:
+    """Whether :meth:`Clients.check` has anything to do for ``health`` (cheap: a hit asks)."""
+    return not health.policy_checked or health.server.pending is not None

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+import pytest
 import redis.asyncio
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from fastrdb import FastRDB
+from fastrdb import FastRDB, FastRDBError
 from fastrdb.events import listen
 from tests.models import User, UserCreate, UserResponse, UserUpdate
 
@@ -52,3 +54,24 @@ async def test_a_hit_checks_out_no_connection_and_begins_nothing(
     assert users.stats()["hits"] == hits + 4
     assert checkouts.count == 0
     handle.remove()
+
+
+async def test_reads_raise_where_they_are_awaited(
+    maker: async_sessionmaker[AsyncSession], redis_client: redis.asyncio.Redis
+) -> None:
+    """get(), get_multi() and count() hand back their read's coroutine without running any of
+    it (they are plain methods, one coroutine fewer per hit): bad input raises when the call is
+    awaited, as from an ``async def``, and a call never awaited does nothing."""
+    async with maker() as db:
+        calls = [
+            users.get(db=db, redis=redis_client, nickname="a"),
+            users.get_multi(db=db, redis=redis_client, limit=0),
+            users.count(db=db, redis=redis_client, nickname="a"),
+        ]
+        assert all(inspect.iscoroutine(call) for call in calls)
+        for call in calls:
+            with pytest.raises(FastRDBError):
+                await call
+        users.get(db=db, redis=redis_client, email="a@x.io").close()  # never awaited
+        assert await redis_client.dbsize() == 0
+        assert not db.in_transaction()

@@ -57,6 +57,8 @@ class Watchdog:
 
     def leave(self, task: asyncio.Task[object]) -> None:
         del self._calls[task]
+        if not self._expired:
+            return
         before = self._expired.pop(task, None)
         if before is not None:  # cancelled as the call ended, and the call swallowed it
             task.uncancel()
@@ -81,10 +83,20 @@ _watchdogs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Watchdog] = (
 )
 
 
+_last: Watchdog | None = None
+"""The watchdog :func:`watchdog` returned last: most processes run one loop, and a weak
+dictionary's lookup makes a weak reference each time."""
+
+
 def watchdog() -> Watchdog:
     """The watchdog of the running event loop."""
+    global _last
     loop = asyncio.get_running_loop()
+    last = _last
+    if last is not None and last._loop() is loop:
+        return last
     found = _watchdogs.get(loop)
     if found is None:
         found = _watchdogs[loop] = Watchdog(loop)
+    _last = found
     return found

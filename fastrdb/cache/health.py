@@ -93,12 +93,12 @@ class ClientHealth:
 
     __slots__ = (
         "__weakref__",
-        "_failures",
         "_open_until",
         "_probing",
         "_seen_errors",
         "_since",
         "errors",
+        "failures",
         "last_error",
         "last_error_at",
         "overloads",
@@ -118,7 +118,10 @@ class ClientHealth:
         """Whether FastRDB must bound each call itself: the client sets no socket timeouts
         within ``settings.redis_timeout``."""
         self.server = server or ServerState()
-        self._failures = 0
+        self.failures = 0
+        """Calls that failed in a row. 0 means the breaker is closed (its other fields are
+        only set after a failure), so the hit path asks this one field instead of
+        :meth:`allow`, :attr:`usable`'s breaker part and :meth:`succeeded`."""
         self._open_until = 0.0
         self._probing = False
         self._since = time.time()
@@ -174,19 +177,19 @@ class ClientHealth:
             state = "half-open"
         else:
             state = "open"
-        return state, self._since, self._failures
+        return state, self._since, self.failures
 
     def succeeded(self) -> None:
         if self._open_until:
             log.info("redis_recovered")
             self._since = time.time()
-        self._failures = 0
+        self.failures = 0
         self._open_until = 0.0
         self._probing = False
 
     def failed(self, exc: BaseException, operation: str) -> None:
         self.errors += 1
-        self._failures += 1
+        self.failures += 1
         self._probing = False
         self.last_error = (type(exc).__name__, str(exc)[:200])
         self.last_error_at = time.time()
@@ -203,7 +206,7 @@ class ClientHealth:
         if self._open_until:
             self._open_until = time.monotonic() + self.settings.breaker_cooldown
             return
-        if self._failures >= self.settings.breaker_threshold:
+        if self.failures >= self.settings.breaker_threshold:
             self._open_until = time.monotonic() + self.settings.breaker_cooldown
             self._since = time.time()
             log.warning(

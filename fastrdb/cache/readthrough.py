@@ -2,7 +2,9 @@
 
 It takes callables for decoding and loading and knows nothing of databases. The protocol:
 
-- a hit is one GET (:func:`cached`);
+- a hit is one GET (:func:`fastrdb.cache.store.get`) and a validation (:func:`decoded`), or a
+  near-cache lookup (:func:`near_hit`): plain functions, so that the caller's coroutine is the
+  only one a hit runs besides the GET's;
 - on a miss the reader takes the key's lease (a token, with a TTL) and loads, unless the key
   holds a value by then (another reader's fill landed since its GET): then it serves that, so a
   storm of misses costs one load. The fill lands only while that same token still holds the
@@ -32,7 +34,16 @@ from fastrdb.cache.health import ClientHealth
 from fastrdb.cache.near import NearCache
 from fastrdb.schemes import Scheme
 
-__all__ = ["Entry", "Loaded", "Stats", "cached", "coalesced", "key_ref", "read_through"]
+__all__ = [
+    "Entry",
+    "Loaded",
+    "Stats",
+    "coalesced",
+    "decoded",
+    "key_ref",
+    "near_hit",
+    "read_through",
+]
 
 T = TypeVar("T")
 
@@ -89,37 +100,25 @@ def key_ref(key: str) -> str:
     return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
 
 
-async def cached(
-    client: Any,
-    health: ClientHealth,
-    key: str,
-    decode: Callable[[Raw], T],
-    stats: Stats,
-    context: dict[str, str],
-    near: NearCache | None = None,
-    groups: tuple[str, ...] = (),
-) -> T | store.Miss:
-    """The hit path: one GET and a validation; MISS when absent, unusable or Redis is down.
+def near_hit(near: NearCache, key: str, decode: Callable[[Raw], T], stats: Stats) -> T | store.Miss:
+    """``key`` served from the ``near`` cache, or MISS (absent, or corrupt: then dropped)."""
+    raw = near.lookup(key)
+    if raw is None:
+        return store.MISS
+    try:
+        value = decode(raw)
+    except ValueError:
+        near.discard(key)
+        return store.MISS
+    stats.near_hits += 1
+    return value
 
-    With a ``near`` cache: served from it when it holds ``key``; else what Redis returned is
-    stored in it, unless an invalidation of ``key`` or of one of its ``groups`` arrived since
-    before the GET.
-    """
-    ticket = None
-    if near is not None:
-        raw_near = near.lookup(key)
-        if raw_near is not None:
-            try:
-                value = decode(raw_near)
-            except ValueError:
-                near.discard(key)
-            else:
-                stats.near_hits += 1
-                return value
-        ticket = near.tracker.ticket()
-    raw = await store.get(client, health, key)
-    if raw is store.MISS:
-        return raw
+
+def decoded(
+    raw: Raw, key: str, decode: Callable[[Raw], T], stats: Stats, context: dict[str, str]
+) -> T | store.Miss:
+    """The value a ``GET`` of ``key`` returned (:func:`fastrdb.cache.store.get`), validated;
+    MISS if it is corrupt (counted and logged: it will be leased and replaced)."""
     try:
         value = decode(raw)
     except ValueError:
@@ -127,8 +126,6 @@ async def cached(
         log.warning("cache_corrupt", key=key_ref(key), **context)
         return store.MISS
     stats.hits += 1  # counted, not logged: a log call costs more than the hit itself
-    if ticket is not None and near is not None:
-        near.store(key, groups, raw, ticket)
     return value
 
 
@@ -143,7 +140,7 @@ async def read_through(
     stats: Stats,
     context: dict[str, str],
 ) -> T:
-    """The miss path, after :func:`cached` found nothing: lease, load, fill — or wait for the
+    """The miss path, after a ``GET`` found nothing: lease, load, fill — or wait for the
     reader that holds the lease."""
     stats.misses += 1
     log.debug("cache_miss", key=key_ref(entry.key), **context)

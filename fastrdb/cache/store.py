@@ -130,8 +130,10 @@ async def _when_pool_frees(
 async def get(client: Any, health: ClientHealth, key: str) -> Raw | Miss:
     """The value under ``key``, or MISS. The hit path: one round trip.
 
-    The same guard as :func:`_guarded`, written out so that a hit creates no closure."""
-    if not health.allow():
+    The same guard as :func:`_guarded`, written out so that a hit creates no closure and, while
+    no call has failed (``health.failures`` is 0: the breaker is closed), makes no call on
+    ``health``."""
+    if health.failures and not health.allow():
         return MISS
     raw: Raw | None
     try:
@@ -154,7 +156,8 @@ async def get(client: Any, health: ClientHealth, key: str) -> Raw | Miss:
     except Exception as exc:  # every way a client fails is a Redis failure
         health.failed(exc, "get")
         return MISS
-    health.succeeded()
+    if health.failures:
+        health.succeeded()
     return MISS if raw is None else raw
 
 
