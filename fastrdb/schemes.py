@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -53,6 +54,12 @@ class Field:
         return cls(column, kind, tuple(sorted(labels.items())))
 
 
+@functools.lru_cache(maxsize=1024)
+def _members(scheme: Scheme) -> tuple[str, ...]:
+    plain = Scheme(scheme.kind, scheme.text).member()
+    return (plain,) if scheme.fields is None else (plain, scheme.member())
+
+
 @dataclass(frozen=True, slots=True)
 class Scheme:
     """One pattern in use for a table.
@@ -79,11 +86,11 @@ class Scheme:
         fields = {name: field.dump() for name, field in self.fields}
         return json.dumps([self.kind, self.text, fields], separators=(",", ":"), sort_keys=True)
 
-    def members(self) -> list[str]:
+    def members(self) -> tuple[str, ...]:
         """What to publish: the plain ``[kind, text]`` member that every version reads, and
-        the one with the fields (versions before them ignore a member they cannot read)."""
-        plain = Scheme(self.kind, self.text).member()
-        return [plain] if self.fields is None else [plain, self.member()]
+        the one with the fields (versions before them ignore a member they cannot read).
+        Remembered: every lease publishes them."""
+        return _members(self)
 
     @classmethod
     def from_member(cls, raw: bytes | str) -> Scheme | None:
