@@ -293,11 +293,12 @@ async def bench_database(name: str, url: str, args: argparse.Namespace) -> list[
             )
         )
 
-    # 1t. what bounding a call in time costs
-    results.extend(await bench_timers(name, client, key, args))
+    if not args.read_only:
+        # 1t. what bounding a call in time costs
+        results.extend(await bench_timers(name, client, key, args))
 
-    # 3. / 4. ORM update + commit
-    results.extend(await bench_update(name, engine, maker, client, crud, email, args))
+        # 3. / 4. ORM update + commit
+        results.extend(await bench_update(name, engine, maker, client, crud, email, args))
 
     # 5. 64 concurrent tasks of cached gets
     progress(f"{name}: 5 64 concurrent cached gets vs bare")
@@ -354,6 +355,10 @@ async def bench_database(name: str, url: str, args: argparse.Namespace) -> list[
     )
     for session in sessions:
         await session.close()
+    if args.read_only:
+        await client.aclose()
+        await engine.dispose()
+        return results
 
     # 6. stampede
     progress(f"{name}: 6 100 concurrent misses of one key")
@@ -1082,6 +1087,11 @@ def main() -> None:
         "--replicas-only",
         action="store_true",
         help="run only case 11 (wait_replicas: starts a redis-server and a replica)",
+    )
+    parser.add_argument(
+        "--read-only",
+        action="store_true",
+        help="run only cases 1, 2 and 5 (a hit, a miss, 64 concurrent hits)",
     )
     parser.add_argument(
         "--update-only",
