@@ -119,8 +119,13 @@ class Reads(Generic[ModelT, ResponseT]):
         return self._read(db, redis, self._count_shape, kwargs)
 
     def _row(self, kwargs: dict[str, Any]) -> Shaped[ResponseT | Absent]:
-        # Remembered per distinct call, as the plan's key is: a hit allocates nothing here.
-        memo = ("get", *kwargs.items(), *map(type, kwargs.values()))
+        # Remembered per distinct call (its values and their types), as the plan's key is: a
+        # hit builds one small tuple here. One filter, the common call, is written out.
+        if len(kwargs) == 1:
+            (item,) = kwargs.items()
+            memo: tuple[Any, ...] = ("get", item, type(item[1]))
+        else:
+            memo = ("get", *kwargs.items(), *map(type, kwargs.values()))
         return self._plan.recall(memo, self._shape_row, kwargs)
 
     def _shape_row(self, kwargs: dict[str, Any]) -> Shaped[ResponseT | Absent]:
