@@ -64,9 +64,18 @@ MISS: Final = Miss.MISS
 """The cache had no usable value (absent, or Redis could not be asked)."""
 
 
+_cluster_classes: dict[type, bool] = {}
+
+
 def is_cluster(client: Any) -> bool:
-    """Whether ``client`` is a Redis Cluster client (either kind)."""
-    return isinstance(client, RedisCluster | AsyncRedisCluster)
+    """Whether ``client`` is a Redis Cluster client (either kind). Remembered per class:
+    redis-py's cluster classes are protocols, and ``isinstance`` against them takes ~3 µs
+    (every miss asks, to lease)."""
+    kind = type(client)
+    known = _cluster_classes.get(kind)
+    if known is None:
+        known = _cluster_classes[kind] = isinstance(client, RedisCluster | AsyncRedisCluster)
+    return known
 
 
 async def _bounded(health: ClientHealth, call: Callable[[], Awaitable[_T]]) -> _T:
