@@ -34,9 +34,9 @@ arguments are the row as stored, under the lock that serializes every writer: th
 without ``BEGIN IMMEDIATE`` and a SELECT, two trips through the driver's thread fewer. The
 values are raw SQLite values and go through the columns' result processors, as a SELECT's
 would (not with ``native_datetime=True``, where the driver converts some itself: those rows are
-read). The post-image is found as on MariaDB (:mod:`fastrdb.events.exact`: known from the
-pre-image and the values sent, or read back). Hierarchies of one table with at most 100 columns
-(SQLite's default limit is 127 arguments).
+read). The post-image is found as where nothing is folded (:mod:`fastrdb.events.exact`: known
+from the pre-image and the values sent, or read back). Hierarchies of one table with at most
+100 columns (SQLite's default limit is 127 arguments).
 """
 
 from __future__ import annotations
@@ -224,8 +224,9 @@ def before_execute(
     if named and (sqlite or len(named) == len(identities or ()) == 1):
         rewritten = _folded(shape, statement, sqlite=sqlite)
         if rewritten is not None:
-            if sqlite:
-                _recorded(connection, shape)  # nothing left over from a failed statement
+            recorder = _recorder(connection) if sqlite else None
+            if recorder is not None:
+                recorder.rows.clear()  # nothing left over from a statement that failed
             folding.expected = (rewritten, shape, named)
             return rewritten, multiparams, params
     if identities is None:
