@@ -20,7 +20,7 @@ from fastrdb.cache.readthrough import (
     Loaded,
     Stats,
     coalesced,
-    decoded,
+    corrupt,
     near_hit,
     read_through,
 )
@@ -262,12 +262,16 @@ class Reads(Generic[ModelT, ResponseT]):
                 ticket = near.tracker.ticket()
             raw = await store.get(redis, health, key)
             if raw is not store.MISS:
-                served = decoded(raw, key, decode, stats, context)
-                if served is not store.MISS:
+                try:
+                    value = decode(raw)
+                except ValueError:
+                    corrupt(key, stats, context)  # leased and replaced below
+                else:
+                    stats.hits += 1  # counted, not logged: a log call costs more than a hit
                     if ticket is not None and near is not None:
                         near.store(key, (group, *self._plan.near_groups), raw, ticket)
-                    if served is not ABSENT:
-                        return served
+                    if value is not ABSENT:
+                        return value
                     raise _no_row()
             entry, read = prepare(db)
             value = await read_through(

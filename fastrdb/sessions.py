@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fastrdb._types import AsyncRedis
 from fastrdb.cache.health import ClientHealth, health_of
 from fastrdb.cache.policy import check_memory_policy
-from fastrdb.events.bindings import Binding, bind_session
+from fastrdb.events.bindings import BINDING_KEY, Binding, Slot, bind_session
 from fastrdb.events.hooks import install_hooks
 from fastrdb.events.invalidator import replay
 from fastrdb.settings import Settings
@@ -56,9 +56,18 @@ class Clients:
         """The client's health, after binding the session so FastRDB's writes invalidate: the
         part of :meth:`ready` every call pays, without a coroutine. The rest is due when
         :func:`checks_due` says so (first use, invalidations waiting)."""
-        return self._health_of(
-            redis, bind_session(db.sync_session, redis, self.settings, install_hooks)
-        )
+        session = db.sync_session
+        # A session that holds an active binding already (every call after its first, and
+        # every session of a listened sessionmaker) keeps it: what binding_of() answers first.
+        held = session.info.get(BINDING_KEY)
+        binding = held.binding if type(held) is Slot else held
+        if binding is None or not binding.active:
+            binding = bind_session(session, redis, self.settings, install_hooks)
+        health = binding.health if binding.client is redis else health_of(redis, self.settings)
+        if health is not self._last_health:
+            self._healths.add(health)
+            self._last_health = health
+        return health
 
     async def ready(
         self, db: AsyncSession, redis: AsyncRedis, *, replay_pending: bool = True

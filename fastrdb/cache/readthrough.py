@@ -2,9 +2,9 @@
 
 It takes callables for decoding and loading and knows nothing of databases. The protocol:
 
-- a hit is one GET (:func:`fastrdb.cache.store.get`) and a validation (:func:`decoded`), or a
-  near-cache lookup (:func:`near_hit`): plain functions, so that the caller's coroutine is the
-  only one a hit runs besides the GET's;
+- a hit is one GET (:func:`fastrdb.cache.store.get`) and a validation (a value that fails it
+  is :func:`corrupt`: a miss), or a near-cache lookup (:func:`near_hit`); the caller runs them
+  in its own coroutine, the only one a hit runs besides the GET's;
 - on a miss the reader takes the key's lease (a token, with a TTL) and loads, unless the key
   holds a value by then (another reader's fill landed since its GET): then it serves that, so a
   storm of misses costs one load. The fill lands only while that same token still holds the
@@ -39,7 +39,7 @@ __all__ = [
     "Loaded",
     "Stats",
     "coalesced",
-    "decoded",
+    "corrupt",
     "key_ref",
     "near_hit",
     "read_through",
@@ -114,19 +114,11 @@ def near_hit(near: NearCache, key: str, decode: Callable[[Raw], T], stats: Stats
     return value
 
 
-def decoded(
-    raw: Raw, key: str, decode: Callable[[Raw], T], stats: Stats, context: dict[str, str]
-) -> T | store.Miss:
-    """The value a ``GET`` of ``key`` returned (:func:`fastrdb.cache.store.get`), validated;
-    MISS if it is corrupt (counted and logged: it will be leased and replaced)."""
-    try:
-        value = decode(raw)
-    except ValueError:
-        stats.corrupt += 1
-        log.warning("cache_corrupt", key=key_ref(key), **context)
-        return store.MISS
-    stats.hits += 1  # counted, not logged: a log call costs more than the hit itself
-    return value
+def corrupt(key: str, stats: Stats, context: dict[str, str]) -> None:
+    """Note that the value a ``GET`` of ``key`` returned failed validation: a miss (it will be
+    leased and replaced), counted and logged."""
+    stats.corrupt += 1
+    log.warning("cache_corrupt", key=key_ref(key), **context)
 
 
 async def read_through(
