@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapper
+from sqlalchemy.orm import Mapper, Session
 
 from fastrdb.cache.health import ClientHealth
 from fastrdb.errors import FastRDBError
@@ -90,7 +90,7 @@ async def _read_rows(
     ]
     query = shape.select_values().where(*clauses)
 
-    async def read(options: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return [dict(row._mapping) for row in await db.execute(query)]
+    def read(session: Session, options: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return [dict(row._mapping) for row in session.execute(query)]
 
     return (await run_read(db, read))[0]

@@ -56,6 +56,11 @@ CountPlan = tuple[str, dict[str, Any]]
 """A ``count``: its key, the filters."""
 
 
+def _params(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The bound values of :meth:`Plan.where`'s clauses (a None filter is ``IS NULL``)."""
+    return {f"fastrdb_{name}": value for name, value in kwargs.items() if value is not None}
+
+
 def check_positive_int(name: str, value: Any) -> None:
     """``value`` is an ``int`` (not a ``bool``) of at least 1, else ``FastRDBError``."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -134,6 +139,7 @@ class Plan(Generic[ModelT, ResponseT]):
         self.list_context = {"model": self.name, "pattern": self.list.text}
         self._memo: dict[tuple[Any, ...], Any] = {}
         self._where_cache: dict[tuple[tuple[str, bool], ...], tuple[ColumnElement[bool], ...]] = {}
+        self._select_cache: dict[tuple[tuple[str, bool], ...], Select[Any]] = {}
         self._checked_schemas: set[type] = set()
 
     def _scheme(self, kind: SchemeKind, pattern: KeyPattern) -> Scheme:
@@ -240,8 +246,17 @@ class Plan(Generic[ModelT, ResponseT]):
                 else attributes[name] == bindparam(f"fastrdb_{name}")
                 for name, is_none in shape
             )
-        params = {f"fastrdb_{name}": value for name, value in kwargs.items() if value is not None}
-        return clauses, params
+        return clauses, _params(kwargs)
+
+    def select_where(self, kwargs: Mapping[str, Any]) -> tuple[Select[Any], dict[str, Any]]:
+        """:meth:`select` with :meth:`where`'s clauses, and their bound values. The statement
+        is built once per set of filter names: SQLAlchemy then finds its compiled form without
+        a new statement's cache key to work out (tens of microseconds a miss)."""
+        shape = tuple((name, kwargs[name] is None) for name in kwargs)
+        statement = self._select_cache.get(shape)
+        if statement is None:
+            statement = self._select_cache[shape] = self.select().where(*self.where(kwargs)[0])
+        return statement, _params(kwargs)
 
     # -- what a call maps to, remembered per distinct call --
 

@@ -11,7 +11,9 @@ from pydantic import BaseModel, TypeAdapter
 from sqlalchemy import func, select
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
+from fastrdb import snapshots
 from fastrdb._types import AsyncRedis, Raw
 from fastrdb.cache import store
 from fastrdb.cache.near import NearCaches
@@ -39,8 +41,8 @@ ResponseT = TypeVar("ResponseT", bound=BaseModel)
 T = TypeVar("T")
 A = TypeVar("A")
 
-Read: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[Loaded[T]]]
-"""A database read, given its SELECT's execution options: the value and the text to cache."""
+Read: TypeAlias = snapshots.Read[Loaded[T]]
+"""A database read (see :data:`fastrdb.snapshots.Read`): the value and the text to cache."""
 
 Shaped: TypeAlias = tuple[
     str, Callable[[Raw], T], Callable[[AsyncSession], tuple[Entry, Read[T]]], dict[str, str], str
@@ -157,11 +159,9 @@ class Reads(Generic[ModelT, ResponseT]):
             if not fits:
                 negative_exp = 0
 
-        async def read(options: Mapping[str, Any]) -> Loaded[ResponseT | Absent]:
-            clauses, params = plan.where(filters)
-            query = plan.select().where(*clauses)
-            result = await db.execute(query, params, execution_options=options)
-            obj = result.scalar_one_or_none()
+        def read(session: Session, options: Mapping[str, Any]) -> Loaded[ResponseT | Absent]:
+            query, params = plan.select_where(filters)
+            obj = session.execute(query, params, execution_options=options).scalar_one_or_none()
             if obj is None:
                 return Loaded(ABSENT, NEGATIVE_PAYLOAD if negative_exp else None, negative_exp)
             response = plan.response(obj)
@@ -183,17 +183,14 @@ class Reads(Generic[ModelT, ResponseT]):
         def prepare(db: AsyncSession) -> tuple[Entry, Read[list[ResponseT]]]:
             narrowed = plan.narrowing(db.get_bind(plan.mapper).dialect.name, filters, key)
 
-            async def read(options: Mapping[str, Any]) -> Loaded[list[ResponseT]]:
-                clauses, params = plan.where(filters)
+            def read(session: Session, options: Mapping[str, Any]) -> Loaded[list[ResponseT]]:
+                selected, params = plan.select_where(filters)
                 query = (
-                    plan.select()
-                    .where(*clauses)
-                    .order_by(*(o.asc() if ascending else o.desc() for o in ordering))
+                    selected.order_by(*(o.asc() if ascending else o.desc() for o in ordering))
                     .limit(limit)
                     .offset((page - 1) * limit)
                 )
-                result = await db.execute(query, params, execution_options=options)
-                rows = result.scalars().all()
+                rows = session.execute(query, params, execution_options=options).scalars().all()
                 responses = [plan.response(row) for row in rows]
                 if narrowed is not None and not plan.rows_fit(rows, filters):
                     return Loaded(responses, None)
@@ -216,10 +213,10 @@ class Reads(Generic[ModelT, ResponseT]):
         key, filters = plan.count_key(kwargs)
 
         def prepare(db: AsyncSession) -> tuple[Entry, Read[int]]:
-            async def read(options: Mapping[str, Any]) -> Loaded[int]:
+            def read(session: Session, options: Mapping[str, Any]) -> Loaded[int]:
                 clauses, params = plan.where(filters)
                 query = select(func.count()).select_from(plan.mapper.local_table).where(*clauses)
-                total = int((await db.execute(query, params)).scalar_one())
+                total = int(session.execute(query, params).scalar_one())
                 return Loaded(total, str(total))
 
             registry = plan.namespace.lists(plan.table)

@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 from sqlalchemy import inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from fastrdb._types import AsyncRedis
@@ -178,33 +179,44 @@ class Writes(Generic[ModelT, ResponseT]):
     async def _read_back(
         self, db: AsyncSession, obj: Any, *, locked: bool = False, since: int | None = None
     ) -> tuple[ResponseT, str | None]:
-        """The row's response and single-row key as the database holds it now, with what the
-        response schema embeds (``refresh()`` would leave nested relationships to lazy loads).
-
-        ``locked``: the writer holds the row's lock; read it with ``FOR UPDATE``, which reads
-        the latest version even in a REPEATABLE READ snapshot taken before another session's
-        commit (MariaDB: a plain read there returns the snapshot's row when this transaction
-        sent no UPDATE for it, e.g. an update() that changed nothing).
+        """The row's response and single-row key as the database holds it now (see
+        :meth:`_refresh`).
 
         ``since`` (a mark of the session's changes taken before the flush that wrote ``obj``):
         when that flush recorded the row's post-image, which the session hooks read back (or
         knew exactly) in this transaction under the write lock, it is the row, and no SELECT
         is sent. A flush that wrote nothing for the row recorded none: it is read."""
         plan = self._plan
+        if (
+            plan.embedding.options
+            or since is None
+            or not self._from_post_image(db.sync_session, obj, since)
+        ):
+            await db.run_sync(self._refresh, obj, locked)
+        return plan.response(obj), plan.row_key_of(obj)
+
+    def _refresh(self, session: Session, obj: Any, locked: bool = False) -> None:
+        """Load ``obj`` again with what the response schema embeds (``refresh()`` would leave
+        nested relationships to lazy loads).
+
+        ``locked``: the writer holds the row's lock; read it with ``FOR UPDATE``, which reads
+        the latest version even in a REPEATABLE READ snapshot taken before another session's
+        commit (MariaDB: a plain read there returns the snapshot's row when this transaction
+        sent no UPDATE for it, e.g. an update() that changed nothing)."""
+        plan = self._plan
         embedded = plan.embedding.options
         if embedded:  # under REPEATABLE READ its fill is refused (see _embeds_current)
             identity = inspect(obj).identity
-            await db.get(plan.model, identity, options=embedded, populate_existing=True)
-        elif since is None or not self._from_post_image(db, obj, since):
-            await db.refresh(obj, with_for_update=locked or None)
-        return plan.response(obj), plan.row_key_of(obj)
+            session.get(plan.model, identity, options=embedded, populate_existing=True)
+        else:
+            session.refresh(obj, with_for_update=locked or None)
 
-    def _from_post_image(self, db: AsyncSession, obj: Any, since: int) -> bool:
+    def _from_post_image(self, session: Session, obj: Any, since: int) -> bool:
         """Load ``obj``'s columns from the post-image its flush recorded; False if there is
         none to load them all from (a model of an inheritance hierarchy: refreshed instead)."""
         state = inspect(obj)
         mapper = state.mapper
-        changes: Changes | None = db.sync_session.info.get(CHANGES_KEY)
+        changes: Changes | None = session.info.get(CHANGES_KEY)
         if changes is None or mapper.inherits is not None or mapper.polymorphic_map:
             return False
         shape = mapper_shape(mapper)
@@ -225,8 +237,16 @@ class Writes(Generic[ModelT, ResponseT]):
         response and single-row key, taken from what the refresh read and before that end
         (which expires the instances under ``expire_on_commit``)."""
 
-        async def read(options: Mapping[str, Any]) -> list[tuple[ResponseT, str | None]]:
-            return [await self._read_back(db, obj) for obj in objects]
+        plan = self._plan
+
+        def read(
+            session: Session, options: Mapping[str, Any]
+        ) -> list[tuple[ResponseT, str | None]]:
+            read_back = []
+            for obj in objects:
+                self._refresh(session, obj)
+                read_back.append((plan.response(obj), plan.row_key_of(obj)))
+            return read_back
 
         return (await run_read(db, read))[0]
 
@@ -251,8 +271,7 @@ class Writes(Generic[ModelT, ResponseT]):
         lease, and a rename committed before it would be embedded in its old form."""
         if not self._plan.embedding.options:
             return True
-        connection = await db.connection()
-        return connection.dialect.name == "sqlite" or await statement_fresh(connection)
+        return bool(await db.run_sync(_reads_latest))
 
     async def _commit_and_cache(self, db: AsyncSession, redis: AsyncRedis, obj: Any) -> ResponseT:
         """Commit the session and write the row through to its key.
@@ -317,3 +336,9 @@ class Writes(Generic[ModelT, ResponseT]):
                 if held:  # also when cancelled during the fill: leave no lease behind
                     await store.release(redis, health, key, token)
         return response
+
+
+def _reads_latest(session: Session) -> bool:
+    """Whether a read in ``session`` now sees the latest commit (SQLite: always, one writer)."""
+    connection = session.connection()
+    return connection.dialect.name == "sqlite" or statement_fresh(connection)
