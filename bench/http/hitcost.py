@@ -11,7 +11,7 @@ process of its own under ``valgrind --tool=callgrind``; the difference over N is
 one GET with start-up, imports and warm-up excluded. The Redis server's work is not counted
 (it runs in its own process); the round trips are counted separately (``--profile`` shows the
 client calls). Both apps use their own database (``bench_http_hitcost``, 100 rows, created by
-the script on ``--server``) and a redis-server the script starts.
+the script on ``--server`` and dropped after it) and a redis-server the script starts.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.http.run import ROOT, seed_databases, start_redis, stop
+from bench.http.run import ROOT, drop_databases, seed_databases, start_redis, stop
 
 APPS = {
     "fastrdb": ("examples.fastapi_app", "app", "FastRDB example app, `users.get`"),
@@ -181,6 +181,7 @@ def main() -> None:
                 print(f"| {APPS[name][2]} | {count:,.0f} | {ratio:.2f} |")
         finally:
             stop(redis_server)
+            asyncio.run(drop_databases(args.server, [DATABASE]))
 
 
 if __name__ == "__main__":

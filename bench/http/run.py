@@ -131,6 +131,18 @@ async def seed_databases(server: str, names: list[str], rows: int) -> None:
         await engine.dispose()
 
 
+async def drop_databases(server: str, names: list[str]) -> None:
+    """Drop what :func:`seed_databases` created: a benchmark leaves no database behind."""
+    import asyncpg
+
+    admin = await asyncpg.connect(f"postgresql://{server}/postgres")
+    try:
+        for name in names:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 def start_app(variant: str, loop: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     event_loop, http = LOOPS[loop]
     command = [sys.executable, "-m", "uvicorn", APPS[variant], "--host", "127.0.0.1"]
@@ -269,55 +281,71 @@ def run(args: argparse.Namespace, folder: Path) -> list[Round]:
         progress(f"seeding {args.rows:,} rows into {len(variants)} PostgreSQL databases")
         databases = {variant: f"{args.database_prefix}_{variant}" for variant in variants}
         asyncio.run(seed_databases(args.postgres, list(databases.values()), args.rows))
-        for loop in args.loops.split(","):
-            ports = {variant: free_port() for variant in variants}
-            processes = {}
-            try:
-                for index, variant in enumerate(variants):
-                    env = {
-                        **os.environ,
-                        "PYTHONPATH": str(ROOT),
-                        "DATABASE_URL": f"postgresql+asyncpg://{args.postgres}/{databases[variant]}",
-                        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/{index}",
-                    }
-                    processes[variant] = start_app(variant, loop, ports[variant], env)
-                for variant in variants:
-                    wait_ready(ports[variant], processes[variant], variant)
-                for mode in args.modes.split(","):
-                    for variant in variants:
-                        progress(f"{loop} {mode}: warming up {variant}")
-                        warmup = folder / "warmup"
-                        count = drive(ports[variant], args, MODES[mode], args.warmup, warmup)
-                        logs = [Path(f"{warmup}.{n}") for n in range(1, count + 1)]
-                        histories[variant].add(read_logs([log for log in logs if log.exists()]))
-                        for log in logs:
-                            log.unlink(missing_ok=True)
-                    for number in range(args.rounds):
-                        turn = number % len(variants)
-                        order = variants[turn:] + variants[:turn]
-                        for variant in order:
-                            result = measure(
-                                variant,
-                                ports[variant],
-                                args,
-                                loop,
-                                mode,
-                                number,
-                                histories[variant],
-                                folder,
-                            )
-                            rounds.append(result)
-                            progress(
-                                f"{loop} {mode} round {number + 1}/{args.rounds} {variant}: "
-                                f"{result.rps:,.0f} req/s, p99 {result.p99_ms:.1f} ms, "
-                                f"{result.stale} stale"
-                            )
-            finally:
-                for process in processes.values():
-                    stop(process)
+        try:
+            _run_loops(args, folder, variants, databases, redis_port, rounds, histories)
+        finally:
+            asyncio.run(drop_databases(args.postgres, list(databases.values())))
     finally:
         stop(redis_server)
     return rounds
+
+
+def _run_loops(
+    args: argparse.Namespace,
+    folder: Path,
+    variants: list[str],
+    databases: dict[str, str],
+    redis_port: int,
+    rounds: list[Round],
+    histories: dict[str, History],
+) -> None:
+    """Each event loop's rounds: the apps started on it, warmed up, then measured in turns."""
+    for loop in args.loops.split(","):
+        ports = {variant: free_port() for variant in variants}
+        processes = {}
+        try:
+            for index, variant in enumerate(variants):
+                env = {
+                    **os.environ,
+                    "PYTHONPATH": str(ROOT),
+                    "DATABASE_URL": f"postgresql+asyncpg://{args.postgres}/{databases[variant]}",
+                    "REDIS_URL": f"redis://127.0.0.1:{redis_port}/{index}",
+                }
+                processes[variant] = start_app(variant, loop, ports[variant], env)
+            for variant in variants:
+                wait_ready(ports[variant], processes[variant], variant)
+            for mode in args.modes.split(","):
+                for variant in variants:
+                    progress(f"{loop} {mode}: warming up {variant}")
+                    warmup = folder / "warmup"
+                    count = drive(ports[variant], args, MODES[mode], args.warmup, warmup)
+                    logs = [Path(f"{warmup}.{n}") for n in range(1, count + 1)]
+                    histories[variant].add(read_logs([log for log in logs if log.exists()]))
+                    for log in logs:
+                        log.unlink(missing_ok=True)
+                for number in range(args.rounds):
+                    turn = number % len(variants)
+                    order = variants[turn:] + variants[:turn]
+                    for variant in order:
+                        result = measure(
+                            variant,
+                            ports[variant],
+                            args,
+                            loop,
+                            mode,
+                            number,
+                            histories[variant],
+                            folder,
+                        )
+                        rounds.append(result)
+                        progress(
+                            f"{loop} {mode} round {number + 1}/{args.rounds} {variant}: "
+                            f"{result.rps:,.0f} req/s, p99 {result.p99_ms:.1f} ms, "
+                            f"{result.stale} stale"
+                        )
+        finally:
+            for process in processes.values():
+                stop(process)
 
 
 def summarize(rounds: list[Round], variants: list[str]) -> list[dict[str, Any]]:
