@@ -1,6 +1,7 @@
-"""MariaDB's row-based binlog, read as a replica with the ``mysql-replication`` package.
+"""MariaDB's row-based binlog, read as a replica (:mod:`fastrdb.capture.binlog`; table maps
+decoded by the ``mysql-replication`` package).
 
-A reader thread follows the binlog (the package's client is blocking) and hands whole
+A reader thread follows the binlog (the dump connection is blocking) and hands whole
 transactions, each ending at its ``XID`` (or ``COMMIT`` for non-transactional tables) with the
 binlog position after it, to the asyncio side through a bounded queue. The position is kept in
 Redis under ``{namespace}:capture:{name}:position`` and written only after the transactions
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import queue
 import threading
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastrdb._logging import log
+from fastrdb.capture import binlog
+from fastrdb.capture.binlog import Dump, RowsEvent, TableMaps
 from fastrdb.capture.rows import RowChange, Transaction
 from fastrdb.capture.source import Batch, CaptureSetupError
 
@@ -214,75 +218,58 @@ class MariaDBSource:
                 continue
 
     def _stream(self, position: Position) -> None:
-        from pymysqlreplication import BinLogStreamReader
-        from pymysqlreplication.event import HeartbeatLogEvent, QueryEvent, XidEvent
-        from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
-
         a = self.address
-        stream = BinLogStreamReader(
-            connection_settings={
-                "host": a.host,
-                "port": a.port,
-                "user": a.user,
-                "password": a.password,
-            },
-            server_id=self.server_id,
-            log_file=position[0],
-            log_pos=position[1],
-            resume_stream=True,
-            blocking=True,
-            # The package's MariaDB mode ignores log_file/log_pos (it dumps from the first
-            # binlog unless given a GTID state); the classic file/offset dump that MariaDB
-            # also serves starts exactly at the stored position.
-            is_mariadb=False,
-            slave_heartbeat=self.heartbeat,
-            # A table map event precedes every transaction's rows; decoding it again each
-            # time (column types, names, charsets, in Python) cost about a quarter of capture's
-            # CPU. A table id names one table definition until the server re-opens the table
-            # (DDL, a flush) or restarts (a new stream): on DDL the decoded maps are dropped.
-            freeze_schema=True,
-            pymysql_wrapper=_connect,
-            only_events=[
-                WriteRowsEvent,
-                UpdateRowsEvent,
-                DeleteRowsEvent,
-                XidEvent,
-                QueryEvent,
-                HeartbeatLogEvent,
-            ],
+        dump = Dump(
+            functools.partial(_connect, host=a.host, port=a.port, user=a.user, password=a.password),
+            position[0],
+            position[1],
+            self.server_id,
+            self.heartbeat,
         )
+        tables = TableMaps()
         rows: list[RowChange] = []
+        dump.open()
         try:
             while not self._stop.is_set():
-                event = stream.fetchone()
-                if event is None:
+                event = dump.next()
+                kind = event.kind
+                if kind == binlog.TABLE_MAP:
+                    tables.learn(dump, event)
                     continue
-                if isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
-                    changes = _row_changes(event, self._booleans)
-                    rows.extend(_with_cascades(changes, self._cascades))
+                if kind in binlog.ROWS:
+                    logged = tables.rows(dump, event)
+                    if logged is not None:
+                        changes = _row_changes(logged, self._booleans)
+                        rows.extend(_with_cascades(changes, self._cascades))
                     continue
-                here = (stream.log_file, int(event.packet.log_pos))
-                if isinstance(event, XidEvent):
+                if kind == binlog.ROTATE:
+                    if event.timestamp:  # not the dump's first: maybe a restarted server
+                        tables.clear()
+                    continue
+                if kind not in (binlog.XID, binlog.QUERY, binlog.HEARTBEAT):
+                    continue  # GTID, format description, binlog checkpoint, annotations...
+                here = (dump.file, event.position)
+                if kind == binlog.XID:
                     self._put(_transaction(rows, here, event.timestamp))
                     rows = []
-                elif isinstance(event, QueryEvent):
-                    query = event.query.strip().upper()
+                elif kind == binlog.QUERY:
+                    schema, statement = binlog.query(dump, event)
+                    query = statement.strip().upper()
                     if query == "COMMIT":
                         self._put(_transaction(rows, here, event.timestamp))
                         rows = []
                     elif query.startswith("TRUNCATE") and not rows:
-                        schema = _text(event.schema)
                         table = query.split()[-1].strip("`").split("`.`")[-1].lower()
                         truncated = RowChange(schema, table, "truncate")
                         self._put(_transaction([truncated], here, event.timestamp))
                     elif query != "BEGIN" and not rows:
-                        stream.table_map.clear()  # DDL: table maps are decoded afresh
+                        tables.clear()  # DDL: table maps are decoded afresh
                         self._reload_schema()  # DDL: new boolean columns, foreign keys
                         self._put(_transaction([], here, event.timestamp))  # a safe point
                 if not rows and here[1]:
                     self._seen = here
         finally:
-            stream.close()
+            dump.close()
 
     async def read(self) -> Batch:
         try:
@@ -497,28 +484,11 @@ def _with_cascades(changes: list[RowChange], cascades: Cascades) -> list[RowChan
     return result
 
 
-_ABSENT = "cols bitmap"
-"""``mysql-replication``'s none source of a column the row image left out
-(``binlog_row_image=MINIMAL`` or ``NOBLOB``, which a session may set for itself)."""
-
-
-def _present(row: dict[str, Any], values: str, sources: str) -> tuple[dict[str, Any], bool]:
-    """The columns a row image holds (the ones it left out are not NULL: they are unknown),
-    and whether it holds every column."""
-    image: dict[str, Any] = row[values]
-    absent = [name for name, source in row.get(sources, {}).items() if source == _ABSENT]
-    if not absent:
-        return image, True
-    return {name: value for name, value in image.items() if name not in absent}, False
-
-
-def _row_changes(event: Any, booleans: Booleans) -> list[RowChange]:
+def _row_changes(event: RowsEvent, booleans: Booleans) -> list[RowChange]:
     """The row changes of one rows event. A row image without every column (the writer's
     session set ``binlog_row_image`` to ``MINIMAL``: capture refuses a server whose global
     setting is not ``FULL``, but a session may change its own) is marked incomplete."""
-    from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent
-
-    schema, table = _text(event.schema), _text(event.table)
+    schema, table = event.schema, event.table
     flags = booleans.get((schema, table))
 
     def typed(values: dict[str, Any]) -> dict[str, Any]:
@@ -528,19 +498,18 @@ def _row_changes(event: Any, booleans: Booleans) -> list[RowChange]:
                     values[column] = bool(values[column])
         return values
 
-    changes: list[RowChange] = []
-    if isinstance(event, UpdateRowsEvent):
-        for row in event.rows:
-            before, complete = _present(row, "before_values", "before_none_sources")
-            after, _ = _present(row, "after_values", "after_none_sources")
-            changes.append(
-                RowChange(schema, table, "update", typed(before), typed(after), complete)
-            )
-        return changes
-    for row in event.rows:
-        image, complete = _present(row, "values", "none_sources")
-        if isinstance(event, DeleteRowsEvent):
-            changes.append(RowChange(schema, table, "delete", typed(image), None, complete))
-        else:
-            changes.append(RowChange(schema, table, "insert", None, typed(image), complete))
-    return changes
+    images = event.images
+    if event.kind in binlog.UPDATE_ROWS:
+        return [
+            RowChange(schema, table, "update", typed(before), typed(after), complete)
+            for (before, complete), (after, _) in zip(images[::2], images[1::2], strict=True)
+        ]
+    if event.kind in binlog.DELETE_ROWS:
+        return [
+            RowChange(schema, table, "delete", typed(image), None, complete)
+            for image, complete in images
+        ]
+    return [
+        RowChange(schema, table, "insert", None, typed(image), complete)
+        for image, complete in images
+    ]
