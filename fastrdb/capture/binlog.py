@@ -34,6 +34,8 @@ _HEADER = struct.Struct("<xIBIIIH")
 _BODY = 20
 _COM_BINLOG_DUMP = 0x12
 _LOST = 2013  # CR_SERVER_LOST
+_CHUNK = 1 << 16
+"""Bytes asked of the socket at a time (it answers with what has arrived)."""
 
 
 @dataclass(slots=True)
@@ -47,18 +49,6 @@ class Event:
     """Where the binlog continues after this event (0 for an artificial event)."""
     data: bytes
     end: int
-
-
-def _packet(read: Callable[[int], bytes]) -> bytes:
-    """One protocol packet's payload (empty: the connection is closed)."""
-    head = read(4)
-    if len(head) < 4:
-        return b""
-    size = head[0] | head[1] << 8 | head[2] << 16
-    data = read(size)
-    if len(data) < size:
-        raise _lost("connection closed")
-    return data
 
 
 def _lost(reason: str) -> Exception:
@@ -92,6 +82,11 @@ class Dump:
         description event."""
         self._connection: Any = None
         self._read: Callable[[int], bytes] | None = None
+        self.before_wait: Callable[[], None] | None = None
+        """Called before each read from the socket (which may wait for the server)."""
+        self._buffer = b""
+        """Bytes received and not yet returned, from ``_at`` on."""
+        self._at = 0
 
     def open(self) -> None:
         # A read waits at most this long: the server sends a heartbeat every `heartbeat`
@@ -119,23 +114,52 @@ class Dump:
         # socket keeps the write timeout: the same as the read timeout).
         connection._write_bytes(struct.pack("<I", len(command))[:3] + b"\x00" + command)
         connection._next_seq_id = 1
-        self._read = connection._rfile.read
+        self._read = connection._rfile.read1
+        self._buffer, self._at = b"", 0
+
+    def _fill(self, count: int) -> None:
+        """Receive until ``count`` bytes wait in the buffer (blocking): :attr:`before_wait`
+        first."""
+        read = self._read
+        if read is None:
+            raise _lost("not open")
+        if self.before_wait is not None:
+            self.before_wait()
+        chunks = [self._buffer[self._at :]]
+        have = len(chunks[0])
+        try:
+            while have < count:
+                more = read(max(_CHUNK, count - have))
+                if not more:
+                    raise _lost("connection closed")
+                chunks.append(more)
+                have += len(more)
+        except OSError as exc:  # a timeout, a reset
+            raise _lost(type(exc).__name__) from exc
+        self._buffer, self._at = b"".join(chunks), 0
+
+    def _packet(self) -> bytes:
+        """One protocol packet's payload."""
+        buffer, at = self._buffer, self._at
+        if len(buffer) - at < 4:
+            self._fill(4)
+            buffer, at = self._buffer, 0
+        end = at + 4 + (buffer[at] | buffer[at + 1] << 8 | buffer[at + 2] << 16)
+        if end > len(buffer):
+            self._fill(end - at)
+            buffer, end, at = self._buffer, end - at, 0
+        self._at = end
+        return buffer[at + 4 : end]
 
     def next(self) -> Event:
         """The next event (blocking). Raises pymysql's ``OperationalError`` when the
         connection is lost or the server refuses the dump."""
-        read = self._read
-        if read is None:
-            raise _lost("not open")
-        try:
-            data = chunk = _packet(read)
-            while len(chunk) == 0xFFFFFF:  # a packet continued in the next one
-                chunk = _packet(read)
-                data += chunk
-        except OSError as exc:  # a timeout, a reset
-            raise _lost(type(exc).__name__) from exc
+        data = chunk = self._packet()
+        while len(chunk) == 0xFFFFFF:  # a packet continued in the next one
+            chunk = self._packet()
+            data += chunk
         if not data:
-            raise _lost("connection closed")
+            raise _lost("an empty packet")
         if data[0] != 0:
             if data[0] == 0xFF:
                 import pymysql
@@ -157,6 +181,7 @@ class Dump:
 
     def close(self) -> None:
         connection, self._connection, self._read = self._connection, None, None
+        self._buffer, self._at = b"", 0
         if connection is not None:
             with contextlib.suppress(Exception):  # a lost connection may refuse the QUIT
                 connection.close()

@@ -33,6 +33,9 @@ __all__ = ["MariaDBSource", "ServerAddress"]
 _FETCH_BATCH = 500
 """Keys per SELECT of :meth:`MariaDBSource.fetch`."""
 
+_HANDOFF = 256
+"""Transactions handed to the asyncio side at most at a time."""
+
 REPORT_EVERY = 0.1
 """Seconds between two writes of the position while transactions stream in."""
 
@@ -118,7 +121,7 @@ class MariaDBSource:
         self.batch_rows = batch_rows
         self.heartbeat = heartbeat
         self.default_schema = address.database
-        self._queue: queue.Queue[Transaction | _Failed] = queue.Queue(maxsize=10_000)
+        self._queue: queue.Queue[list[Transaction] | _Failed] = queue.Queue(maxsize=10_000)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._seen: Position = ("", 0)
@@ -209,7 +212,7 @@ class MariaDBSource:
         except BaseException as exc:
             self._put(_Failed(exc))
 
-    def _put(self, item: Transaction | _Failed) -> None:
+    def _put(self, item: list[Transaction] | _Failed) -> None:
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.2)
@@ -228,9 +231,23 @@ class MariaDBSource:
         )
         tables = TableMaps()
         rows: list[RowChange] = []
+        pending: list[Transaction] = []
+        """Transactions read and not yet handed over: handed over together before the next
+        read from the socket (or when there are many), one queue call for all."""
+        safe = self._seen
+
+        def hand_over() -> None:
+            if pending:
+                self._put(list(pending))
+                pending.clear()
+                self._seen = safe
+
+        dump.before_wait = hand_over
         dump.open()
         try:
             while not self._stop.is_set():
+                if len(pending) >= _HANDOFF:
+                    hand_over()
                 event = dump.next()
                 kind = event.kind
                 if kind == binlog.TABLE_MAP:
@@ -250,24 +267,26 @@ class MariaDBSource:
                     continue  # GTID, format description, binlog checkpoint, annotations...
                 here = (dump.file, event.position)
                 if kind == binlog.XID:
-                    self._put(_transaction(rows, here, event.timestamp))
+                    pending.append(_transaction(rows, here, event.timestamp))
                     rows = []
                 elif kind == binlog.QUERY:
                     schema, statement = binlog.query(dump, event)
                     query = statement.strip().upper()
                     if query == "COMMIT":
-                        self._put(_transaction(rows, here, event.timestamp))
+                        pending.append(_transaction(rows, here, event.timestamp))
                         rows = []
                     elif query.startswith("TRUNCATE") and not rows:
                         table = query.split()[-1].strip("`").split("`.`")[-1].lower()
                         truncated = RowChange(schema, table, "truncate")
-                        self._put(_transaction([truncated], here, event.timestamp))
+                        pending.append(_transaction([truncated], here, event.timestamp))
                     elif query != "BEGIN" and not rows:
                         tables.clear()  # DDL: table maps are decoded afresh
                         self._reload_schema()  # DDL: new boolean columns, foreign keys
-                        self._put(_transaction([], here, event.timestamp))  # a safe point
+                        pending.append(_transaction([], here, event.timestamp))  # safe point
                 if not rows and here[1]:
-                    self._seen = here
+                    safe = here
+                    if not pending:
+                        self._seen = here
         finally:
             dump.close()
 
@@ -280,7 +299,7 @@ class MariaDBSource:
             except queue.Empty:
                 return Batch(drained=self._queue.empty())
         batch = Batch()
-        item: Transaction | _Failed = first
+        item: list[Transaction] | _Failed = first
         count = 0
         while True:
             if isinstance(item, _Failed):
@@ -288,9 +307,9 @@ class MariaDBSource:
                     self._queue.queue.appendleft(item)  # report it after this batch
                     break
                 raise item.error
-            batch.transactions.append(item)
-            batch.position = item.position
-            count += len(item.rows)
+            batch.transactions.extend(item)
+            batch.position = item[-1].position
+            count += sum(len(transaction.rows) for transaction in item)
             if count >= self.batch_rows:
                 break
             try:
