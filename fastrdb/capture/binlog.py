@@ -82,6 +82,9 @@ class Dump:
         description event."""
         self._connection: Any = None
         self._read: Callable[[int], bytes] | None = None
+        self.drained = True
+        """Whether the last read from the socket took all it had (the server had sent no
+        more yet)."""
         self.before_wait: Callable[[], None] | None = None
         """Called before each read from the socket (which may wait for the server)."""
         self._buffer = b""
@@ -129,11 +132,13 @@ class Dump:
         have = len(chunks[0])
         try:
             while have < count:
-                more = read(max(_CHUNK, count - have))
+                asked = max(_CHUNK, count - have)
+                more = read(asked)
                 if not more:
                     raise _lost("connection closed")
                 chunks.append(more)
                 have += len(more)
+                self.drained = len(more) < asked
         except OSError as exc:  # a timeout, a reset
             raise _lost(type(exc).__name__) from exc
         self._buffer, self._at = b"".join(chunks), 0
