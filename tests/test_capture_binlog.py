@@ -236,3 +236,44 @@ def test_unsupported_column_types_have_no_reader() -> None:
         schema, table, columns = "s", "t", [Column()]
 
     assert not TableImages(Table()).supported
+
+
+def test_a_rotated_binlog_is_followed(server: MariaDBServer) -> None:
+    """After FLUSH BINARY LOGS the dump names the new file, its positions are the server's,
+    and the new file's rows are read (its table maps decoded afresh)."""
+    connection = _connect(server, database="capture")
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS rotated")
+        cursor.execute("CREATE TABLE rotated (id INT PRIMARY KEY, name VARCHAR(20))")
+        cursor.execute("SHOW MASTER STATUS")
+        file, position = cursor.fetchone()[:2]
+        cursor.execute("INSERT INTO rotated VALUES (1, 'before')")
+        cursor.execute("FLUSH BINARY LOGS")
+        cursor.execute("INSERT INTO rotated VALUES (2, 'after')")
+        cursor.execute("SHOW MASTER STATUS")
+        new_file, end = cursor.fetchone()[:2]
+    connection.close()
+    assert new_file != file
+    dump = Dump(lambda **settings: _connect(server, **settings), file, position, 0x5FA50004, 0.2)
+    tables = TableMaps()
+    names: list[Any] = []
+    commits: list[tuple[str, int]] = []
+    dump.open()
+    try:
+        while (dump.file, commits[-1][1] if commits else 0) != (new_file, end):
+            event = dump.next()
+            if event.kind == binlog.TABLE_MAP:
+                tables.learn(dump, event)
+            elif event.kind in binlog.ROWS:
+                rows = tables.rows(dump, event)
+                assert rows is not None
+                names.extend(image["name"] for image, _ in rows.images)
+            elif event.kind == binlog.ROTATE and event.timestamp:
+                tables.clear()
+            elif event.kind == binlog.XID:
+                commits.append((dump.file, event.position))
+    finally:
+        dump.close()
+    assert names == ["before", "after"]
+    assert commits[0][0] == file
+    assert commits[-1] == (new_file, end)
