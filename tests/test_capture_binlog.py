@@ -277,3 +277,17 @@ def test_a_rotated_binlog_is_followed(server: MariaDBServer) -> None:
     assert names == ["before", "after"]
     assert commits[0][0] == file
     assert commits[-1] == (new_file, end)
+
+
+def test_a_refused_dump_raises_the_servers_error(server: MariaDBServer) -> None:
+    """A dump the server refuses (a binlog file it does not have) raises its error as
+    pymysql's exception."""
+    dump = Dump(
+        lambda **settings: _connect(server, **settings), "absent.000001", 4, 0x5FA50005, 0.2
+    )
+    dump.open()
+    try:
+        with pytest.raises(pymysql.err.MySQLError, match=r"log"):
+            dump.next()  # the artificial rotate event comes first on success only
+    finally:
+        dump.close()
