@@ -41,6 +41,10 @@ added ~0.7 ms to the lag's median (4 ms: 35 µs, +1.5 ms)."""
 _HANDOFF = 256
 """Transactions handed to the asyncio side at most at a time."""
 
+_WAITING = 40
+"""Hand-overs waiting for the asyncio side at most (about 10,000 transactions in a backlog);
+the reader waits for room, and the server for the reader."""
+
 REPORT_EVERY = 0.1
 """Seconds between two writes of the position while transactions stream in."""
 
@@ -128,7 +132,7 @@ class MariaDBSource:
         self.heartbeat = heartbeat
         self.coalesce = coalesce
         self.default_schema = address.database
-        self._queue: queue.Queue[list[Transaction] | _Failed] = queue.Queue(maxsize=10_000)
+        self._queue: queue.Queue[list[Transaction] | _Failed] = queue.Queue(maxsize=_WAITING)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._seen: Position = ("", 0)
@@ -207,7 +211,7 @@ class MariaDBSource:
         self._seen = position
         self._unstored = None  # delivered but not stored: read again from the stored one
         self._stop.clear()
-        self._queue = queue.Queue(maxsize=10_000)
+        self._queue = queue.Queue(maxsize=_WAITING)
         self._thread = threading.Thread(
             target=self._follow, args=(position,), name="fastrdb-capture-binlog", daemon=True
         )
