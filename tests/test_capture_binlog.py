@@ -291,3 +291,32 @@ def test_a_refused_dump_raises_the_servers_error(server: MariaDBServer) -> None:
             dump.next()  # the artificial rotate event comes first on success only
     finally:
         dump.close()
+
+
+def test_compressed_events_stop_capture(server: MariaDBServer) -> None:
+    """A binlog compressed by the server (log_bin_compress) is refused at start, and a
+    compressed event met while reading stops capture, instead of its rows going unseen."""
+    from fastrdb.capture.mariadb import MariaDBSource, ServerAddress
+    from fastrdb.capture.source import CaptureSetupError
+
+    source = MariaDBSource(
+        ServerAddress("127.0.0.1", server.port, "root", "", "capture"), "c", None
+    )
+    connection = _connect(server, database="capture")
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE IF EXISTS squeezed")
+            cursor.execute("CREATE TABLE squeezed (id INT PRIMARY KEY, name TEXT)")
+            cursor.execute("SHOW MASTER STATUS")
+            position = cursor.fetchone()[:2]
+            cursor.execute("SET GLOBAL log_bin_compress_min_len = 10")
+            cursor.execute("SET GLOBAL log_bin_compress = ON")
+            with pytest.raises(CaptureSetupError, match="log_bin_compress"):
+                source._check()
+            cursor.execute("INSERT INTO squeezed VALUES (1, REPEAT('x', 1000))")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SET GLOBAL log_bin_compress = OFF")
+        connection.close()
+    with pytest.raises(CaptureSetupError, match="log_bin_compress"):
+        source._stream((str(position[0]), int(position[1])))

@@ -28,6 +28,8 @@ UPDATE_ROWS = (24, 31)
 DELETE_ROWS = (25, 32)
 ROWS = frozenset((*WRITE_ROWS, *UPDATE_ROWS, *DELETE_ROWS))
 _V2 = frozenset((30, 31, 32))
+COMPRESSED = frozenset(range(165, 172))
+"""MariaDB's compressed query and rows events (``log_bin_compress``)."""
 
 _HEADER = struct.Struct("<xIBIIIH")
 """The OK byte, then the event header: timestamp, type, server id, size, next position, flags."""

@@ -76,6 +76,12 @@ delete rule, update rule) of each foreign key that changes children in the datab
 Booleans = dict[tuple[str, str], frozenset[str]]
 """Per table: its ``tinyint(1)`` columns, which SQLAlchemy's ``Boolean`` reads as bool."""
 
+_COMPRESSED = (
+    "the binlog holds compressed events, which capture cannot read: set it OFF (my.cnf"
+    " [mariadbd] log-bin-compress=OFF, or SET GLOBAL log_bin_compress=OFF); what was logged"
+    " compressed is not read, so flush the cache and delete the stored position"
+)
+
 _BOOLEANS = (
     "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS"
     " WHERE COLUMN_TYPE = 'tinyint(1)'"
@@ -166,6 +172,10 @@ class MariaDBSource:
                             f"{name.replace('_', '-')}={wanted}; RDS: the parameter group's"
                             f" {name})",
                         )
+                cursor.execute("SHOW GLOBAL VARIABLES LIKE 'log_bin_compress'")
+                row = cursor.fetchone()
+                if row is not None and str(row[1]).upper() == "ON":
+                    raise CaptureSetupError("log_bin_compress", "is ON; " + _COMPRESSED)
                 self._cascades = _load_cascades(cursor)
                 self._booleans = _load_booleans(cursor)
                 return self._master_position(cursor)
@@ -270,8 +280,8 @@ class MariaDBSource:
                 woke = time.monotonic()
 
         dump.before_wait = before_wait
-        dump.open()
         try:
+            dump.open()
             while not self._stop.is_set():
                 if len(pending) >= _HANDOFF:
                     hand_over()
@@ -290,6 +300,8 @@ class MariaDBSource:
                     if event.timestamp:  # not the dump's first: maybe a restarted server
                         tables.clear()
                     continue
+                if kind in binlog.COMPRESSED:
+                    raise CaptureSetupError("log_bin_compress", "was ON; " + _COMPRESSED)
                 if kind not in (binlog.XID, binlog.QUERY, binlog.HEARTBEAT):
                     continue  # GTID, format description, binlog checkpoint, annotations...
                 here = (dump.file, event.position)
@@ -450,10 +462,6 @@ def _connect(**settings: Any) -> Any:
 
 def _quoted(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _transaction(rows: list[RowChange], position: Position, timestamp: int) -> Transaction:
