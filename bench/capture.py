@@ -3,7 +3,7 @@ vs not, and catch-up of a queued backlog.
 
     python -m bench.capture [--databases postgresql,mariadb] [--seconds 4]
                             [--baseline DIR] [--rounds 2] [--pairs 10]
-                            [--cases lag,throughput,catchup] [--rates 100,1000,3000]
+                            [--cases lag,throughput,floor,catchup] [--rates 100,1000,3000]
 
 Starts its own PostgreSQL (wal_level=logical), MariaDB (row binlog) and Redis on free loopback
 ports, and runs ``fastrdb capture`` as a separate process, as in production. Key deletions
@@ -14,6 +14,11 @@ on arrival, against the moment the writer's COMMIT returned.
 runs each case with that checkout's ``fastrdb capture`` and this one's, alternating, in
 ``--rounds`` rounds: each result says its ``variant`` (``baseline`` or ``current``), so the
 two compare in the same run, under the same load.
+
+The ``floor`` case is the throughput case with the database's own command-line consumer of
+the same log in capture's place (``pg_recvlogical`` with ``test_decoding``, or
+``mariadb-binlog --raw``), writing nowhere: what reading the log costs the writer whoever
+reads it, the floor capture's ratio compares with.
 """
 
 from __future__ import annotations
@@ -21,13 +26,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import glob
 import json
 import os
 import signal
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +60,9 @@ LEG_ROWS = 2000
 QUIET = 0.25
 """A throughput pair is quiet when, in each leg, processes other than the benchmark's own
 (other users of the machine) used at most this many cores: its ratio is also reported apart."""
+FLOOR_PAUSE = 0.5
+"""Seconds before each leg of the floor case: its consumer reads what came before meanwhile
+(it has no key to watch)."""
 SCHEME = '["row","bc:{id}"]'
 
 
@@ -97,6 +107,46 @@ async def _drain(stream: asyncio.StreamReader) -> None:
 
 async def stop_capture(process: asyncio.subprocess.Process) -> None:
     process.send_signal(signal.SIGTERM)
+    await process.wait()
+
+
+async def start_floor(
+    server: PostgresServer | MariaDBServer, folder: Path
+) -> asyncio.subprocess.Process:
+    """The database's own consumer of the log from now on, writing to ``folder`` or nowhere
+    (see the module's docstring)."""
+    if isinstance(server, PostgresServer):
+        binary = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_recvlogical"))[-1]
+        where = ["-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", "-d", "postgres"]
+        command = [binary, *where, "--slot", "bench_floor"]
+        create = await asyncio.create_subprocess_exec(
+            *command, "--create-slot", "--if-not-exists", "-P", "test_decoding"
+        )
+        if await create.wait():
+            raise RuntimeError("pg_recvlogical could not create its slot")
+        return await asyncio.create_subprocess_exec(*command, "--start", "-f", "/dev/null")
+    reader = await asyncio.create_subprocess_exec(
+        *server.client(), "-N", "-e", "SHOW MASTER STATUS", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await reader.communicate()
+    log_file = out.decode().split()[0]
+    return await asyncio.create_subprocess_exec(
+        "mariadb-binlog",
+        "--read-from-remote-server",
+        "-h",
+        "127.0.0.1",
+        f"-P{server.port}",
+        "-uroot",
+        "--raw",
+        "--stop-never",
+        f"--result-file={folder}/",
+        log_file,
+    )
+
+
+async def stop_floor(process: asyncio.subprocess.Process) -> None:
+    process.send_signal(signal.SIGCONT)  # stopped legs end with it resumed; to be sure
+    process.terminate()
     await process.wait()
 
 
@@ -321,12 +371,14 @@ async def throughput_case(
     capture: asyncio.subprocess.Process,
     offset: Callable[[], int],
     pairs: int,
+    caught_up: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
     """Writer throughput with capture running vs stopped (``SIGSTOP``), ``pairs`` pairs of
     legs in alternating order; per running leg, capture's CPU time and deliveries, and per
     leg the machine's busy share and the cores other processes used (other users of the
     machine): the ratio of the pairs where those stayed under :data:`QUIET` is reported
-    apart, beside the ratio of all pairs."""
+    apart, beside the ratio of all pairs. Each leg starts once ``caught_up()`` returned
+    (default: capture has delivered everything, :func:`settle`)."""
     ratios: list[float] = []
     quiet: list[float] = []
     running: list[float] = []
@@ -338,7 +390,10 @@ async def throughput_case(
     """Per leg, the CPU (in cores) that processes other than the benchmark's own used."""
 
     async def leg(with_capture: bool) -> float:
-        await settle(engine, client)  # each leg starts with capture caught up
+        if caught_up is None:
+            await settle(engine, client)  # each leg starts with capture caught up
+        else:
+            await caught_up()
         if not with_capture:
             capture.send_signal(signal.SIGSTOP)
         cpu = cpu_seconds(capture.pid)
@@ -436,6 +491,16 @@ async def bench(
                     result = await throughput_case(engine, client, capture, offset, pairs)
                     results.append({**result, "variant": variant, "round": round_ + 1})
                 await stop_capture(capture)
+            if "floor" in cases:
+                progress(f"{kind} round {round_ + 1}: writer throughput, the floor")
+                with tempfile.TemporaryDirectory() as folder:
+                    floor = await start_floor(server, Path(folder))
+                    result = await throughput_case(
+                        engine, client, floor, offset, pairs, lambda: asyncio.sleep(FLOOR_PAUSE)
+                    )
+                    await stop_floor(floor)
+                result["case"] = "writer throughput, the database's own log consumer running vs not"
+                results.append({**result, "variant": "floor", "round": round_ + 1})
 
         for variant, root in variants.items() if "catchup" in cases else ():
             progress(f"{kind} {variant}: catch-up of 100,000 queued changes")
@@ -513,7 +578,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=PAIRS, help="writer throughput pairs")
     parser.add_argument("--rates", default="100,1000,3000", help="rows/s of the lag cases")
     parser.add_argument(
-        "--cases", default="lag,throughput,catchup", help="any of lag, throughput, catchup"
+        "--cases",
+        default="lag,throughput,catchup",
+        help="any of lag, throughput, floor, catchup",
     )
     args = parser.parse_args()
     variants = {"current": ROOT}
