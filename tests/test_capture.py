@@ -1515,3 +1515,52 @@ async def test_asking_for_the_binlog_end_opens_no_connection_each_time(
         assert connections() - before <= 1
     finally:
         probe.close()
+
+
+async def test_one_read_of_the_stream_takes_all_it_has_received(served: Served) -> None:
+    """Capture pauses between deliveries under a fast stream: each read must take every
+    message the server has sent by then, not one buffer of libpq's (16 KiB). With one buffer
+    per read, a stream of 3,000 commits a second fell behind for good. (PostgreSQL: MariaDB's
+    reader thread reads as the binlog arrives.)"""
+    if served.kind != "postgresql":
+        pytest.skip("the replication stream is PostgreSQL's")
+    from psycopg.conninfo import make_conninfo
+
+    from fastrdb.capture.postgresql import _OPTIONS
+    from fastrdb.capture.walstream import WalStream
+
+    commits = 250  # three messages each (BEGIN, INSERT, COMMIT): ~70 KB of them
+    engine = create_engine(served.sync_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(
+            text("SELECT pg_create_logical_replication_slot('fastrdb', 'test_decoding')")
+        )
+        for n in range(1, commits + 1):
+            connection.execute(
+                text("INSERT INTO cap_authors (id, name, books, active) VALUES (:n, 'a', 0, true)"),
+                {"n": n},
+            )
+        end = connection.scalar(text("SELECT pg_current_wal_lsn()"))
+    conninfo = make_conninfo(served.url, replication="database", application_name="fastrdb-test")
+    stream = WalStream(conninfo, "fastrdb", _OPTIONS)
+    await stream.start()
+    try:
+        async with asyncio.timeout(30):  # until the server has sent it all
+            while True:
+                with engine.connect() as connection:
+                    sent = connection.scalar(
+                        text(
+                            "SELECT sent_lsn >= CAST(:end AS pg_lsn) FROM pg_stat_replication"
+                            " WHERE application_name = 'fastrdb-test'"
+                        ),
+                        {"end": end},
+                    )
+                if sent:
+                    break
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # and the loopback has carried it
+        messages = await stream.receive(1.0, 100_000)
+    finally:
+        stream.close()
+        engine.dispose()
+    assert len(messages) == 3 * commits
