@@ -388,6 +388,9 @@ async def throughput_case(
     busy: list[float] = []
     others: list[float] = []
     """Per leg, the CPU (in cores) that processes other than the benchmark's own used."""
+    behind: list[float] = []
+    """Per running leg, how long capture took after it to deliver the leg's last change: work
+    capture put off past the leg would not show in the writer's rate, but shows here."""
 
     async def leg(with_capture: bool) -> float:
         if caught_up is None:
@@ -406,8 +409,12 @@ async def throughput_case(
         busy.append(used / total)
         others.append((used - (own_cpu() - mine)) / elapsed)
         if with_capture:
-            cpu_ms.append((cpu_seconds(capture.pid) - cpu) * 1000)
             per_second.append((await deliveries(client) - calls) / elapsed)
+            if caught_up is None:  # the leg's CPU includes what capture did after it
+                done = time.perf_counter()
+                await settle(engine, client)
+                behind.append(time.perf_counter() - done)
+            cpu_ms.append((cpu_seconds(capture.pid) - cpu) * 1000)
         else:
             capture.send_signal(signal.SIGCONT)
         return rate
@@ -440,6 +447,9 @@ async def throughput_case(
         "capture_cpu_ms_per_leg": round(statistics.median(cpu_ms)),
         "capture_cpu_us_per_row": round(statistics.median(cpu_ms) * 1000 / LEG_ROWS),
         "deliveries_per_s": round(statistics.median(per_second)),
+        "caught_up_after_leg_ms": (
+            [round(min(behind) * 1000, 1), round(max(behind) * 1000, 1)] if behind else None
+        ),
         "machine_busy": [round(min(busy), 2), round(max(busy), 2)],
         "other_cores": [round(min(others), 2), round(max(others), 2)],
         "quiet_pairs": len(quiet),
