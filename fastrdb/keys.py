@@ -354,6 +354,12 @@ def parse_pattern(text: str) -> KeyPattern:
     return KeyPattern(text)
 
 
+@lru_cache(maxsize=4096)
+def _table(name: str) -> str:
+    """A table's name as bookkeeping keys write it (asked on every invalidation)."""
+    return encode_value(name)
+
+
 class Namespace:
     """Names of FastRDB's own bookkeeping keys under a configurable prefix."""
 
@@ -364,25 +370,25 @@ class Namespace:
 
     def schemes(self, table: str) -> str:
         """The set of patterns published for ``table``, for listeners in any process."""
-        return f"{self.prefix}:schemes:{encode_value(table)}"
+        return f"{self.prefix}:schemes:{_table(table)}"
 
     def lists(self, table: str) -> str:
         """The registry of list keys that any change of ``table`` makes stale."""
-        return f"{self.prefix}:lists:{encode_value(table)}"
+        return f"{self.prefix}:lists:{_table(table)}"
 
     def embeds(self, table: str) -> str:
         """The registry of entries that embed rows of ``table`` (nested response schemas):
         any change of ``table`` makes them stale."""
-        return f"{self.prefix}:embeds:{encode_value(table)}"
+        return f"{self.prefix}:embeds:{_table(table)}"
 
     def narrowed_lists(self, table: str, expanded_prefix: str) -> str:
         """The registry of list keys that only changes matching ``expanded_prefix`` make stale."""
-        return f"{self.prefix}:lists:{encode_value(table)}:{encode_value(expanded_prefix)}"
+        return f"{self.prefix}:lists:{_table(table)}:{encode_value(expanded_prefix)}"
 
     def negatives(self, table: str) -> str:
         """The registry of keys that may hold a negative entry of ``table``: drained by a
         change of ``table`` whose values are unknown."""
-        return f"{self.prefix}:negatives:{encode_value(table)}"
+        return f"{self.prefix}:negatives:{_table(table)}"
 
     def tables(self) -> str:
         """The set of tables that have cache entries (members: encoded table names), so an
@@ -401,4 +407,4 @@ class Namespace:
 
     def count(self, table: str) -> str:
         """The key of ``count()`` of ``table`` (a digest suffix holds any filters)."""
-        return f"{self.prefix}:count:{encode_value(table)}"
+        return f"{self.prefix}:count:{_table(table)}"

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 import redis.asyncio
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, create_engine, delete, insert, inspect, select, update
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import flag_modified
 
 from fastrdb.events import ListenHandle, listen
+from fastrdb.events.collector import _written
 from tests.conftest import Database, async_redis_client
-from tests.models import User, Verse, VerseSchema
+from tests.models import Author, Book, PlainBase, Tag, User, Verse, VerseSchema, book_tags
 from tests.processes import run_python
 from tests.test_crud import add_user, users, verses
 
@@ -484,3 +486,45 @@ async def test_legacy_query_update_and_delete(
     assert (await users.get(db=db, redis=redis_client, email="a@x.io")).name == "Legacy"
     with pytest.raises(NoResultFound):
         await users.get(db=db, redis=redis_client, email="b@x.io")
+
+
+_EDITS: dict[str, Callable[[Session, Book], None]] = {
+    "untouched": lambda session, book: None,
+    "title set to its value": lambda session, book: setattr(book, "title", book.title),
+    "title changed": lambda session, book: setattr(book, "title", "Other"),
+    "title changed and put back": lambda session, book: (
+        setattr(book, "title", "Other"),
+        setattr(book, "title", "Title"),
+    ),
+    "title flagged modified": lambda session, book: flag_modified(book, "title"),
+    "expired title set": lambda session, book: (
+        session.expire(book, ["title"]),
+        setattr(book, "title", "Other"),
+    ),
+    "tag added (a collection)": lambda session, book: book.tags.append(Tag(id=9, label="t")),
+    "author changed (many-to-one)": lambda session, book: setattr(
+        book, "author", session.get_one(Author, 2)
+    ),
+    "author set to its value": lambda session, book: setattr(book, "author", book.author),
+    "foreign key changed": lambda session, book: setattr(book, "author_id", 2),
+}
+
+
+@pytest.mark.parametrize("edit", list(_EDITS))
+def test_what_a_flush_writes_is_what_is_modified_says(edit: str) -> None:
+    """The hooks' cheap test of whether a flush writes a row's columns answers as
+    ``Session.is_modified(obj, include_collections=False)`` does."""
+    engine = create_engine("sqlite://")
+    PlainBase.metadata.create_all(
+        engine, tables=[Author.__table__, Book.__table__, Tag.__table__, book_tags]
+    )
+    with Session(engine) as session:
+        session.add_all([Author(id=1, name="A"), Author(id=2, name="B")])
+        session.add(Book(id=1, title="Title", author_id=1))
+        session.commit()
+        book = session.get_one(Book, 1)
+        assert book.author.id == 1 and book.tags == []  # loaded, as code showing them would
+        _EDITS[edit](session, book)
+        state = inspect(book)
+        assert _written(state) is session.is_modified(book, include_collections=False)
+    engine.dispose()

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Final
+from collections.abc import Awaitable
+from typing import Final, TypeVar
 
-__all__ = ["Watchdog", "watchdog"]
+__all__ = ["Watchdog", "watchdog", "within"]
+
+_T = TypeVar("_T")
 
 TICKS_PER_LIMIT: Final = 4
 """A call is cancelled between its limit and 1.25 times its limit."""
@@ -100,3 +103,18 @@ def watchdog() -> Watchdog:
         found = _watchdogs[loop] = Watchdog(loop)
     _last = found
     return found
+
+
+async def within(awaitable: Awaitable[_T], seconds: float) -> _T:
+    """``await awaitable`` in the current task, cancelled past ``seconds``: then
+    ``TimeoutError``, as ``asyncio.timeout`` raises (a cancellation from elsewhere propagates)."""
+    dog = watchdog()
+    task = dog.enter(seconds)
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        if dog.expired(task):
+            raise TimeoutError from None
+        raise
+    finally:
+        dog.leave(task)

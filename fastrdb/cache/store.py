@@ -26,7 +26,7 @@ from redis.exceptions import MaxConnectionsError
 
 from fastrdb._compat import await_in_greenlet
 from fastrdb._types import Raw
-from fastrdb.cache.deadline import watchdog
+from fastrdb.cache.deadline import watchdog, within
 from fastrdb.cache.health import REDIS_ERRORS, ClientHealth
 from fastrdb.cache.near import forget
 from fastrdb.cache.replicas import Wait, run_then_wait, wait_on_masters
@@ -84,16 +84,7 @@ async def _bounded(health: ClientHealth, call: Callable[[], Awaitable[_T]]) -> _
     see :mod:`fastrdb.cache.deadline`)."""
     if not health.own_timeout:
         return await call()
-    dog = watchdog()
-    task = dog.enter(health.settings.redis_timeout)
-    try:
-        return await call()
-    except asyncio.CancelledError:
-        if dog.expired(task):
-            raise TimeoutError from None
-        raise
-    finally:
-        dog.leave(task)
+    return await within(call(), health.settings.redis_timeout)
 
 
 async def _guarded(
@@ -305,11 +296,7 @@ class Caller:
         """The reply; ``extra`` seconds are added to the bound (a call that waits on purpose)."""
         if not self.is_async:
             return reply
-        return await_in_greenlet(self._bounded(reply, self._timeout + extra))
-
-    async def _bounded(self, awaitable: Awaitable[_T], seconds: float) -> _T:
-        async with asyncio.timeout(seconds):
-            return await awaitable
+        return await_in_greenlet(within(reply, self._timeout + extra))
 
     def pause(self, seconds: float) -> None:
         """Sleep: through the event loop for an asyncio client, blocking otherwise."""
@@ -405,7 +392,9 @@ def deliver_invalidation(
         if wait is not None:
             wait_on_masters(call, client, written, wait)
         return dropped
-    cache = _scheme_caches.setdefault(client, {})
+    cache = _scheme_caches.get(client)
+    if cache is None:
+        cache = _scheme_caches[client] = {}
     for _ in range(5):
         missing = [table for table in tables if table not in cache]
         if missing:

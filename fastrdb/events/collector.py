@@ -35,6 +35,7 @@ from sqlalchemy.orm import (
     attributes,
     object_session,
 )
+from sqlalchemy.orm.base import PassiveFlag
 from sqlalchemy.sql.dml import Delete, Insert, Update
 
 from fastrdb._logging import log
@@ -106,8 +107,21 @@ def _identity(state: InstanceState[Any]) -> Identity:
     return tuple(state.mapper.primary_key_from_instance(state.obj()))
 
 
-def _written(session: Session, state: InstanceState[Any]) -> bool:
-    return session.is_modified(state.obj(), include_collections=False)
+def _written(state: InstanceState[Any]) -> bool:
+    """Whether the flush writes the row's own columns: what
+    ``Session.is_modified(obj, include_collections=False)`` answers, asking only the attributes
+    that have a history (those in ``committed_state``; it asks every attribute of the class)."""
+    if not state.modified:
+        return False
+    manager, values = state.manager, state.dict
+    for key in state.committed_state:
+        impl = manager[key].impl
+        if hasattr(impl, "get_collection"):
+            continue
+        added, _, deleted = impl.get_history(state, values, passive=PassiveFlag.NO_CHANGE)
+        if added or deleted:
+            return True
+    return False
 
 
 def before_flush(session: Session, flush_context: UOWTransaction, instances: object) -> None:
@@ -129,7 +143,7 @@ def before_flush(session: Session, flush_context: UOWTransaction, instances: obj
             rows.setdefault(shape, (state.mapper, [], []))[1].append(_identity(state))
     for obj in session.dirty:
         state = attributes.instance_state(obj)
-        if state.key is not None and _written(session, state):
+        if state.key is not None and _written(state):
             shape = mapper_shape(state.mapper)
             deferred = state.mapper.version_id_col is None
             entry = rows.setdefault(shape, (state.mapper, [], []))
@@ -188,7 +202,7 @@ def before_update(mapper: Mapper[Any], connection: Connection, target: Any) -> N
     if (
         session is not None
         and binding_of(session) is not None
-        and _written(session, attributes.instance_state(target))
+        and _written(attributes.instance_state(target))
     ):
         _read_before(session, mapper, connection, target, update=True)
 
@@ -225,7 +239,7 @@ def after_write(mapper: Mapper[Any], connection: Connection, target: Any) -> Non
     if session is None or binding_of(session) is None:
         return
     state = attributes.instance_state(target)
-    if state.key is not None and not _written(session, state):
+    if state.key is not None and not _written(state):
         return
     flush = _flush_of(session)
     flush.connection = connection

@@ -265,10 +265,12 @@ def after_execute(
             if identity in wanted:
                 before.setdefault(identity, old)
         return
-    for row in result.fetchall():
-        values = row._mapping
-        old = {key: values[f"{_OLD}{i}"] for i, (key, _) in enumerate(shape.columns)}
-        new = {key: values[f"{_NEW}{i}"] for i, (key, _) in enumerate(shape.columns)}
+    keys = [key for key, _ in shape.columns]
+    count = len(keys)
+    for row in result.fetchall():  # RETURNING the old columns, then the new (see _folded)
+        values = tuple(row)
+        old = dict(zip(keys, values[:count], strict=True))
+        new = dict(zip(keys, values[count:], strict=True))
         folding.before.setdefault(shape, {})[shape.identity(old)] = old
         folding.folded.setdefault(shape, {})[shape.identity(old)] = new
 
