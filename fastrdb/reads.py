@@ -13,7 +13,6 @@ from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from fastrdb import snapshots
 from fastrdb._types import AsyncRedis, Raw
 from fastrdb.cache import store
 from fastrdb.cache.near import NearCaches
@@ -32,6 +31,7 @@ from fastrdb.keys import deps_key
 from fastrdb.negatives import ABSENT, NEGATIVE_PAYLOAD, Absent, compares_exactly, decoder
 from fastrdb.plan import Plan
 from fastrdb.sessions import Clients, checks_due
+from fastrdb.snapshots import Read as SnapshotRead
 from fastrdb.snapshots import run_read
 
 __all__ = ["Reads"]
@@ -41,7 +41,7 @@ ResponseT = TypeVar("ResponseT", bound=BaseModel)
 T = TypeVar("T")
 A = TypeVar("A")
 
-Read: TypeAlias = snapshots.Read[Loaded[T]]
+Read: TypeAlias = SnapshotRead[Loaded[T]]
 """A database read (see :data:`fastrdb.snapshots.Read`): the value and the text to cache."""
 
 Shaped: TypeAlias = tuple[
