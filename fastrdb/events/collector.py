@@ -199,11 +199,7 @@ def _handed_over(session: Session) -> dict[Shape, dict[Identity, Row]]:
 def before_update(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
     """Read the row's pre-image if ``before_flush`` did not (rows modified during the flush)."""
     session = object_session(target)
-    if (
-        session is not None
-        and binding_of(session) is not None
-        and _written(attributes.instance_state(target))
-    ):
+    if session is not None:
         _read_before(session, mapper, connection, target, update=True)
 
 
@@ -226,6 +222,8 @@ def _read_before(
     identity = _identity(state)
     if identity in known or flush.folding.deferred_on(connection, shape, identity):
         return  # read, or deferred to its UPDATE on this connection
+    if update and not _written(state):
+        return  # the flush writes no column of it
     if update and mapper.version_id_col is None and foldable(connection, shape):
         flush.folding.defer(connection, shape, identity)
     else:

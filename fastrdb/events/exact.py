@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import uuid
 import weakref
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Column, Table, text, types
@@ -185,13 +186,15 @@ def plain(connection: Connection, shape: Shape, *, by_metadata: bool = True) -> 
     return True
 
 
-def _tables(shape: Shape) -> list[Table]:
+@lru_cache(maxsize=1024)
+def _tables(shape: Shape) -> tuple[Table, ...]:
+    """The tables of ``shape``'s columns (asked on every flush of one of its rows)."""
     tables: dict[str, Table] = {}
     for _, column in shape.columns:
         table = column.table
         if isinstance(table, Table):
             tables.setdefault(table.fullname, table)
-    return list(tables.values())
+    return tuple(tables.values())
 
 
 def _plain_by_metadata(table: Table) -> bool:
