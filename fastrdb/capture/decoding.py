@@ -9,6 +9,12 @@ values are ``null``, ``unchanged-toast-datum``, a single-quoted literal (quotes 
 ``B'…'`` bit string or a bare number / boolean. Values are turned into the Python types a
 SELECT through asyncpg or psycopg gives for the types keys are usually made of (integers,
 text, numeric, boolean, uuid, dates and times); any other type stays text.
+
+:func:`parse_change` reads a line with one match of a regular expression learned from an
+earlier line of the same table, operation and layout (a *shape*: the same columns, types,
+and NULL / unchanged columns in the same places), and falls back to
+:func:`parse_change_general` — a match per column — for any line no learned shape matches
+(it learns one from it). Both give the same row change for every line.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 
 from fastrdb.capture.rows import RowChange
 
-__all__ = ["UNCHANGED_TOAST", "convert", "parse_change"]
+__all__ = ["UNCHANGED_TOAST", "convert", "parse_change", "parse_change_general"]
 
 
 class _Unchanged:
@@ -167,8 +173,9 @@ def _section(line: str, pos: int, stop_at: str | None = None) -> tuple[dict[str,
     return values, pos
 
 
-def parse_change(line: str) -> RowChange | None:
-    """The row change a ``table …`` line describes (None for other lines).
+def parse_change_general(line: str) -> RowChange | None:
+    """The row change a ``table …`` line describes (None for other lines), a column at a
+    time: any line, at a few µs per column (:func:`parse_change` is the fast way).
 
     A delete's pre-image is whatever the table's replica identity logs; whether that is every
     column is the caller's to say (it knows the table's identity), so it is marked complete.
@@ -223,3 +230,246 @@ def _resolved(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
         else:
             resolved[name] = value
     return resolved
+
+
+_NULL = -1
+_TOAST = -2
+_QUOTED = "'([^']*)'"
+"""A quoted value without doubled quotes: a line with one is read by the general parser."""
+_BITS = "B'([^']*)'"
+_WORD = r"((?!null(?: |\Z)|unchanged-toast-datum(?: |\Z))[^ ']+)"
+"""A bare value (a number, a boolean): never ``null`` nor ``unchanged-toast-datum``."""
+SHAPES_PER_PREFIX = 16
+"""Shapes learned per line prefix (a table's operations, its NULL and unchanged columns);
+a line that fits none of them is read by the general parser."""
+PREFIXES = 4096
+"""Line prefixes with learned shapes; past it no more are learned."""
+
+
+class _Shape:
+    """The layout of one kind of change line, learned from one line: a regular expression
+    matching the whole of every line of that layout (the text between values as it was,
+    each value a group), and how its groups become the pre-image and post-image."""
+
+    __slots__ = (
+        "after",
+        "before",
+        "complete",
+        "converters",
+        "operation",
+        "regex",
+        "schema",
+        "simple",
+        "table",
+        "toast",
+    )
+
+    def __init__(
+        self,
+        regex: re.Pattern[str],
+        schema: str,
+        table: str,
+        operation: Any,
+        before: tuple[tuple[str, ...], tuple[int, ...]] | None,
+        after: tuple[tuple[str, ...], tuple[int, ...]] | None,
+        converters: tuple[tuple[int, Callable[[str], Any]], ...],
+    ) -> None:
+        self.regex = regex
+        self.schema = schema
+        self.table = table
+        self.operation = operation
+        self.before = before
+        self.after = after
+        self.converters = converters
+        sections = [s for s in (before, after) if s is not None]
+        self.simple = all(
+            sources == tuple(range(sources[0], sources[0] + len(sources))) if sources else True
+            for _, sources in sections
+        )
+        """Every value is a group, in order: a section is ``zip(names, groups[a:b])``."""
+        self.toast = after is not None and _TOAST in after[1]
+        self.complete = before is not None and after is not None and set(before[0]) >= set(after[0])
+
+
+def _values(section: tuple[tuple[str, ...], tuple[int, ...]], groups: list[Any]) -> dict[str, Any]:
+    names, sources = section
+    return {
+        name: groups[source] if source >= 0 else (None if source == _NULL else UNCHANGED_TOAST)
+        for name, source in zip(names, sources, strict=True)
+    }
+
+
+_SHAPES: dict[str, list[_Shape]] = {}
+
+
+def _prefix(line: str) -> str:
+    """A cheap key for the shapes a line may have: up to the second ``": "`` (the end of
+    ``table schema.name: ACTION: ``; a quoted name holding ``": "`` gives another, but always
+    the same, prefix — each shape checks the whole line anyway)."""
+    return line[: line.find(": ", line.find(": ") + 2) + 2]
+
+
+def parse_change(line: str) -> RowChange | None:
+    """The row change a ``table …`` line describes (None for other lines).
+
+    A delete's pre-image is whatever the table's replica identity logs; whether that is every
+    column is the caller's to say (it knows the table's identity), so it is marked complete.
+    The same result as :func:`parse_change_general`, faster for lines of a known shape.
+    """
+    shapes = _SHAPES.get(_prefix(line))
+    if shapes is not None:
+        for shape in shapes:
+            found = shape.regex.fullmatch(line)
+            if found is not None:
+                return _from_shape(shape, found)
+    change = parse_change_general(line)
+    if change is not None and change.operation != "truncate":
+        _learn(line, change)
+    return change
+
+
+def _from_shape(shape: _Shape, found: re.Match[str]) -> RowChange:
+    groups: list[Any] = list(found.groups())
+    for index, converter in shape.converters:
+        try:  # noqa: SIM105 (not contextlib.suppress: this runs per value)
+            groups[index] = converter(groups[index])
+        except ValueError:
+            pass
+    before = after = None
+    if shape.simple:
+        if shape.before is not None:
+            names = shape.before[0]
+            before = dict(zip(names, groups, strict=False))
+            if shape.after is not None:
+                after = dict(zip(shape.after[0], groups[len(names) :], strict=True))
+        elif shape.after is not None:
+            after = dict(zip(shape.after[0], groups, strict=True))
+    else:
+        if shape.before is not None:
+            before = _values(shape.before, groups)
+        if shape.after is not None:
+            after = _values(shape.after, groups)
+    operation = shape.operation
+    if operation != "update":
+        return RowChange(shape.schema, shape.table, operation, before, after)
+    assert after is not None
+    if before is None:
+        return RowChange(shape.schema, shape.table, "update", None, _resolved(after, {}), False)
+    if not shape.toast:
+        return RowChange(shape.schema, shape.table, "update", before, after, shape.complete)
+    after = _resolved(after, before)
+    complete = before.keys() >= after.keys()
+    return RowChange(shape.schema, shape.table, "update", before, after, complete)
+
+
+def _learn(line: str, change: RowChange) -> None:
+    """Learn the shape of ``line`` (``change``, as :func:`parse_change_general` read it), if
+    it has one a regular expression can match (a row change with columns, no doubled quote,
+    no empty bare value) and that shape reads ``line`` as ``change``."""
+    prefix = _prefix(line)
+    shapes = _SHAPES.get(prefix, [])
+    if len(shapes) >= SHAPES_PER_PREFIX or (not shapes and len(_SHAPES) >= PREFIXES):
+        return
+    shape = _shape_of(line)
+    if shape is None:
+        return
+    found = shape.regex.fullmatch(line)
+    if found is not None and _from_shape(shape, found) == change:
+        shapes.append(shape)
+        _SHAPES[prefix] = shapes
+
+
+def _shape_of(line: str) -> _Shape | None:
+    header = _HEADER.match(line)
+    if header is None:
+        return None
+    action = header["action"]
+    operation = {"INSERT": "insert", "UPDATE": "update", "DELETE": "delete"}.get(action)
+    if operation is None:
+        return None
+    schema, table = header["schema"], header["table"]
+    if schema is None:
+        schema = header["quoted_schema"].replace('""', '"')
+    if table is None:
+        table = header["quoted_table"].replace('""', '"')
+    pos = header.end()
+    parts: list[str] = []
+    literal_from = 0
+    sections: list[tuple[list[str], list[int]]] = [([], [])]
+    converters: list[tuple[int, Callable[[str], Any]]] = []
+    groups = 0
+    if action == "UPDATE" and line.startswith(_OLD_KEY, pos):
+        pos += len(_OLD_KEY)
+    end = len(line)
+    while pos < end:
+        while pos < end and line[pos] == " ":
+            pos += 1
+        if (
+            line.startswith(_NEW_TUPLE, pos)
+            and line.startswith(_OLD_KEY, header.end())
+            and len(sections) == 1
+        ):
+            sections.append(([], []))
+            pos += len(_NEW_TUPLE)
+            continue
+        if pos == end:
+            break
+        found = _COLUMN.match(line, pos)
+        if found is None:
+            return None
+        quoted_name, name, type_name, quoted, bits, word = found.groups()
+        if name is None:
+            name = quoted_name.replace('""', '"')
+        if quoted is not None:
+            start, stop = found.span("text")
+            start, stop = start - 1, stop + 1
+            if "''" in quoted or "'" in quoted:
+                return None
+            value = _QUOTED
+        elif bits is not None:
+            start, stop = found.span("bits")
+            start, stop = start - 2, stop + 1
+            value = _BITS
+        else:
+            start, stop = found.span("word")
+            if word == "null" or word == "unchanged-toast-datum":
+                source = _NULL if word == "null" else _TOAST
+                sections[-1][0].append(name)
+                sections[-1][1].append(source)
+                pos = found.end()
+                continue
+            if not word or "'" in word:
+                return None
+            value = _WORD
+        parts.append(re.escape(line[literal_from:start]))
+        parts.append(value)
+        literal_from = stop
+        if value != _BITS:
+            converter = _converter(type_name)
+            if converter is not None:
+                converters.append((groups, converter))
+        sections[-1][0].append(name)
+        sections[-1][1].append(groups)
+        groups += 1
+        pos = found.end()
+    parts.append(re.escape(line[literal_from:]))
+    if not any(names for names, _ in sections):
+        return None
+    layout = [(tuple(names), tuple(sources)) for names, sources in sections]
+    if operation == "insert":
+        before, after = None, layout[0]
+    elif operation == "delete":
+        before, after = layout[0], None
+    elif len(layout) == 2:
+        before, after = layout[0], layout[1]
+    else:
+        before, after = None, layout[0]
+    return _Shape(
+        re.compile("".join(parts), re.DOTALL),
+        schema,
+        table,
+        operation,
+        before,
+        after,
+        tuple(converters),
+    )

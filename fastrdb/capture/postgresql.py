@@ -197,22 +197,58 @@ class PostgresSource:
         assert self._stream is not None
         messages = await self._stream.receive(self.wait, self.batch_rows)
         batch = Batch()
-        for lsn, data in messages:  # a transaction may span two reads: self._open
-            if data.startswith("BEGIN"):
-                self._open = Transaction()
+        transactions = batch.transactions
+        opened = self._open  # a transaction may span two reads
+        last_commit = None
+        for lsn, data in messages:
+            if data.startswith("table "):
+                if opened is not None:
+                    change = parse_change(data)
+                    if change is not None:
+                        opened.rows.append(change)
+            elif data.startswith("BEGIN"):
+                opened = Transaction()
             elif data.startswith("COMMIT"):
-                if self._open is not None:
-                    self._open.committed_at = _commit_time(data)
-                    self._open.position = lsn
-                    batch.transactions.append(self._open)
-                    batch.position = lsn
-                self._open = None
-            elif self._open is not None:
-                change = parse_change(data)
-                if change is not None:
-                    self._open.rows.append(await self._completed(change))
+                if opened is not None:
+                    opened.position = lsn
+                    transactions.append(opened)
+                    last_commit = data
+                opened = None
+        self._open = opened
+        if transactions:
+            batch.position = transactions[-1].position
+            # Its commit time, for the lag the capture logs: the read's last transaction's
+            # alone (the latest commit of the read; parsing each one's costs per commit).
+            assert last_commit is not None
+            transactions[-1].committed_at = _commit_time(last_commit)
+            for transaction in transactions:
+                await self._complete(transaction.rows)
         batch.drained = not self._stream.buffered()
         return batch
+
+    async def _complete(self, rows: list[RowChange]) -> None:
+        """Each of ``rows`` with its pre-image complete when its table logs full old rows,
+        else marked incomplete (:meth:`_completed`); a row that logs every column of a
+        table of full identity, as the table was last read, is whole as logged (at once)."""
+        column_sets = self._column_sets
+        full = self._full_identity
+        for index, change in enumerate(rows):
+            before = change.before
+            if before is not None and change.operation != "insert":
+                after = change.after
+                key = (change.schema, change.table)
+                names = column_sets.get(key)
+                if (
+                    names is not None
+                    and len(before) == len(names)
+                    and before.keys() <= names
+                    and (after is None or after.keys() <= names)
+                    and full.get(key, False)
+                ):
+                    continue
+            elif change.operation in ("insert", "truncate"):
+                continue
+            rows[index] = await self._completed(change)
 
     async def _completed(self, change: RowChange) -> RowChange:
         """``change`` with its pre-image complete when its table logs full old rows, else

@@ -15,13 +15,15 @@ __all__ = ["RowChange", "TableNames", "Transaction", "to_changes"]
 Operation = Literal["insert", "update", "delete", "truncate"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RowChange:
     """A row a committed transaction changed, with the values the log gives.
 
     ``before`` is the pre-image (``None`` for an insert); ``before_complete`` says whether it
     holds every column (PostgreSQL's ``REPLICA IDENTITY FULL``, MariaDB's full row image) or
     only some (the primary key). ``after`` is the post-image (``None`` for a delete).
+    Not frozen: one is made per logged row, and a frozen dataclass' ``__init__`` costs
+    several times more (nothing changes one once read).
     """
 
     schema: str

@@ -144,6 +144,7 @@ class Runner:
         while not self._stopping.is_set():
             batch = await self.source.read()
             started = time.monotonic()
+            rows_read = 0
             if batch.transactions:
                 while True:
                     rows = await self._hierarchies(batch, names)
@@ -157,7 +158,7 @@ class Runner:
                     if not delivered:
                         return
                     break
-                self._count(batch)
+                rows_read = self._count(batch)
             if not await self._confirm(batch):
                 return
             if batch.drained:
@@ -173,7 +174,7 @@ class Runner:
                 # what arrives meanwhile is delivered together (one Redis call, one
                 # confirmation), not one call per commit; a commit after a quiet moment
                 # is delivered at once. A faster stream waits longer, up to max_interval.
-                self.pacing.observe(sum(len(t.rows) for t in batch.transactions), started)
+                self.pacing.observe(rows_read, started)
                 await self._sleep(started + self.pacing.pause() - time.monotonic())
 
     async def _hierarchies(self, batch: Batch, names: TableNames) -> Rows | None:
@@ -267,12 +268,20 @@ class Runner:
                 return None
             delay = min(delay * 2, self.backoff[1])
 
-    def _count(self, batch: Batch) -> None:
+    def _count(self, batch: Batch) -> int:
+        """Count ``batch`` in the stats; how many rows it holds."""
+        rows = 0
+        latest = None
+        for transaction in batch.transactions:
+            rows += len(transaction.rows)
+            committed = transaction.committed_at
+            if committed is not None and (latest is None or committed > latest):
+                latest = committed
         self.stats.transactions += len(batch.transactions)
-        self.stats.rows += sum(len(t.rows) for t in batch.transactions)
-        committed = [t.committed_at for t in batch.transactions if t.committed_at is not None]
-        if committed:
-            self.stats.last_lag = max(0.0, time.time() - max(committed))
+        self.stats.rows += rows
+        if latest is not None:
+            self.stats.last_lag = max(0.0, time.time() - latest)
+        return rows
 
     async def _deliver(self, changes: Changes) -> bool | None:
         """Deliver ``changes``, retrying with backoff until Redis takes them or capture stops

@@ -112,10 +112,12 @@ class WalStream:
             self._drain_socket(limit)
         if time.monotonic() - self._last_status > 5:
             self._status(False)  # the server drops a silent replica (wal_sender_timeout)
-        out: list[tuple[int, str]] = []
-        while self._pending and len(out) < limit:
-            out.append(self._pending.popleft())
-        return out
+        pending = self._pending
+        if len(pending) <= limit:
+            out = list(pending)
+            pending.clear()
+            return out
+        return [pending.popleft() for _ in range(limit)]
 
     async def _readable_within(self, wait: float) -> None:
         """Wait up to ``wait`` seconds for the socket to be readable (watched only meanwhile:
@@ -151,25 +153,40 @@ class WalStream:
                 return
 
     def _parse_messages(self) -> None:
-        """Move the complete messages libpq holds to the pending ones."""
+        """Move the complete messages libpq holds to the pending ones.
+
+        This runs per message — three per transaction (BEGIN, a row, COMMIT) and about as
+        many keepalives (a walsender that caught up sends one each time it waits) — so the
+        loop looks names up once, decodes only XLogData, and reads a keepalive in place."""
         pgconn = self._pgconn
-        while True:
-            size, data = pgconn.get_copy_data(1)
-            if size == 0:
-                return
-            if size < 0:
-                message = pgconn.error_message.decode(errors="replace")
-                raise StreamError(f"replication stream ended: {message or 'closed'}")
-            kind = data[0]
-            if kind == 0x77:  # 'w': XLogData
-                start, end, _ = _XLOG_HEADER.unpack_from(data, 1)
-                self._pending.append((start, bytes(data[25:]).decode()))
-                self.received = max(self.received, end)
-            elif kind == 0x6B:  # 'k': keepalive
-                end, _, reply = _KEEPALIVE.unpack_from(data, 1)
-                self.received = max(self.received, end)
-                if reply:
-                    self._status(False)
+        get = pgconn.get_copy_data
+        append = self._pending.append
+        xlog = _XLOG_HEADER.unpack_from
+        keepalive = _KEEPALIVE.unpack_from
+        received = self.received
+        try:
+            while True:
+                size, data = get(1)
+                if size <= 0:
+                    break
+                kind = data[0]
+                if kind == 0x77:  # 'w': XLogData
+                    start, end, _ = xlog(data, 1)
+                    append((start, str(data[25:], "utf-8")))
+                elif kind == 0x6B:  # 'k': keepalive
+                    end, _, reply = keepalive(data, 1)
+                    if reply:
+                        self.received = max(received, end)
+                        self._status(False)
+                else:
+                    continue
+                if end > received:
+                    received = end
+        finally:
+            self.received = max(self.received, received)
+        if size < 0:
+            message = pgconn.error_message.decode(errors="replace")
+            raise StreamError(f"replication stream ended: {message or 'closed'}")
 
     def _status(self, ping: bool) -> None:
         lsn = self.confirmed
