@@ -282,10 +282,7 @@ class _Shape:
         self.after = after
         self.converters = converters
         sections = [s for s in (before, after) if s is not None]
-        self.simple = all(
-            sources == tuple(range(sources[0], sources[0] + len(sources))) if sources else True
-            for _, sources in sections
-        )
+        self.simple = all(source >= 0 for _, sources in sections for source in sources)
         """Every value is a group, in order: a section is ``zip(names, groups[a:b])``."""
         self.toast = after is not None and _TOAST in after[1]
         self.complete = before is not None and after is not None and set(before[0]) >= set(after[0])
@@ -374,7 +371,7 @@ def _learn(line: str, change: RowChange) -> None:
     if shape is None:
         return
     found = shape.regex.fullmatch(line)
-    if found is not None and _from_shape(shape, found) == change:
+    if found is not None and repr(_from_shape(shape, found)) == repr(change):  # types too
         shapes.append(shape)
         _SHAPES[prefix] = shapes
 
