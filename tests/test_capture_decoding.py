@@ -359,3 +359,27 @@ def test_any_line_reads_the_same_by_shape_and_by_column(lines: tuple[str, str]) 
                 parse_change(line)
             continue
         _same(line)
+
+
+async def test_capture_clients_pack_commands_as_redis_py_does() -> None:
+    """The clients the command line makes pack with hiredis: the same bytes as redis-py's
+    asyncio packing, multi-word commands split, the same error for a value it refuses."""
+    from redis.asyncio.connection import Connection
+    from redis.exceptions import DataError
+
+    client = redis_from_url("redis://127.0.0.1:6379/5")
+    packed = client.connection_pool.make_connection()
+    plain = Connection()
+    assert type(packed).__name__ == "HiredisPackedConnection"
+    for args in [
+        ("EVALSHA", "ab" * 20, 2, "k:1", b"k:\xff", "", 0, -7, 1.5, "é", memoryview(b"m")),
+        ("SCRIPT LOAD", "return 1"),
+        (b"CLIENT SETNAME", bytearray(b"x")),
+    ]:
+        assert b"".join(packed.pack_command(*args)) == b"".join(
+            bytes(chunk) for chunk in plain.pack_command(*args)
+        )
+    for refused in (True, None):
+        with pytest.raises(DataError):
+            packed.pack_command("SET", "k", refused)
+    await client.aclose()

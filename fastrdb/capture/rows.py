@@ -83,20 +83,30 @@ def to_changes(transactions: Sequence[Transaction], names: TableNames) -> Change
     """
     changes = Changes()
     changes.reader = scheme_values  # rows are logged by column name, values in the log's types
+    add = changes.add
+    schema = table = None
+    tables: tuple[str, ...] = ()
     for transaction in transactions:
         for row in transaction.rows:
-            tables = names(row.schema, row.table)
+            if row.table != table or row.schema != schema:  # runs of one table: named once
+                schema, table = row.schema, row.table
+                tables = names(schema, table)
             if not tables:
                 continue
             if row.operation == "truncate":
                 changes.add_partial(tables, {})
                 continue
-            if row.operation != "insert" and not row.before_complete:
-                changes.add_partial(tables, row.before or {})
-            elif row.before is not None:
-                changes.add(tables, row.before)
-            if row.after is not None:
-                changes.add(tables, row.after)
             if not row.before_complete:
+                if row.operation != "insert":
+                    changes.add_partial(tables, row.before or {})
+                elif row.before is not None:
+                    add(tables, row.before)
+                if row.after is not None:
+                    add(tables, row.after)
                 changes.touch(tables)
+                continue
+            if row.before is not None:
+                add(tables, row.before)
+            if row.after is not None:
+                add(tables, row.after)
     return changes

@@ -84,7 +84,13 @@ def redis_from_url(url: str, *, timeout: float = 5.0) -> Any:
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
         )
-    return redis.asyncio.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    from fastrdb.capture.packing import pack_with_hiredis
+
+    client = redis.asyncio.Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    pack_with_hiredis(client)  # capture's deliveries name every key: packed in C
+    return client
 
 
 SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
