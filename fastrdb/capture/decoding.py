@@ -246,54 +246,98 @@ PREFIXES = 4096
 """Line prefixes with learned shapes; past it no more are learned."""
 
 
+Section = tuple[tuple[str, ...], tuple[int, ...]]
+"""One image of a shape: its column names, and per column its group (or _NULL, _TOAST)."""
+Build = Callable[["re.Match[str]"], RowChange]
+
+
 class _Shape:
     """The layout of one kind of change line, learned from one line: a regular expression
     matching the whole of every line of that layout (the text between values as it was,
-    each value a group), and how its groups become the pre-image and post-image."""
+    each value a group), and a function making the row change of a match."""
 
-    __slots__ = (
-        "after",
-        "before",
-        "complete",
-        "converters",
-        "operation",
-        "regex",
-        "schema",
-        "simple",
-        "table",
-        "toast",
-    )
+    __slots__ = ("build", "regex")
 
-    def __init__(
-        self,
-        regex: re.Pattern[str],
-        schema: str,
-        table: str,
-        operation: Any,
-        before: tuple[tuple[str, ...], tuple[int, ...]] | None,
-        after: tuple[tuple[str, ...], tuple[int, ...]] | None,
-        converters: tuple[tuple[int, Callable[[str], Any]], ...],
-    ) -> None:
+    def __init__(self, regex: re.Pattern[str], build: Build) -> None:
         self.regex = regex
-        self.schema = schema
-        self.table = table
-        self.operation = operation
-        self.before = before
-        self.after = after
-        self.converters = converters
-        sections = [s for s in (before, after) if s is not None]
-        self.simple = all(source >= 0 for _, sources in sections for source in sources)
-        """Every value is a group, in order: a section is ``zip(names, groups[a:b])``."""
-        self.toast = after is not None and _TOAST in after[1]
-        self.complete = before is not None and after is not None and set(before[0]) >= set(after[0])
+        self.build = build
 
 
-def _values(section: tuple[tuple[str, ...], tuple[int, ...]], groups: list[Any]) -> dict[str, Any]:
-    names, sources = section
-    return {
-        name: groups[source] if source >= 0 else (None if source == _NULL else UNCHANGED_TOAST)
-        for name, source in zip(names, sources, strict=True)
+def _builder(
+    schema: str,
+    table: str,
+    operation: str,
+    before: Section | None,
+    after: Section | None,
+    converters: dict[int, Callable[[str], Any]],
+    groups: int,
+) -> Build:
+    """A function of a match of a shape's regular expression making its row change, with
+    the images as dict displays and each converter called in line: this runs per logged row.
+
+    Generated code: only generated names and numbers are written in its text; the names of
+    the schema, table and columns (the log's text) and the converters are bound to them."""
+    env: dict[str, Any] = {
+        "RowChange": RowChange,
+        "UNCHANGED_TOAST": UNCHANGED_TOAST,
+        "_resolved": _resolved,
+        "schema": schema,
+        "table": table,
+        "operation": operation,
     }
+    code = ["def build(found):", "    g = found.groups()"]
+    for index in range(groups):
+        converter = converters.get(index)
+        if converter is None:
+            code.append(f"    v{index} = g[{index}]")
+            continue
+        env[f"c{index}"] = converter
+        code += [
+            "    try:",
+            f"        v{index} = c{index}(g[{index}])",
+            "    except ValueError:",
+            f"        v{index} = g[{index}]",
+        ]
+
+    def display(section: Section, image: str) -> str:
+        items = []
+        for position, (name, source) in enumerate(zip(*section, strict=True)):
+            env[f"{image}{position}"] = name
+            if source >= 0:
+                value = f"v{source}"
+            else:
+                value = "None" if source == _NULL else "UNCHANGED_TOAST"
+            items.append(f"{image}{position}: {value}")
+        return "{" + ", ".join(items) + "}"
+
+    toast = after is not None and _TOAST in after[1]
+    if operation == "insert":
+        assert after is not None
+        code.append(f"    return RowChange(schema, table, operation, None, {display(after, 'a')})")
+    elif operation == "delete":
+        assert before is not None
+        code.append(f"    return RowChange(schema, table, operation, {display(before, 'b')}, None)")
+    elif before is None:
+        assert after is not None
+        image = display(after, "a")
+        if toast:
+            image = f"_resolved({image}, {{}})"
+        code.append(f"    return RowChange(schema, table, operation, None, {image}, False)")
+    else:
+        assert after is not None
+        code.append(f"    b = {display(before, 'b')}")
+        if toast:
+            code.append(f"    a = _resolved({display(after, 'a')}, b)")
+            code.append(
+                "    return RowChange(schema, table, operation, b, a, b.keys() >= a.keys())"
+            )
+        else:
+            complete = set(before[0]) >= set(after[0])
+            image = display(after, "a")
+            code.append(f"    return RowChange(schema, table, operation, b, {image}, {complete})")
+    exec("\n".join(code), env)  # generated text: see the docstring
+    built: Build = env["build"]
+    return built
 
 
 _SHAPES: dict[str, list[_Shape]] = {}
@@ -318,45 +362,11 @@ def parse_change(line: str) -> RowChange | None:
         for shape in shapes:
             found = shape.regex.fullmatch(line)
             if found is not None:
-                return _from_shape(shape, found)
+                return shape.build(found)
     change = parse_change_general(line)
     if change is not None and change.operation != "truncate":
         _learn(line, change)
     return change
-
-
-def _from_shape(shape: _Shape, found: re.Match[str]) -> RowChange:
-    groups: list[Any] = list(found.groups())
-    for index, converter in shape.converters:
-        try:  # noqa: SIM105 (not contextlib.suppress: this runs per value)
-            groups[index] = converter(groups[index])
-        except ValueError:
-            pass
-    before = after = None
-    if shape.simple:
-        if shape.before is not None:
-            names = shape.before[0]
-            before = dict(zip(names, groups, strict=False))
-            if shape.after is not None:
-                after = dict(zip(shape.after[0], groups[len(names) :], strict=True))
-        elif shape.after is not None:
-            after = dict(zip(shape.after[0], groups, strict=True))
-    else:
-        if shape.before is not None:
-            before = _values(shape.before, groups)
-        if shape.after is not None:
-            after = _values(shape.after, groups)
-    operation = shape.operation
-    if operation != "update":
-        return RowChange(shape.schema, shape.table, operation, before, after)
-    assert after is not None
-    if before is None:
-        return RowChange(shape.schema, shape.table, "update", None, _resolved(after, {}), False)
-    if not shape.toast:
-        return RowChange(shape.schema, shape.table, "update", before, after, shape.complete)
-    after = _resolved(after, before)
-    complete = before.keys() >= after.keys()
-    return RowChange(shape.schema, shape.table, "update", before, after, complete)
 
 
 def _learn(line: str, change: RowChange) -> None:
@@ -371,7 +381,7 @@ def _learn(line: str, change: RowChange) -> None:
     if shape is None:
         return
     found = shape.regex.fullmatch(line)
-    if found is not None and repr(_from_shape(shape, found)) == repr(change):  # types too
+    if found is not None and repr(shape.build(found)) == repr(change):  # types too
         shapes.append(shape)
         _SHAPES[prefix] = shapes
 
@@ -461,12 +471,5 @@ def _shape_of(line: str) -> _Shape | None:
         before, after = layout[0], layout[1]
     else:
         before, after = None, layout[0]
-    return _Shape(
-        re.compile("".join(parts), re.DOTALL),
-        schema,
-        table,
-        operation,
-        before,
-        after,
-        tuple(converters),
-    )
+    build = _builder(schema, table, operation, before, after, dict(converters), groups)
+    return _Shape(re.compile("".join(parts), re.DOTALL), build)
