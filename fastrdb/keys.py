@@ -254,7 +254,7 @@ def glob_covers(glob: str, key: str) -> bool:
 class KeyPattern:
     """A ``str.format``-style pattern such as ``"user:email:{email}"``, parsed once."""
 
-    __slots__ = ("_matcher", "fields", "literal_prefix", "text")
+    __slots__ = ("_matcher", "_single", "fields", "literal_prefix", "text")
 
     def __init__(self, text: str, *, argument: str = "pattern") -> None:
         fields: list[str] = []
@@ -282,6 +282,14 @@ class KeyPattern:
             if field is not None:
                 break
         self.literal_prefix = "".join(prefix)
+        self._single: tuple[str, str, str] | None = None
+        """A pattern of one placeholder: the text before it, its name, the text after it
+        (formatted by concatenation: the planning of every changed row formats keys)."""
+        places = [index for index, (_, field, _, _) in enumerate(parsed) if field is not None]
+        if len(places) == 1:
+            head = "".join(literal for literal, _, _, _ in parsed[: places[0] + 1])
+            tail = "".join(literal for literal, _, _, _ in parsed[places[0] + 1 :])
+            self._single = (head, fields[0], tail)
 
     def __repr__(self) -> str:
         return f"KeyPattern({self.text!r})"
@@ -303,6 +311,9 @@ class KeyPattern:
 
     def format(self, values: Mapping[str, object]) -> str:
         """The key for ``values`` (raw values; each one is encoded)."""
+        if self._single is not None:
+            head, field, tail = self._single
+            return head + encode_value(values[field]) + tail
         return self.text.format_map({field: encode_value(values[field]) for field in self.fields})
 
     @property

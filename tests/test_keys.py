@@ -231,3 +231,20 @@ def test_tables_index_is_named_from_the_schemes_key() -> None:
     """The index and the member come from the schemes key alone, whatever the namespace."""
     namespace = Namespace("odd:schemes:ns")
     assert tables_index(namespace.schemes("we:ird")) == (namespace.tables(), "we%3Aird")
+
+
+def test_a_pattern_of_one_placeholder_formats_as_format_map_does() -> None:
+    """One placeholder is formatted by concatenation: escaped braces, the text after it and
+    a repeated placeholder give what ``str.format_map`` gives."""
+    from fastrdb.keys import KeyPattern, encode_value
+
+    for text, values in [
+        ("bc:{id}", {"id": 5}),
+        ("a{{b}}:{id}:x}}", {"id": "é x"}),
+        ("{id}", {"id": None}),
+        ("u:{a}:{a}", {"a": 1}),
+        ("u:{a}:{b}", {"a": 1, "b": "2"}),
+    ]:
+        pattern = KeyPattern(text)
+        encoded = {field: encode_value(values[field]) for field in pattern.fields}
+        assert pattern.format(values) == text.format_map(encoded)
