@@ -253,7 +253,7 @@ def _same(line: str) -> None:
 def test_reading_by_shape_gives_what_reading_by_column_gives() -> None:
     """Every line of a corpus of every supported type, read by a learned shape and column by
     column, gives equal values of equal types (compared by repr: 1.50 is not 1.5)."""
-    decoding._SHAPES.clear()
+    decoding.forget_shapes()
     for line in DECODING_CORPUS:
         _same(line)
     assert decoding._SHAPES  # shapes were learned
@@ -263,7 +263,7 @@ def test_a_line_of_a_learned_shape_is_read_without_the_general_parser(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Once a layout was seen, its lines (with other values) are read by one match."""
-    decoding._SHAPES.clear()
+    decoding.forget_shapes()
     parse_change(
         "table public.bench: UPDATE: old-key: id[integer]:1 name[character varying(100)]:'a'"
         " new-tuple: id[integer]:1 name[character varying(100)]:'b'"
@@ -350,7 +350,7 @@ def _lines(draw: st.DrawFn) -> tuple[str, str]:
 def test_any_line_reads_the_same_by_shape_and_by_column(lines: tuple[str, str]) -> None:
     """Generated lines of every type, NULL and unchanged values, quoted names and values: the
     shape learned from one line reads it, and a second line, as the general parser does."""
-    decoding._SHAPES.clear()
+    decoding.forget_shapes()
     for line in lines:
         try:
             parse_change_general(line)
@@ -383,3 +383,14 @@ async def test_capture_clients_pack_commands_as_redis_py_does() -> None:
         with pytest.raises(DataError):
             packed.pack_command("SET", "k", refused)
     await client.aclose()
+
+
+def test_shapes_learned_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the bound no shape is learned: lines of new layouts are read column by column,
+    alike."""
+    decoding.forget_shapes()
+    monkeypatch.setattr(decoding, "SHAPES", 2)
+    lines = [f"table public.t{n}: INSERT: id[integer]:{n}" for n in range(4)]
+    for line in lines:
+        _same(line)
+    assert sum(len(shapes) for shapes in decoding._SHAPES.values()) == 2

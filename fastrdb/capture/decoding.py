@@ -28,7 +28,7 @@ from typing import Any
 
 from fastrdb.capture.rows import RowChange
 
-__all__ = ["UNCHANGED_TOAST", "convert", "parse_change", "parse_change_general"]
+__all__ = ["UNCHANGED_TOAST", "convert", "forget_shapes", "parse_change", "parse_change_general"]
 
 
 class _Unchanged:
@@ -242,8 +242,9 @@ _WORD = r"((?!null(?: |\Z)|unchanged-toast-datum(?: |\Z))[^ ']+)"
 SHAPES_PER_PREFIX = 16
 """Shapes learned per line prefix (a table's operations, its NULL and unchanged columns);
 a line that fits none of them is read by the general parser."""
-PREFIXES = 4096
-"""Line prefixes with learned shapes; past it no more are learned."""
+SHAPES = 2048
+"""Shapes learned in all (each a compiled regular expression and a small function: a few
+KiB); past it no more are learned, and lines of new layouts are read column by column."""
 
 
 Section = tuple[tuple[str, ...], tuple[int, ...]]
@@ -341,6 +342,14 @@ def _builder(
 
 
 _SHAPES: dict[str, list[_Shape]] = {}
+_learned = 0
+
+
+def forget_shapes() -> None:
+    """Forget every learned shape (tests)."""
+    global _learned
+    _SHAPES.clear()
+    _learned = 0
 
 
 def _prefix(line: str) -> str:
@@ -375,7 +384,8 @@ def _learn(line: str, change: RowChange) -> None:
     no empty bare value) and that shape reads ``line`` as ``change``."""
     prefix = _prefix(line)
     shapes = _SHAPES.get(prefix, [])
-    if len(shapes) >= SHAPES_PER_PREFIX or (not shapes and len(_SHAPES) >= PREFIXES):
+    global _learned
+    if len(shapes) >= SHAPES_PER_PREFIX or _learned >= SHAPES:
         return
     shape = _shape_of(line)
     if shape is None:
@@ -384,6 +394,7 @@ def _learn(line: str, change: RowChange) -> None:
     if found is not None and repr(shape.build(found)) == repr(change):  # types too
         shapes.append(shape)
         _SHAPES[prefix] = shapes
+        _learned += 1
 
 
 def _shape_of(line: str) -> _Shape | None:
