@@ -40,7 +40,9 @@ class Transaction:
 
     rows: list[RowChange] = field(default_factory=list)
     committed_at: float | None = None
-    """The commit's wall-clock time (seconds since the epoch) when the log gives it."""
+    """The commit's wall-clock time (seconds since the epoch) when the log gives it (for the
+    lag capture logs; PostgreSQL's source reads it for the last transaction of each read
+    only: the latest commit of the read)."""
     position: Any = None
     """Where the log resumes after this transaction, for sources that track it per
     transaction."""
