@@ -398,6 +398,9 @@ def _learn(line: str, change: RowChange) -> None:
 
 
 def _shape_of(line: str) -> _Shape | None:
+    """The shape of ``line`` (an INSERT, UPDATE or DELETE with columns), or None when a
+    value holds a quote or a bare value is empty: walked column by column with the general
+    parser's expressions, each value's span replaced by a group, the rest kept literally."""
     header = _HEADER.match(line)
     if header is None:
         return None
@@ -441,7 +444,7 @@ def _shape_of(line: str) -> _Shape | None:
         if quoted is not None:
             start, stop = found.span("text")
             start, stop = start - 1, stop + 1
-            if "''" in quoted or "'" in quoted:
+            if "'" in quoted:  # a doubled quote: left to the general parser
                 return None
             value = _QUOTED
         elif bits is not None:
