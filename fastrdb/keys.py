@@ -287,9 +287,8 @@ class KeyPattern:
         (formatted by concatenation: the planning of every changed row formats keys)."""
         places = [index for index, (_, field, _, _) in enumerate(parsed) if field is not None]
         if len(places) == 1:
-            head = "".join(literal for literal, _, _, _ in parsed[: places[0] + 1])
             tail = "".join(literal for literal, _, _, _ in parsed[places[0] + 1 :])
-            self._single = (head, fields[0], tail)
+            self._single = (self.literal_prefix, fields[0], tail)
 
     def __repr__(self) -> str:
         return f"KeyPattern({self.text!r})"

@@ -130,9 +130,9 @@ async def _when_pool_frees(
 async def get(client: Any, health: ClientHealth, key: str) -> Raw | Miss:
     """The value under ``key``, or MISS. The hit path: one round trip.
 
-    The same guard as :func:`_guarded`, written out so that a hit creates no closure and, while
-    no call has failed (``health.failures`` is 0: the breaker is closed), makes no call on
-    ``health``."""
+    The same guard as :func:`_guarded` (and the bound of :func:`~fastrdb.cache.deadline.within`),
+    written out so that a hit creates no closure and no coroutine of its own and, while no call
+    has failed (``health.failures`` is 0: the breaker is closed), makes no call on ``health``."""
     if health.failures and not health.allow():
         return MISS
     raw: Raw | None

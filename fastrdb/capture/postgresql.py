@@ -227,47 +227,31 @@ class PostgresSource:
         return batch
 
     async def _complete(self, rows: list[RowChange]) -> None:
-        """Each of ``rows`` with its pre-image complete when its table logs full old rows,
-        else marked incomplete (:meth:`_completed`); a row that logs every column of a
-        table of full identity, as the table was last read, is whole as logged (at once)."""
+        """Each of ``rows`` :meth:`_completed`, the tables' columns read again first when a
+        row names a table or a column not known yet."""
         column_sets = self._column_sets
-        full = self._full_identity
         for index, change in enumerate(rows):
-            before = change.before
-            if before is not None and change.operation != "insert":
-                after = change.after
-                key = (change.schema, change.table)
-                names = column_sets.get(key)
-                if (
-                    names is not None
-                    and len(before) == len(names)
-                    and before.keys() <= names
-                    and (after is None or after.keys() <= names)
-                    and full.get(key, False)
-                ):
-                    continue
-            elif change.operation in ("insert", "truncate"):
+            if change.operation not in ("update", "delete"):
                 continue
-            rows[index] = await self._completed(change)
+            names = column_sets.get((change.schema, change.table))
+            if (
+                names is None
+                or not (change.before or _NONE).keys() <= names
+                or not (change.after or _NONE).keys() <= names
+            ):
+                await self._load_identities()  # a new table, or new columns
+            rows[index] = self._completed(change)
 
-    async def _completed(self, change: RowChange) -> RowChange:
-        """``change`` with its pre-image complete when its table logs full old rows, else
-        marked incomplete.
+    def _completed(self, change: RowChange) -> RowChange:
+        """``change`` (an UPDATE or DELETE) with its pre-image complete when its table logs
+        full old rows, else marked incomplete.
 
         With ``REPLICA IDENTITY FULL`` ``test_decoding`` leaves the NULL columns out of an old
         row: they are put back as None, so the keys of a NULL old value are named too. With
         another identity an UPDATE that kept the identity's columns logs no old row: those
         columns' old values are the new ones, and make the (partial) pre-image."""
-        if change.operation not in ("update", "delete"):
-            return change
         key = (change.schema, change.table)
-        names = self._column_sets.get(key)
-        if (
-            names is None
-            or not (change.before or _NONE).keys() | (change.after or _NONE).keys() <= names
-        ):
-            await self._load_identities()  # a new table, or new columns
-            names = self._column_sets.get(key, frozenset())
+        names = self._column_sets.get(key, frozenset())
         columns = self._columns.get(key, ())
         if change.before is None:
             after = change.after or {}
