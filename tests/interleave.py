@@ -10,12 +10,47 @@ pause a later statement. Await the paused task before leaving the ``with`` block
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fastrdb._compat import await_in_greenlet
+from fastrdb.cache import wire
+
+Send = Callable[..., Awaitable[Any]]
+
+
+@contextlib.contextmanager
+def around_commands(client: Any, wrap: Callable[..., Awaitable[Any]]) -> Iterator[None]:
+    """Route every command sent on the asyncio ``client`` through ``await wrap(send, *args)``
+    (``args`` as sent: ``"GET", key``; ``send(*args)`` sends them), whichever way FastRDB
+    sends it: the client's ``execute_command`` (every client method goes through it) or
+    :func:`fastrdb.cache.wire.command`."""
+    execute = client.execute_command
+    shadowed = "execute_command" in vars(client)
+    command = wire.command
+
+    async def executed(*args: Any, **options: Any) -> Any:
+        return await wrap(lambda *sent: execute(*sent, **options), *args)
+
+    async def commanded(target: Any, *args: str | bytes | int) -> Any:
+        if target is not client:
+            return await command(target, *args)
+        return await wrap(lambda *sent: command(target, *sent), *args)
+
+    client.execute_command = executed
+    wire.command = commanded  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if shadowed:
+            client.execute_command = execute
+        else:
+            del client.execute_command
+        wire.command = command
 
 
 class PauseAfterSelect:
@@ -91,22 +126,21 @@ class HoldGetReply:
         self._released = asyncio.Event()
 
     def __enter__(self) -> HoldGetReply:
-        original = self._client.get
-
-        async def get(name: Any, *args: Any, **kwargs: Any) -> Any:
-            reply = await original(name, *args, **kwargs)
-            if self._armed and name in (self._key, self._key.encode()):
+        async def get(send: Send, *args: Any) -> Any:
+            reply = await send(*args)
+            if self._armed and args[0] == "GET" and args[1] in (self._key, self._key.encode()):
                 self._armed = False
                 self.held.set()
                 await self._released.wait()
             return reply
 
-        self._client.get = get
+        self._routed = around_commands(self._client, get)
+        self._routed.__enter__()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._released.set()
-        del self._client.get
+        self._routed.__exit__(None, None, None)
 
     async def wait_held(self) -> None:
         async with asyncio.timeout(10):

@@ -27,6 +27,7 @@ from fastrdb import ConfigurationError, FastRDB, Settings
 from fastrdb.cache.near import NearCache
 from fastrdb.events import listen
 from tests.conftest import CLUSTER, REDIS_URL, Database
+from tests.interleave import Send, around_commands
 from tests.models import Book, BookCreate, BookOut, BookUpdate, Item, ItemSchema, ItemUpdate
 from tests.processes import finish, start_python
 from tests.servers import RedisServer
@@ -213,16 +214,23 @@ async def test_an_own_commit_drops_near_entries_that_embed_its_rows(
 def hold_get(client: Redis, meanwhile: Callable[[], Awaitable[None]]) -> Callable[[], None]:
     """Make ``client``'s next GET run ``meanwhile()`` after Redis answered, before FastRDB
     sees the answer; returns the undo."""
-    original = client.get
+    armed = True
 
-    async def held(key: Any) -> Any:
-        client.get = original  # type: ignore[method-assign]
-        raw = await original(key)
-        await asyncio.create_task(meanwhile())  # its own task: its own Redis call deadlines
-        return raw
+    async def held(send: Send, *args: Any) -> Any:
+        nonlocal armed
+        reply = await send(*args)
+        if armed and args[0] == "GET":
+            armed = False
+            await asyncio.ensure_future(meanwhile())  # its own task: its own Redis call deadlines
+        return reply
 
-    client.get = held  # type: ignore[method-assign]
-    return lambda: setattr(client, "get", original)
+    routed = around_commands(client, held)
+    routed.__enter__()
+
+    def undo() -> None:
+        routed.__exit__(None, None, None)
+
+    return undo
 
 
 async def test_a_read_that_raced_a_foreign_invalidation_is_not_stored(

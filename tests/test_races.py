@@ -21,7 +21,7 @@ from fastrdb.cache.health import health_of
 from fastrdb.cache.scripts import DROP, INVALIDATE
 from fastrdb.events import listen
 from tests.conftest import Database, async_redis_client
-from tests.interleave import CountSelects, HoldGetReply, PauseAfterSelect
+from tests.interleave import CountSelects, HoldGetReply, PauseAfterSelect, Send, around_commands
 from tests.models import Item, ItemSchema, ItemUpdate, User, UserCreate, UserResponse, UserUpdate
 from tests.processes import finish, start_python
 from tests.test_crud import add_user, users
@@ -154,15 +154,12 @@ async def test_a_commit_before_the_writers_invalidation_refuses_its_write_throug
     a_sessions = async_sessionmaker(engine, expire_on_commit=False)
     handle = listen(a_sessions, a_client, settings=Settings(redis_timeout=30))
     arrived, resume = asyncio.Event(), asyncio.Event()
-    evalsha = a_client.evalsha
 
-    async def held_evalsha(sha: str, numkeys: int, *args: Any) -> Any:
-        if sha == INVALIDATE.sha and not arrived.is_set():
+    async def held(send: Send, *args: Any) -> Any:
+        if args[:2] == ("EVALSHA", INVALIDATE.sha) and not arrived.is_set():
             arrived.set()
             await resume.wait()
-        return await evalsha(sha, numkeys, *args)
-
-    a_client.evalsha = held_evalsha  # type: ignore[method-assign]
+        return await send(*args)
 
     async def update_a() -> str:
         async with a_sessions() as db:
@@ -173,12 +170,13 @@ async def test_a_commit_before_the_writers_invalidation_refuses_its_write_throug
 
     refused = patient_users.stats()["fills_refused"]
     try:
-        task = asyncio.create_task(update_a())
-        async with asyncio.timeout(10):
-            await arrived.wait()  # A's database commit is done; its invalidation waits
-        await rename(writer, "a@x.io", "B")  # commits and drops the key and A's lease
-        resume.set()
-        assert await task == "A"
+        with around_commands(a_client, held):
+            task = asyncio.create_task(update_a())
+            async with asyncio.timeout(10):
+                await arrived.wait()  # A's database commit is done; its invalidation waits
+            await rename(writer, "a@x.io", "B")  # commits and drops the key and A's lease
+            resume.set()
+            assert await task == "A"
     finally:
         resume.set()
         handle.remove()

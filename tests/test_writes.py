@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from fastrdb.cache import store
 from fastrdb.events import listen
 from fastrdb.events.collector import read_under_lock
-from tests.interleave import CountSelects
+from tests.interleave import CountSelects, Send, around_commands
 from tests.models import User, UserResponse, UserUpdate
 from tests.test_crud import add_user, users
 
@@ -31,21 +31,17 @@ async def test_an_update_costs_two_redis_round_trips(
         await add_user(db, redis_client, "a@x.io", "Zero")
         await users.update(db=db, redis=redis_client, obj_in=UserUpdate(name="A"), email="a@x.io")
     sent: list[str] = []
-    execute_command = redis_client.execute_command
 
-    async def counted(*args: Any, **options: Any) -> Any:
+    async def counted(send: Send, *args: Any) -> Any:
         sent.append(str(args[0]))
-        return await execute_command(*args, **options)
+        return await send(*args)
 
-    redis_client.execute_command = counted  # type: ignore[method-assign]
     fills = users.stats()["fills"]
-    try:
+    with around_commands(redis_client, counted):
         async with maker() as db:
             await users.update(
                 db=db, redis=redis_client, obj_in=UserUpdate(name="B"), email="a@x.io"
             )
-    finally:
-        del redis_client.execute_command
     assert sent == ["EVALSHA", "EVALSHA"]
     assert users.stats()["fills"] == fills + 1
     assert b'"B"' in (await redis_client.get("user:email:a@x.io") or b"")

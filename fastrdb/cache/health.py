@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from redis.exceptions import RedisError
 
 from fastrdb._logging import log
+from fastrdb.cache import wire
 from fastrdb.cache.refusals import note_refusal
 from fastrdb.cache.replicas import check_client
 from fastrdb.settings import DEFAULT_SETTINGS, Settings
@@ -97,6 +98,7 @@ class ClientHealth:
         "_probing",
         "_seen_errors",
         "_since",
+        "direct",
         "errors",
         "failures",
         "last_error",
@@ -111,12 +113,21 @@ class ClientHealth:
     )
 
     def __init__(
-        self, settings: Settings, *, own_timeout: bool = True, server: ServerState | None = None
+        self,
+        settings: Settings,
+        *,
+        own_timeout: bool = True,
+        direct: bool = False,
+        server: ServerState | None = None,
     ) -> None:
         self.settings = settings
         self.own_timeout = own_timeout
         """Whether FastRDB must bound each call itself: the client sets no socket timeouts
         within ``settings.redis_timeout``."""
+        self.direct = own_timeout and direct
+        """Whether the hit and commit paths send their commands by
+        :func:`fastrdb.cache.wire.command` (FastRDB bounds the calls, and the client is one
+        it can take)."""
         self.server = server or ServerState()
         self.failures = 0
         """Calls that failed in a row. 0 means the breaker is closed (its other fields are
@@ -289,6 +300,7 @@ def health_of(client: Any, settings: Settings | None = None) -> ClientHealth:
         health = _HEALTH[client] = ClientHealth(
             settings,
             own_timeout=not _client_bounds_calls(client, settings.redis_timeout),
+            direct=wire.direct(client),
             server=server_of(client, settings.namespace),
         )
     return health

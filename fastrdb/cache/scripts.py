@@ -11,6 +11,8 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from fastrdb.cache import wire
+
 __all__ = ["DRAIN", "DROP", "FILL", "INVALIDATE", "LEASE", "RELEASE", "LuaScript", "by_sha"]
 
 Arg = str | int | bytes
@@ -37,18 +39,30 @@ class LuaScript:
         """The Redis commands the script calls (``redis.call('DEL', …)``), sorted."""
         return tuple(sorted(set(_CALL.findall(self.source))))
 
-    async def run_async(self, client: Any, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        """Run on an asyncio client."""
+    async def run_async(
+        self, client: Any, keys: Sequence[str], args: Sequence[Arg], direct: bool = False
+    ) -> Any:
+        """Run on an asyncio client (``direct``: by :func:`fastrdb.cache.wire.command`)."""
         try:
+            if direct:
+                return await wire.command(client, "EVALSHA", self.sha, len(keys), *keys, *args)
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             return await client.eval(self.source, len(keys), *keys, *args)
 
     def run(
-        self, call: Callable[[Any], Any], client: Any, keys: Sequence[str], args: Sequence[Arg]
+        self,
+        call: Callable[[Any], Any],
+        client: Any,
+        keys: Sequence[str],
+        args: Sequence[Arg],
+        direct: bool = False,
     ) -> Any:
-        """Run on any client; ``call`` turns the client's return value into the reply."""
+        """Run on any client; ``call`` turns the client's return value into the reply
+        (``direct``: an asyncio client's, sent by :func:`fastrdb.cache.wire.command`)."""
         try:
+            if direct:
+                return call(wire.command(client, "EVALSHA", self.sha, len(keys), *keys, *args))
             return call(client.evalsha(self.sha, len(keys), *keys, *args))
         except NoScriptError:
             return call(client.eval(self.source, len(keys), *keys, *args))

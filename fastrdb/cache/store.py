@@ -26,6 +26,7 @@ from redis.exceptions import MaxConnectionsError
 
 from fastrdb._compat import await_in_greenlet
 from fastrdb._types import Raw
+from fastrdb.cache import wire
 from fastrdb.cache.deadline import watchdog, within
 from fastrdb.cache.health import REDIS_ERRORS, ClientHealth
 from fastrdb.cache.near import forget
@@ -143,7 +144,7 @@ async def get(client: Any, health: ClientHealth, key: str) -> Raw | Miss:
             dog = watchdog()
             task = dog.enter(health.settings.redis_timeout)
             try:
-                raw = await client.get(key)
+                raw = await (wire.command(client, "GET", key) if health.direct else client.get(key))
             except asyncio.CancelledError:
                 if dog.expired(task):
                     raise TimeoutError from None
@@ -252,7 +253,7 @@ async def acquire(
         keys = (key, lease_key(key), schemes_key, index, families, *registries)
         args: tuple[str | int, ...] = (token, ttl_ms, check, table, len(members), *members)
         args += (family,)
-        reply = await LEASE.run_async(client, keys, args)
+        reply = await LEASE.run_async(client, keys, args, health.direct)
         return bool(reply) if isinstance(reply, int) else cast(Raw, reply)
 
     # On a cluster the keys live in different slots: separate calls, in this order.
@@ -265,7 +266,10 @@ async def fill(
     """Store ``payload`` under ``key`` if the lease ``token`` still holds; True if stored."""
 
     async def call() -> bool:
-        return bool(await FILL.run_async(client, (key, lease_key(key)), (token, payload, exp)))
+        reply = await FILL.run_async(
+            client, (key, lease_key(key)), (token, payload, exp), health.direct
+        )
+        return bool(reply)
 
     return await _guarded(health, "fill", call, False)
 
@@ -274,7 +278,7 @@ async def release(client: Any, health: ClientHealth, key: str, token: str) -> No
     """Give back the lease ``token`` on ``key`` without filling."""
 
     async def call() -> None:
-        await RELEASE.run_async(client, (lease_key(key),), (token,))
+        await RELEASE.run_async(client, (lease_key(key),), (token,), health.direct)
 
     await _guarded(health, "release", call, None)
 
@@ -286,11 +290,13 @@ class Caller:
     awaited through SQLAlchemy's greenlet bridge within the configured timeout.
     """
 
-    __slots__ = ("_timeout", "is_async")
+    __slots__ = ("_timeout", "direct", "is_async")
 
-    def __init__(self, is_async: bool, timeout: float) -> None:
+    def __init__(self, is_async: bool, timeout: float, direct: bool = False) -> None:
         self.is_async = is_async
         self._timeout = timeout
+        self.direct = direct
+        """Whether the client's commands go by :func:`fastrdb.cache.wire.command`."""
 
     def __call__(self, reply: Any, extra: float = 0.0) -> Any:
         """The reply; ``extra`` seconds are added to the bound (a call that waits on purpose)."""
@@ -420,7 +426,7 @@ def deliver_invalidation(
         for fill in fills:
             args += fill
         if wait is None:
-            reply, acked = INVALIDATE.run(call, client, keys, args), 0
+            reply, acked = INVALIDATE.run(call, client, keys, args, call.direct), 0
         else:
             reply, acked = run_then_wait(
                 call, client, INVALIDATE, keys, args, wait, namespace.wait()

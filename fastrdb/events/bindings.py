@@ -76,7 +76,9 @@ class Binding:
         self.tasks: set[asyncio.Task[None]] = set()
         """Refreshes under way."""
         self.health: ClientHealth = health_of(client, settings)
-        self.caller = Caller(is_async, self.health.settings.redis_timeout)
+        self.caller = Caller(
+            is_async, self.health.settings.redis_timeout, is_async and self.health.direct
+        )
         self.namespace = Namespace(self.health.settings.namespace)
         self.active = True
 

@@ -233,6 +233,6 @@ async def invalidate_now(client: Any, health: ClientHealth, changes: Changes) ->
 
 
 async def _deliver_async(client: Any, health: ClientHealth, changes: Changes) -> bool:
-    call = Caller(True, health.settings.redis_timeout)
+    call = Caller(True, health.settings.redis_timeout, health.direct)
     namespace = Namespace(health.settings.namespace)
     return bool(await greenlet_spawn(_deliver, call, client, namespace, health, changes))
