@@ -14,10 +14,17 @@ connection's public methods, which close it on any error or cancellation as
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio
-from hiredis import pack_command
+
+_Pack = Callable[[tuple[str | bytes | int, ...]], bytes]
+_pack: _Pack | None
+try:
+    from hiredis import pack_command as _pack  # type: ignore[assignment]  # its stub: a 1-tuple
+except ImportError:  # a dependency (redis[hiredis]); without it, redis-py's own packer
+    _pack = None
 
 __all__ = ["command", "direct"]
 
@@ -43,7 +50,8 @@ async def command(client: Any, *args: str | bytes | int) -> Any:
     timeout = connection.socket_timeout
     connection.socket_timeout = None  # the caller bounds the call; see the module's docstring
     try:
-        await connection.send_packed_command(pack_command(args))  # type: ignore[arg-type]
+        packed = connection.pack_command(*args) if _pack is None else _pack(args)
+        await connection.send_packed_command(packed)
         return await connection.read_response()
     finally:
         connection.socket_timeout = timeout
