@@ -1564,3 +1564,34 @@ async def test_one_read_of_the_stream_takes_all_it_has_received(served: Served) 
         stream.close()
         engine.dispose()
     assert len(messages) == 3 * commits
+
+
+async def test_a_delivery_goes_by_the_short_way_on_a_plain_client(
+    sessions: async_sessionmaker[Any],
+    redis_client: Redis,
+    capture: Capture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Capture's invalidation script is sent by :func:`fastrdb.cache.wire.command` (a pooled
+    connection, hiredis packing, capture's own time bound), not through ``execute_command``'s
+    retry, metrics and socket-timeout machinery: about a third of capture's CPU per
+    delivery."""
+    from fastrdb.cache import wire
+
+    if not wire.direct(redis_client):
+        pytest.skip("a cluster client keeps its own path")
+    await seed(sessions, redis_client, capture)
+    sent: list[str] = []
+    command = wire.command
+
+    async def recorded(client: Any, *args: str | bytes | int) -> Any:
+        sent.append(str(args[0]))
+        return await command(client, *args)
+
+    monkeypatch.setattr(wire, "command", recorded)
+    async with sessions() as db:
+        await db.execute(text("UPDATE cap_authors SET name = 'short' WHERE id = 1"))
+        await db.commit()
+    await synced(capture)
+    assert "EVALSHA" in sent
+    assert await cached(redis_client, "author:1", "author:2") == ["author:2"]
