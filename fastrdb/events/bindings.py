@@ -76,9 +76,7 @@ class Binding:
         self.tasks: set[asyncio.Task[None]] = set()
         """Refreshes under way."""
         self.health: ClientHealth = health_of(client, settings)
-        self.caller = Caller(
-            is_async, self.health.settings.redis_timeout, is_async and self.health.direct
-        )
+        self.caller = Caller(is_async, self.health.settings.redis_timeout, self.health.direct)
         self.namespace = Namespace(self.health.settings.namespace)
         self.active = True
 
