@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif("mariadb" not in DATABASES, reason="MariaDB not 
 pymysql = pytest.importorskip("pymysql")
 pytest.importorskip("pymysqlreplication")
 
-from fastrdb.capture import binlog, mariadb  # noqa: E402
+from fastrdb.capture import binlog, mariadb, rowimages  # noqa: E402
 from fastrdb.capture.binlog import Dump, TableMaps  # noqa: E402
 from fastrdb.capture.rowimages import TableImages  # noqa: E402
 
@@ -153,6 +153,7 @@ def _package(server: MariaDBServer, file: str, start: int, end: int) -> list[Any
 
 def _ours(server: MariaDBServer, file: str, start: int, end: int) -> tuple[list[Any], TableMaps]:
     dump = Dump(lambda **settings: _connect(server, **settings), file, start, 0x5FA50002, 0.2)
+    dump.wanted = mariadb._WANTED  # as capture reads it
     tables = TableMaps()
     found: list[Any] = []
     dump.open()
@@ -172,9 +173,15 @@ def _ours(server: MariaDBServer, file: str, start: int, end: int) -> tuple[list[
     return found, tables
 
 
-def test_images_match_the_package(server: MariaDBServer) -> None:
+@pytest.mark.parametrize("plans", [rowimages.MAX_PLANS, 0], ids=["generated", "called"])
+def test_images_match_the_package(
+    server: MariaDBServer, plans: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every row image of every column type (NULLs, extremes, zero dates, minimal images) is
-    read as mysql-replication reads it."""
+    read as mysql-replication reads it: by the code generated per columns-present bitmap,
+    and past :data:`~fastrdb.capture.rowimages.MAX_PLANS` by the readers one call at a
+    time."""
+    monkeypatch.setattr(rowimages, "MAX_PLANS", plans)
     file, start, end = _write(server)
     expected = _package(server, file, start, end)
     found, tables = _ours(server, file, start, end)
@@ -277,6 +284,47 @@ def test_a_rotated_binlog_is_followed(server: MariaDBServer) -> None:
     assert names == ["before", "after"]
     assert commits[0][0] == file
     assert commits[-1] == (new_file, end)
+
+
+def test_a_dump_reads_past_the_kinds_not_wanted(server: MariaDBServer) -> None:
+    """A dump asked for some kinds of event returns those alone, at the positions a dump of
+    every kind gives them, and still follows a rotate it was not asked for."""
+    connection = _connect(server, database="capture")
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS skipped")
+        cursor.execute("CREATE TABLE skipped (id INT PRIMARY KEY)")
+        cursor.execute("SHOW MASTER STATUS")
+        file, position = cursor.fetchone()[:2]
+        cursor.execute("INSERT INTO skipped VALUES (1)")
+        cursor.execute("FLUSH BINARY LOGS")
+        cursor.execute("INSERT INTO skipped VALUES (2)")
+        cursor.execute("SHOW MASTER STATUS")
+        new_file, end = cursor.fetchone()[:2]
+    connection.close()
+
+    def commits(wanted: frozenset[int] | None) -> tuple[list[tuple[str, int]], set[int]]:
+        dump = Dump(
+            lambda **settings: _connect(server, **settings), file, position, 0x5FA50006, 0.2
+        )
+        dump.wanted = wanted
+        found: list[tuple[str, int]] = []
+        kinds: set[int] = set()
+        dump.open()
+        try:
+            while not found or found[-1] != (new_file, end):
+                event = dump.next()
+                kinds.add(event.kind)
+                if event.kind == binlog.XID:
+                    found.append((dump.file, event.position))
+        finally:
+            dump.close()
+        return found, kinds
+
+    every, every_kind = commits(None)
+    xids, kinds = commits(frozenset({binlog.XID}))
+    assert xids == every
+    assert [name for name, _ in xids] == [file, new_file]
+    assert kinds == {binlog.XID} < every_kind
 
 
 def test_a_refused_dump_raises_the_servers_error(server: MariaDBServer) -> None:

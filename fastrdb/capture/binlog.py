@@ -16,7 +16,7 @@ import contextlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from fastrdb.capture.rowimages import Image, TableImages
 
@@ -87,6 +87,8 @@ class Dump:
         self.drained = True
         """Whether the last read from the socket took all it had (the server had sent no
         more yet)."""
+        self.wanted: frozenset[int] | None = None
+        """The kinds of event :meth:`next` returns (None: every kind)."""
         self.before_wait: Callable[[], None] | None = None
         """Called before each read from the socket (which may wait for the server)."""
         self._buffer = b""
@@ -159,28 +161,48 @@ class Dump:
         return buffer[at + 4 : end]
 
     def next(self) -> Event:
-        """The next event (blocking). Raises pymysql's ``OperationalError`` when the
+        """The next event (blocking) of a kind in :attr:`wanted` (all of them if None): the
+        others are read past without making an :class:`Event` (a rotate and the format
+        description still update the dump). Raises pymysql's ``OperationalError`` when the
         connection is lost or the server refuses the dump."""
-        data = chunk = self._packet()
-        while len(chunk) == 0xFFFFFF:  # a packet continued in the next one
-            chunk = self._packet()
-            data += chunk
+        wanted = self.wanted
+        while True:
+            buffer, at = self._buffer, self._at
+            end = at + 4
+            if end <= len(buffer):  # a whole packet received: read in line (most are)
+                end += buffer[at] | buffer[at + 1] << 8 | buffer[at + 2] << 16
+            if end <= len(buffer) and end - at - 4 < 0xFFFFFF:
+                self._at = end
+                data = buffer[at + 4 : end]
+            else:
+                data = chunk = self._packet()
+                while len(chunk) == 0xFFFFFF:  # a packet continued in the next one
+                    chunk = self._packet()
+                    data += chunk
+            if not data or data[0] != 0:
+                self._refused(data)
+            kind = data[5]
+            if kind == ROTATE:
+                end = len(data) - 4 if self.checksum else len(data)
+                self.file = data[_BODY + 8 : end].decode()
+            elif kind == FORMAT_DESCRIPTION:
+                self.post_headers = tuple(data[_BODY + 57 : _BODY + 57 + 40])
+            if wanted is not None and kind not in wanted:
+                continue
+            timestamp, _, _, _, position, _ = _HEADER.unpack_from(data)
+            end = len(data) - 4 if self.checksum else len(data)
+            return Event(kind, timestamp, position, data, end)
+
+    @staticmethod
+    def _refused(data: bytes) -> NoReturn:
+        """A packet that is no event: the server's error, or the end of the dump."""
         if not data:
             raise _lost("an empty packet")
-        if data[0] != 0:
-            if data[0] == 0xFF:
-                import pymysql
+        if data[0] == 0xFF:
+            import pymysql
 
-                pymysql.err.raise_mysql_exception(data)
-            raise _lost("end of the dump")
-        timestamp, kind, _, _, position, _ = _HEADER.unpack_from(data)
-        end = len(data) - 4 if self.checksum else len(data)
-        event = Event(kind, timestamp, position, data, end)
-        if kind == ROTATE:
-            self.file = data[_BODY + 8 : end].decode()
-        elif kind == FORMAT_DESCRIPTION:
-            self.post_headers = tuple(data[_BODY + 57 : _BODY + 57 + 40])
-        return event
+            pymysql.err.raise_mysql_exception(data)
+        raise _lost("end of the dump")
 
     def post_header(self, kind: int, default: int) -> int:
         lengths = self.post_headers
@@ -304,13 +326,9 @@ class TableMaps:
             count, pos = data[pos + 1] | data[pos + 2] << 8, pos + 3
         else:
             raise _lost(f"a rows event of {first} columns")  # 251: NULL, 253+: 2^16 and more
-        width = (count + 7) // 8
-        bitmaps = [data[pos : pos + width]]
-        pos += width
-        if event.kind in UPDATE_ROWS:
-            bitmaps.append(data[pos : pos + width])
-            pos += width
-        images = reader.images(data, pos, event.end, bitmaps)
+        parts = 2 if event.kind in UPDATE_ROWS else 1  # an update: before and after images
+        width = (count + 7) // 8 * parts
+        images = reader.images(data, pos + width, event.end, data[pos : pos + width], parts)
         return RowsEvent(event.kind, reader.schema, reader.table, images)
 
     def _package_rows(self, dump: Dump, event: Event, reader: TableImages) -> RowsEvent | None:

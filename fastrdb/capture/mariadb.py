@@ -45,6 +45,20 @@ _WAITING = 40
 """Hand-overs waiting for the asyncio side at most (about 10,000 transactions in a backlog);
 the reader waits for room, and the server for the reader."""
 
+_WANTED = frozenset(
+    (
+        binlog.QUERY,
+        binlog.ROTATE,
+        binlog.XID,
+        binlog.TABLE_MAP,
+        binlog.HEARTBEAT,
+        *binlog.ROWS,
+        *binlog.COMPRESSED,
+    )
+)
+"""The events the reader reads; the others (GTID, format description, binlog checkpoint,
+annotations...) are read past by the dump (a quarter of a one-row transaction's events)."""
+
 REPORT_EVERY = 0.1
 """Seconds between two writes of the position while transactions stream in."""
 
@@ -280,6 +294,7 @@ class MariaDBSource:
                 woke = time.monotonic()
 
         dump.before_wait = before_wait
+        dump.wanted = _WANTED
         try:
             dump.open()
             while not self._stop.is_set():
@@ -303,7 +318,7 @@ class MariaDBSource:
                 if kind in binlog.COMPRESSED:
                     raise CaptureSetupError("log_bin_compress", "was ON; " + _COMPRESSED)
                 if kind not in (binlog.XID, binlog.QUERY, binlog.HEARTBEAT):
-                    continue  # GTID, format description, binlog checkpoint, annotations...
+                    continue  # not read: see _WANTED
                 here = (dump.file, event.position)
                 if kind == binlog.XID:
                     pending.append(_transaction(rows, here, event.timestamp))
@@ -543,27 +558,29 @@ def _row_changes(event: RowsEvent, booleans: Booleans) -> list[RowChange]:
     session set ``binlog_row_image`` to ``MINIMAL``: capture refuses a server whose global
     setting is not ``FULL``, but a session may change its own) is marked incomplete."""
     schema, table = event.schema, event.table
-    flags = booleans.get((schema, table))
-
-    def typed(values: dict[str, Any]) -> dict[str, Any]:
-        if flags:
-            for column in flags & values.keys():
-                if values[column] is not None:
-                    values[column] = bool(values[column])
-        return values
-
     images = event.images
+    flags = booleans.get((schema, table))
+    if flags:
+        images = [(_typed(image, flags), complete) for image, complete in images]
     if event.kind in binlog.UPDATE_ROWS:
+        if len(images) == 2:  # one row: most updates
+            (before, complete), (after, _) = images
+            return [RowChange(schema, table, "update", before, after, complete)]
         return [
-            RowChange(schema, table, "update", typed(before), typed(after), complete)
+            RowChange(schema, table, "update", before, after, complete)
             for (before, complete), (after, _) in zip(images[::2], images[1::2], strict=True)
         ]
     if event.kind in binlog.DELETE_ROWS:
         return [
-            RowChange(schema, table, "delete", typed(image), None, complete)
-            for image, complete in images
+            RowChange(schema, table, "delete", image, None, complete) for image, complete in images
         ]
-    return [
-        RowChange(schema, table, "insert", None, typed(image), complete)
-        for image, complete in images
-    ]
+    return [RowChange(schema, table, "insert", None, image, complete) for image, complete in images]
+
+
+def _typed(values: dict[str, Any], flags: frozenset[str]) -> dict[str, Any]:
+    """``values`` with its ``tinyint(1)`` columns as bool, as SQLAlchemy's ``Boolean`` reads
+    them."""
+    for column in flags & values.keys():
+        if values[column] is not None:
+            values[column] = bool(values[column])
+    return values
