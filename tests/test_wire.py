@@ -5,6 +5,7 @@ the call is cut off."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 import redis
@@ -15,7 +16,7 @@ from fastrdb import Settings
 from fastrdb.cache import wire
 from fastrdb.cache.deadline import within
 from fastrdb.cache.health import health_of
-from fastrdb.cache.scripts import RELEASE
+from fastrdb.cache.scripts import LuaScript
 from tests.conftest import REDIS_URL
 from tests.servers import RedisServer
 
@@ -51,9 +52,10 @@ async def test_replies_and_errors_are_the_clients() -> None:
             await wire.command(client, "GET", "wire:list")
         with pytest.raises(NoScriptError):
             await wire.command(client, "EVALSHA", "0" * 40, 0)
-        await client.script_flush()
-        # a script not loaded yet: EVALSHA's NOSCRIPT, then EVAL, by either way of sending
-        assert await RELEASE.run_async(client, ("wire:lease",), ("t",), direct=True) == 0
+        # a script the server has not seen: EVALSHA's NOSCRIPT, then EVAL
+        unseen = LuaScript("release")
+        unseen.__dict__["source"] = f"return 7 -- {uuid.uuid4()}"
+        assert await unseen.run_async(client, ("wire:lease",), ("t",), direct=True) == 7
         await client.delete("wire:k", "wire:list")
         pool = client.connection_pool
         assert len(pool._in_use_connections) == 0  # every connection went back
