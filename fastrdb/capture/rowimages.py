@@ -4,10 +4,11 @@ A table map (decoded once per table id by the ``mysql-replication`` package, see
 :mod:`fastrdb.capture.binlog`) says each column's type and metadata; :class:`TableImages`
 turns it into one small reader per column, and per columns-present bitmap a function
 generated to read a whole image (the commonest types in line, the others by their reader),
-and reads a rows event's images with them: the values are the package's own (the same Python types, the same quirks, checked column type by
-column type by the tests), in a fraction of its time. A table with a column type that has no
-reader here (``BIT``, ``SET``, ``JSON``, ``GEOMETRY``, the pre-5.6 temporal formats) is
-:attr:`~TableImages.supported` ``False``: its events are decoded by the package.
+and reads a rows event's images with them: the values are the package's own (the same
+Python types, the same quirks, checked column type by column type by the tests), in a
+fraction of its time. A table with a column type that has no reader here (``BIT``, ``SET``,
+``JSON``, ``GEOMETRY``, the pre-5.6 temporal formats) is :attr:`~TableImages.supported`
+``False``: its events are decoded by the package.
 """
 
 from __future__ import annotations
