@@ -295,13 +295,15 @@ class MariaDBSource:
 
         dump.before_wait = before_wait
         dump.wanted = _WANTED
+        stopping = self._stop.is_set
         try:
             dump.open()
-            while not self._stop.is_set():
+            while not stopping():
                 if len(pending) >= _HANDOFF:
                     hand_over()
                 event = dump.next()
                 kind = event.kind
+                # A one-row transaction is a table map, a rows event and an XID: those first.
                 if kind == binlog.TABLE_MAP:
                     tables.learn(dump, event)
                     continue
@@ -309,7 +311,16 @@ class MariaDBSource:
                     logged = tables.rows(dump, event)
                     if logged is not None:
                         changes = _row_changes(logged, self._booleans)
-                        rows.extend(_with_cascades(changes, self._cascades))
+                        if self._cascades:
+                            changes = _with_cascades(changes, self._cascades)
+                        rows += changes
+                    continue
+                if kind == binlog.XID:
+                    here = (dump.file, event.position)
+                    pending.append(_transaction(rows, here, event.timestamp))
+                    rows = []
+                    if here[1]:
+                        safe = here
                     continue
                 if kind == binlog.ROTATE:
                     if event.timestamp:  # not the dump's first: maybe a restarted server
@@ -320,10 +331,7 @@ class MariaDBSource:
                 if kind not in (binlog.XID, binlog.QUERY, binlog.HEARTBEAT):
                     continue  # not read: see _WANTED
                 here = (dump.file, event.position)
-                if kind == binlog.XID:
-                    pending.append(_transaction(rows, here, event.timestamp))
-                    rows = []
-                elif kind == binlog.QUERY:
+                if kind == binlog.QUERY:
                     schema, statement = binlog.query(dump, event)
                     query = statement.strip().upper()
                     if query == "COMMIT":

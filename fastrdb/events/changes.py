@@ -219,10 +219,10 @@ class Changes:
             registries[namespace.embeds(table)] = None  # entries that embed rows of the table
             if table in self.touched:
                 registries[namespace.negatives(table)] = None
-            table_schemes = schemes.get(table, ())
+            # Each scheme's parsed pattern looked up once per table, not per row version.
+            table_schemes = [(scheme, scheme.pattern) for scheme in schemes.get(table, ())]
             for snapshot in snapshots:
-                for scheme in table_schemes:
-                    pattern = scheme.pattern
+                for scheme, pattern in table_schemes:
                     values = snapshot if reader is None else reader(scheme, snapshot)
                     if values is None or pattern.missing(values):
                         continue
@@ -232,9 +232,9 @@ class Changes:
                     else:
                         registries[namespace.narrowed_lists(table, text)] = None
             for snapshot in self.partial.get(table, ()):
-                for scheme in table_schemes:
+                for scheme, pattern in table_schemes:
                     values = snapshot if reader is None else reader(scheme, snapshot)
-                    if values is not None and not scheme.pattern.missing(values):
+                    if values is not None and not pattern.missing(values):
                         continue
                     sweep = sweeps.setdefault(table, Sweep())
                     if scheme.kind == "row":
