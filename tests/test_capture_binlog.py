@@ -327,6 +327,46 @@ def test_a_dump_reads_past_the_kinds_not_wanted(server: MariaDBServer) -> None:
     assert kinds == {binlog.XID} < every_kind
 
 
+def test_the_table_maps_of_known_tables_are_read_past(server: MariaDBServer) -> None:
+    """Each transaction logs its tables' maps again: a dump given the ids its table maps know
+    returns a table's map once (until they are cleared), and every rows event is still
+    read."""
+    connection = _connect(server, database="capture")
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS mapped")
+        cursor.execute("CREATE TABLE mapped (id INT PRIMARY KEY, name VARCHAR(20))")
+        cursor.execute("SHOW MASTER STATUS")
+        file, position = cursor.fetchone()[:2]
+        for n in range(3):
+            cursor.execute("INSERT INTO mapped VALUES (%s, %s)", (n, f"n{n}"))
+        cursor.execute("SHOW MASTER STATUS")
+        end = cursor.fetchone()[1]
+    connection.close()
+    dump = Dump(lambda **settings: _connect(server, **settings), file, position, 0x5FA50007, 0.2)
+    tables = TableMaps()
+    dump.known_maps = tables.known
+    maps = 0
+    names: list[Any] = []
+    dump.open()
+    try:
+        while True:
+            event = dump.next()
+            if event.kind == binlog.TABLE_MAP:
+                maps += 1
+                tables.learn(dump, event)
+            elif event.kind in binlog.ROWS:
+                rows = tables.rows(dump, event)
+                assert rows is not None
+                names.extend(image["name"] for image, _ in rows.images)
+            if event.kind == binlog.XID and event.position >= end:
+                break
+    finally:
+        dump.close()
+    assert (maps, names) == (1, ["n0", "n1", "n2"])
+    tables.clear()
+    assert not dump.known_maps
+
+
 def test_a_refused_dump_raises_the_servers_error(server: MariaDBServer) -> None:
     """A dump the server refuses (a binlog file it does not have) raises its error as
     pymysql's exception."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -89,6 +89,9 @@ class Dump:
         more yet)."""
         self.wanted: frozenset[int] | None = None
         """The kinds of event :meth:`next` returns (None: every kind)."""
+        self.known_maps: Container[bytes] = ()
+        """Table ids (their six bytes) whose table map events :meth:`next` reads past: the
+        ids a :class:`TableMaps` knows already (:attr:`TableMaps.known`)."""
         self.before_wait: Callable[[], None] | None = None
         """Called before each read from the socket (which may wait for the server)."""
         self._buffer = b""
@@ -189,6 +192,8 @@ class Dump:
                 self.post_headers = tuple(data[_BODY + 57 : _BODY + 57 + 40])
             if wanted is not None and kind not in wanted:
                 continue
+            if kind == TABLE_MAP and data[_BODY : _BODY + 6] in self.known_maps:
+                continue  # one per transaction: its table is known
             timestamp, _, _, _, position, _ = _HEADER.unpack_from(data)
             end = len(data) - 4 if self.checksum else len(data)
             return Event(kind, timestamp, position, data, end)
@@ -263,10 +268,14 @@ class TableMaps:
         self.tables: dict[int, Any] = {}
         """The package's ``Table`` per table id."""
         self.images: dict[int, TableImages] = {}
+        self.known: set[bytes] = set()
+        """The table ids of :attr:`tables` as logged (six bytes): a dump reading for these
+        table maps reads past the maps of known tables (:attr:`Dump.known_maps`)."""
 
     def clear(self) -> None:
         self.tables.clear()
         self.images.clear()
+        self.known.clear()
 
     def _wrap(self, dump: Dump, event: Event, allowed: set[Any]) -> Any:
         from pymysql.protocol import MysqlPacket
@@ -304,6 +313,7 @@ class TableMaps:
             table = decoded.get_table()
             self.tables[number] = table
             self.images[number] = TableImages(table)
+            self.known.add(event.data[_BODY : _BODY + 6])
 
     def rows(self, dump: Dump, event: Event) -> RowsEvent | None:
         """A rows event's images (None for a table whose map was not seen)."""

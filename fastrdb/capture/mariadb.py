@@ -295,6 +295,7 @@ class MariaDBSource:
 
         dump.before_wait = before_wait
         dump.wanted = _WANTED
+        dump.known_maps = tables.known
         stopping = self._stop.is_set
         try:
             dump.open()
