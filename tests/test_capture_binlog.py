@@ -245,22 +245,33 @@ def test_unsupported_column_types_have_no_reader() -> None:
     assert not TableImages(Table()).supported
 
 
-def test_a_rotated_binlog_is_followed(server: MariaDBServer) -> None:
-    """After FLUSH BINARY LOGS the dump names the new file, its positions are the server's,
-    and the new file's rows are read (its table maps decoded afresh)."""
+def _rotated(
+    server: MariaDBServer, table: str, columns: str, before: str, after: str
+) -> tuple[str, int, str, int]:
+    """Create ``table``, insert the row ``before``, rotate the binlog, insert ``after``: the
+    binlog file and position before the first insert, and the new file and its end."""
     connection = _connect(server, database="capture")
     with connection.cursor() as cursor:
-        cursor.execute("DROP TABLE IF EXISTS rotated")
-        cursor.execute("CREATE TABLE rotated (id INT PRIMARY KEY, name VARCHAR(20))")
+        cursor.execute(f"DROP TABLE IF EXISTS {table}")
+        cursor.execute(f"CREATE TABLE {table} ({columns})")
         cursor.execute("SHOW MASTER STATUS")
         file, position = cursor.fetchone()[:2]
-        cursor.execute("INSERT INTO rotated VALUES (1, 'before')")
+        cursor.execute(f"INSERT INTO {table} VALUES {before}")
         cursor.execute("FLUSH BINARY LOGS")
-        cursor.execute("INSERT INTO rotated VALUES (2, 'after')")
+        cursor.execute(f"INSERT INTO {table} VALUES {after}")
         cursor.execute("SHOW MASTER STATUS")
         new_file, end = cursor.fetchone()[:2]
     connection.close()
     assert new_file != file
+    return file, position, new_file, end
+
+
+def test_a_rotated_binlog_is_followed(server: MariaDBServer) -> None:
+    """After FLUSH BINARY LOGS the dump names the new file, its positions are the server's,
+    and the new file's rows are read (its table maps decoded afresh)."""
+    file, position, new_file, end = _rotated(
+        server, "rotated", "id INT PRIMARY KEY, name VARCHAR(20)", "(1, 'before')", "(2, 'after')"
+    )
     dump = Dump(lambda **settings: _connect(server, **settings), file, position, 0x5FA50004, 0.2)
     tables = TableMaps()
     names: list[Any] = []
@@ -289,18 +300,7 @@ def test_a_rotated_binlog_is_followed(server: MariaDBServer) -> None:
 def test_a_dump_reads_past_the_kinds_not_wanted(server: MariaDBServer) -> None:
     """A dump asked for some kinds of event returns those alone, at the positions a dump of
     every kind gives them, and still follows a rotate it was not asked for."""
-    connection = _connect(server, database="capture")
-    with connection.cursor() as cursor:
-        cursor.execute("DROP TABLE IF EXISTS skipped")
-        cursor.execute("CREATE TABLE skipped (id INT PRIMARY KEY)")
-        cursor.execute("SHOW MASTER STATUS")
-        file, position = cursor.fetchone()[:2]
-        cursor.execute("INSERT INTO skipped VALUES (1)")
-        cursor.execute("FLUSH BINARY LOGS")
-        cursor.execute("INSERT INTO skipped VALUES (2)")
-        cursor.execute("SHOW MASTER STATUS")
-        new_file, end = cursor.fetchone()[:2]
-    connection.close()
+    file, position, new_file, end = _rotated(server, "skipped", "id INT PRIMARY KEY", "(1)", "(2)")
 
     def commits(wanted: frozenset[int] | None) -> tuple[list[tuple[str, int]], set[int]]:
         dump = Dump(

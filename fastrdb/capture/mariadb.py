@@ -329,7 +329,7 @@ class MariaDBSource:
                     continue
                 if kind in binlog.COMPRESSED:
                     raise CaptureSetupError("log_bin_compress", "was ON; " + _COMPRESSED)
-                if kind not in (binlog.XID, binlog.QUERY, binlog.HEARTBEAT):
+                if kind not in (binlog.QUERY, binlog.HEARTBEAT):
                     continue  # not read: see _WANTED
                 here = (dump.file, event.position)
                 if kind == binlog.QUERY:
