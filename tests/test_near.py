@@ -343,6 +343,34 @@ async def test_a_killed_tracking_connection_empties_and_bypasses_until_back(
     assert near_items.stats()["near_hits"] == hits + 1
 
 
+async def test_a_tracker_no_near_cache_uses_stops_tracking(
+    own_redis: tuple[RedisServer, Redis],
+) -> None:
+    """Once the FastRDB instances whose near caches a tracker served are gone, the next message
+    ends its tracking (Redis would otherwise send this process a message for every write under
+    their prefixes for as long as the loop runs); a near cache made later tracks anew."""
+    _, client = own_redis
+
+    def instance() -> FastRDB[Item, ItemSchema, ItemUpdate, ItemSchema]:
+        return FastRDB[Item, ItemSchema, ItemUpdate, ItemSchema](
+            Item, ItemSchema, pattern="item:{sku}", settings=NEAR
+        )
+
+    crud = instance()
+    tracker = (await tracked(crud, client)).tracker
+    tracking = tracker.client_id
+    await client.set("item:a", "x")
+    await eventually(lambda: tracker.seq > 0, "a message while in use")
+    del crud
+    gc.collect()
+    await client.set("item:a", "y")
+    await eventually(lambda: tracker._conn is None, "tracking stopped")
+    listed = await client.client_list()
+    assert tracking not in {int(entry["id"]) for entry in listed}
+    later = instance()
+    assert (await tracked(later, client)).tracker is not tracker
+
+
 async def test_a_redis_restart_empties_the_near_cache(
     maker: async_sessionmaker[AsyncSession], own_redis: tuple[RedisServer, Redis]
 ) -> None:

@@ -359,6 +359,9 @@ class Tracker:
         conn = self._conn
         if conn is None:
             return
+        if not self._caches:
+            self._retire()
+            return
         try:
             self._buf += conn.read_available()
             self._apply()
@@ -392,6 +395,17 @@ class Tracker:
             )
         else:
             self.invalidate((payload.decode(errors="surrogateescape"),))
+
+    def _retire(self) -> None:
+        """No near cache uses this tracker any more (their FastRDB instances are gone): stop
+        tracking, or Redis sends this process a message for every write under its prefixes for
+        as long as the loop runs. A near cache made later gets a tracker of its own."""
+        self._lost(None)
+        _all.discard(self)
+        per_loop = _trackers.get(self.loop, {})
+        for identity, tracker in list(per_loop.items()):
+            if tracker is self:
+                del per_loop[identity]
 
     def _lost(self, exc: BaseException | None) -> None:
         """Tracking is gone (or being set up again): empty and bypass every near cache."""
