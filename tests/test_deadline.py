@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import time
 import weakref
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -14,7 +15,7 @@ import redis.asyncio
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastrdb import FastRDB, Settings
-from fastrdb.cache import store
+from fastrdb.cache import store, wire
 from fastrdb.cache.deadline import Watchdog, watchdog
 from fastrdb.cache.health import ClientHealth
 from tests.conftest import REDIS_URL
@@ -91,6 +92,52 @@ async def test_a_call_past_the_limit_is_a_miss_and_a_failure(
     task = asyncio.current_task()
     assert task is not None
     assert task.cancelling() == 0
+
+
+async def test_a_stalled_event_loop_is_not_charged_to_the_call_in_flight() -> None:
+    """The event loop is held up past a call's limit (as by a long garbage collection) while
+    the reply is on its way: the call returns the reply; it is neither a miss nor a failure.
+    With asyncio.timeout, or a watchdog that cancels whatever is past its deadline when it
+    runs again, the reply is there but the call is cancelled."""
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    # The hit path as FastRDB takes it on this client: its GET sent by cache.wire.
+    health = ClientHealth(Settings(redis_timeout=0.1), direct=wire.direct(client))
+    assert health.own_timeout and health.direct
+    try:
+        await client.set("fastrdb-test:stall", "v")  # connected: the GET below is sent at once
+        call = asyncio.create_task(store.get(client, health, "fastrdb-test:stall"))
+        await asyncio.sleep(0)  # it sent its GET, and waits for the reply under the watchdog
+        assert call in watchdog()._calls
+        time.sleep(0.5)  # noqa: ASYNC251  # the loop is held up; the reply arrives meanwhile
+        assert await call == b"v"
+        assert health.errors == 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_call_gets_one_grace_however_often_the_loop_stalls(
+    hung: redis.asyncio.Redis,
+) -> None:
+    """A loop held up again and again (blocking code in every turn) does not keep a call to a
+    hung server waiting for ever: past its limit it gets one more tick, then it is a miss."""
+    # By cache.wire, which lifts the client's own socket timeout: only the watchdog bounds it.
+    health = ClientHealth(Settings(redis_timeout=0.05), direct=wire.direct(hung))
+    assert health.direct
+    stop = asyncio.Event()
+
+    async def block() -> None:
+        while not stop.is_set():
+            time.sleep(0.06)  # noqa: ASYNC251  # past a tick, every turn of the loop
+            await asyncio.sleep(0)
+
+    blocker = asyncio.create_task(block())
+    try:
+        raw = await asyncio.wait_for(store.get(hung, health, "k"), 10)  # a hang guard only
+    finally:
+        stop.set()
+        await blocker
+    assert raw is store.MISS
+    assert health.errors == 1
 
 
 async def test_a_cancel_from_outside_propagates(hung: redis.asyncio.Redis) -> None:
