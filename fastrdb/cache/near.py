@@ -400,7 +400,7 @@ class Tracker:
         """No near cache uses this tracker any more (their FastRDB instances are gone): stop
         tracking, or Redis sends this process a message for every write under its prefixes for
         as long as the loop runs. A near cache made later gets a tracker of its own."""
-        self._lost(None)
+        self.close()
         _all.discard(self)
         per_loop = _trackers.get(self.loop, {})
         for identity, tracker in list(per_loop.items()):
